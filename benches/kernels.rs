@@ -1,0 +1,2 @@
+//! (placeholder until the kernel benchmarks land)
+fn main() {}

@@ -1,0 +1,58 @@
+//! `clerk chat`: a raw-model conversation in the terminal, one line per turn.
+
+use std::io::{BufRead, Write};
+
+use clap::Args;
+
+use super::{ModelArgs, SamplingArgs};
+use crate::engine::{ChatMessage, Event, GenerateRequest};
+
+#[derive(Debug, Clone, Args)]
+pub struct ChatArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[command(flatten)]
+    pub sampling: SamplingArgs,
+    /// A system message to start the conversation with.
+    #[arg(long)]
+    pub system: Option<String>,
+}
+
+pub fn run(a: ChatArgs) -> anyhow::Result<()> {
+    let engine = a.model.load()?;
+    let mut history: Vec<ChatMessage> = a.system.iter().map(|s| ChatMessage::system(s.clone())).collect();
+    let stdin = std::io::stdin();
+    let mut out = std::io::stdout();
+    eprintln!("clerk chat with {} (empty line or Ctrl-D to quit)", engine.info().name);
+    loop {
+        write!(out, "> ")?;
+        out.flush()?;
+        let mut line = String::new();
+        if stdin.lock().read_line(&mut line)? == 0 || line.trim().is_empty() {
+            return Ok(());
+        }
+        history.push(ChatMessage::user(line.trim().to_string()));
+        let prompt = engine.chat_prompt(&history, None)?;
+        let mut generation = engine.submit(GenerateRequest {
+            prompt,
+            sampling: a.sampling.params(),
+            max_tokens: Some(a.sampling.max_tokens),
+            stop: a.sampling.stop.clone(),
+            ignore_eos: false,
+        })?;
+        let mut reply = String::new();
+        while let Some(ev) = generation.blocking_next() {
+            match ev {
+                Event::Token { text, .. } | Event::Text(text) => {
+                    write!(out, "{text}")?;
+                    out.flush()?;
+                    reply.push_str(&text);
+                }
+                Event::Done(_) => break,
+                Event::Error(e) => return Err(e.into()),
+            }
+        }
+        writeln!(out)?;
+        history.push(ChatMessage::assistant(reply));
+    }
+}

@@ -1,0 +1,147 @@
+//! Subcommands of the `clerk` binary, one file each. `main.rs` parses and calls [`run`].
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+
+use crate::engine::registry::{default_models_dir, resolve_model, DEFAULT_MODEL};
+use crate::engine::{Device, Engine, EngineConfig, SamplingParams};
+
+pub mod bench;
+pub mod chat;
+pub mod generate;
+
+#[derive(Debug, Parser)]
+#[command(name = "clerk", version, about = "A self-hosted AI customer-service engine for online shops")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Generate text from a prompt with a raw model, streaming to stdout.
+    Generate(generate::GenerateArgs),
+    /// Chat with a raw model in the terminal.
+    Chat(chat::ChatArgs),
+    /// Measure load time, prompt and decode speed, time to first token, memory and batching.
+    Bench(bench::BenchArgs),
+}
+
+pub fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("CLERK_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Generate(a) => generate::run(a),
+        Command::Chat(a) => chat::run(a),
+        Command::Bench(a) => bench::run(a),
+    }
+}
+
+/// Which model to load and how to run it; shared by every subcommand that loads one.
+#[derive(Debug, Clone, Args)]
+pub struct ModelArgs {
+    /// The model: a GGUF file, a manifest name from models/ (smollm2-135m-instruct, gemma3-270m), or a
+    /// Hugging Face `owner/repo:file.gguf` (needs a build with the `hub` feature and network).
+    #[arg(long, env = "CLERK_MODEL", default_value = DEFAULT_MODEL)]
+    pub model: String,
+    /// Folder of model manifests and weights.
+    #[arg(long, env = "CLERK_MODELS_DIR")]
+    pub models_dir: Option<PathBuf>,
+    /// Where the model runs: cpu, cuda, cuda:N or metal.
+    #[arg(long, env = "CLERK_DEVICE", default_value = "cpu")]
+    pub device: Device,
+    /// CPU threads for the forward (default: all cores).
+    #[arg(long, env = "CLERK_THREADS")]
+    pub threads: Option<usize>,
+    /// Cap on the context length in tokens (default: the model's own).
+    #[arg(long, env = "CLERK_CTX_SIZE")]
+    pub ctx_size: Option<usize>,
+    /// Sequences decoded together at most.
+    #[arg(long, env = "CLERK_MAX_BATCH", default_value_t = 16)]
+    pub max_batch: usize,
+    /// Memory for the prefix cache, in MiB (0 disables it).
+    #[arg(long, env = "CLERK_PREFIX_CACHE_MB", default_value_t = 64)]
+    pub prefix_cache_mb: usize,
+    /// A tokenizer.json to use instead of the GGUF's vocabulary.
+    #[arg(long)]
+    pub tokenizer: Option<PathBuf>,
+    /// A Jinja chat-template file to use instead of the model's own.
+    #[arg(long)]
+    pub chat_template: Option<PathBuf>,
+}
+
+impl ModelArgs {
+    pub fn engine_config(&self) -> anyhow::Result<EngineConfig> {
+        let dir = self.models_dir.clone().unwrap_or_else(default_models_dir);
+        let resolved = resolve_model(&self.model, &dir)?;
+        let mut cfg = EngineConfig::new(resolved.path);
+        cfg.model_name = resolved.name;
+        cfg.chat_template = match &self.chat_template {
+            Some(p) => Some(
+                std::fs::read_to_string(p)
+                    .with_context(|| format!("reading chat template {}", p.display()))?,
+            ),
+            None => resolved.chat_template,
+        };
+        cfg.tokenizer_json = self.tokenizer.clone();
+        cfg.device = self.device;
+        if let Some(t) = self.threads {
+            cfg.threads = t;
+        }
+        cfg.context_length = self.ctx_size;
+        cfg.max_batch = self.max_batch;
+        cfg.prefix_cache_bytes = self.prefix_cache_mb << 20;
+        Ok(cfg)
+    }
+
+    pub fn load(&self) -> anyhow::Result<Engine> {
+        Ok(Engine::load(self.engine_config()?)?)
+    }
+}
+
+/// Sampling flags shared by `generate` and `chat`.
+#[derive(Debug, Clone, Args)]
+pub struct SamplingArgs {
+    /// 0 is greedy.
+    #[arg(long, default_value_t = 0.7)]
+    pub temperature: f32,
+    #[arg(long, default_value_t = 0)]
+    pub top_k: usize,
+    #[arg(long, default_value_t = 0.9)]
+    pub top_p: f32,
+    #[arg(long, default_value_t = 0.05)]
+    pub min_p: f32,
+    #[arg(long, default_value_t = 1.1)]
+    pub repetition_penalty: f32,
+    /// Makes sampling reproducible.
+    #[arg(long)]
+    pub seed: Option<u64>,
+    #[arg(long, default_value_t = 256)]
+    pub max_tokens: usize,
+    /// Stop strings (repeatable); never printed.
+    #[arg(long)]
+    pub stop: Vec<String>,
+}
+
+impl SamplingArgs {
+    pub fn params(&self) -> SamplingParams {
+        SamplingParams {
+            temperature: self.temperature,
+            top_k: self.top_k,
+            top_p: self.top_p,
+            min_p: self.min_p,
+            repetition_penalty: self.repetition_penalty,
+            seed: self.seed,
+            ..SamplingParams::default()
+        }
+    }
+}

@@ -1,0 +1,175 @@
+//! A GGUF file opened through `memmap2`: candle's reader parses the header and metadata, and tensor
+//! bytes are borrowed straight from the mapping, so loading copies nothing it does not have to.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use candle_core::quantized::gguf_file::{Content, Value};
+use candle_core::quantized::GgmlDType;
+use memmap2::Mmap;
+
+use super::error::{EngineError, Result};
+
+/// Bytes of a tensor: either borrowed from the file mapping or owned (tests, converted tensors).
+#[derive(Clone)]
+pub enum Bytes {
+    Mapped(Arc<Mmap>, Range<usize>),
+    Owned(Arc<[u8]>),
+}
+
+impl Bytes {
+    pub fn as_slice(&self) -> &[u8] {
+        match self {
+            Bytes::Mapped(m, r) => &m[r.clone()],
+            Bytes::Owned(v) => v,
+        }
+    }
+}
+
+impl std::fmt::Debug for Bytes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Bytes({} bytes)", self.as_slice().len())
+    }
+}
+
+/// One tensor's description: its GGML type, its dimensions as GGUF lists them (innermost first
+/// reversed into candle's outermost-first order), and where its bytes are.
+#[derive(Debug, Clone)]
+pub struct TensorRef {
+    pub name: String,
+    pub dtype: GgmlDType,
+    /// Outermost first, as candle orders them: a `[rows, cols]` weight has `cols` inputs.
+    pub dims: Vec<usize>,
+    pub bytes: Bytes,
+}
+
+impl TensorRef {
+    pub fn elem_count(&self) -> usize {
+        self.dims.iter().product()
+    }
+}
+
+pub struct GgufFile {
+    pub path: PathBuf,
+    pub content: Content,
+    mmap: Arc<Mmap>,
+}
+
+impl GgufFile {
+    pub fn open(path: &Path) -> Result<Self> {
+        let load_err = |message: String| EngineError::Load {
+            path: path.to_path_buf(),
+            message,
+        };
+        let file = File::open(path).map_err(|e| load_err(e.to_string()))?;
+        // SAFETY: the mapping is read-only; a model file modified while clerk runs is outside what
+        // any inference engine can guard against (llama.cpp maps its models the same way).
+        let mmap = unsafe { Mmap::map(&file) }.map_err(|e| load_err(e.to_string()))?;
+        let content = Content::read(&mut std::io::Cursor::new(&mmap[..]))
+            .map_err(|e| load_err(format!("not a readable GGUF file: {e}")))?;
+        Ok(Self {
+            path: path.to_path_buf(),
+            content,
+            mmap: Arc::new(mmap),
+        })
+    }
+
+    pub fn metadata(&self) -> &HashMap<String, Value> {
+        &self.content.metadata
+    }
+
+    pub fn get(&self, key: &str) -> Option<&Value> {
+        self.content.metadata.get(key)
+    }
+
+    fn missing(&self, key: &str) -> EngineError {
+        EngineError::Load {
+            path: self.path.clone(),
+            message: format!("metadata key `{key}` is missing or has the wrong type"),
+        }
+    }
+
+    pub fn get_str(&self, key: &str) -> Result<&str> {
+        self.get(key)
+            .and_then(|v| v.to_string().ok())
+            .map(|s| s.as_str())
+            .ok_or_else(|| self.missing(key))
+    }
+
+    /// Any unsigned or signed integer metadata value, as usize.
+    pub fn get_usize(&self, key: &str) -> Result<usize> {
+        let v = self.get(key).ok_or_else(|| self.missing(key))?;
+        let n: Option<u64> = match v {
+            Value::U8(x) => Some(*x as u64),
+            Value::U16(x) => Some(*x as u64),
+            Value::U32(x) => Some(*x as u64),
+            Value::U64(x) => Some(*x),
+            Value::I8(x) => u64::try_from(*x).ok(),
+            Value::I16(x) => u64::try_from(*x).ok(),
+            Value::I32(x) => u64::try_from(*x).ok(),
+            Value::I64(x) => u64::try_from(*x).ok(),
+            _ => None,
+        };
+        n.map(|n| n as usize).ok_or_else(|| self.missing(key))
+    }
+
+    pub fn get_f32(&self, key: &str) -> Result<f32> {
+        match self.get(key) {
+            Some(Value::F32(x)) => Ok(*x),
+            Some(Value::F64(x)) => Ok(*x as f32),
+            _ => Err(self.missing(key)),
+        }
+    }
+
+    pub fn get_bool(&self, key: &str) -> Option<bool> {
+        match self.get(key) {
+            Some(Value::Bool(b)) => Some(*b),
+            _ => None,
+        }
+    }
+
+    pub fn architecture(&self) -> Result<&str> {
+        self.get_str("general.architecture")
+    }
+
+    pub fn has_tensor(&self, name: &str) -> bool {
+        self.content.tensor_infos.contains_key(name)
+    }
+
+    pub fn tensor(&self, name: &str) -> Result<TensorRef> {
+        let info = self
+            .content
+            .tensor_infos
+            .get(name)
+            .ok_or_else(|| EngineError::Load {
+                path: self.path.clone(),
+                message: format!("tensor `{name}` is missing"),
+            })?;
+        let dims = info.shape.dims().to_vec();
+        let elems: usize = dims.iter().product();
+        let dtype = info.ggml_dtype;
+        if elems % dtype.block_size() != 0 {
+            return Err(EngineError::Load {
+                path: self.path.clone(),
+                message: format!("tensor `{name}` has {elems} elements, not a whole number of {dtype:?} blocks"),
+            });
+        }
+        let len = elems / dtype.block_size() * dtype.type_size();
+        let start = self.content.tensor_data_offset as usize + info.offset as usize;
+        let end = start.checked_add(len).filter(|&e| e <= self.mmap.len()).ok_or_else(|| {
+            EngineError::Load {
+                path: self.path.clone(),
+                message: format!("tensor `{name}` runs past the end of the file (truncated download?)"),
+            }
+        })?;
+        Ok(TensorRef {
+            name: name.to_string(),
+            dtype,
+            dims,
+            bytes: Bytes::Mapped(self.mmap.clone(), start..end),
+        })
+    }
+}

@@ -1,0 +1,25 @@
+//! The inference engine.
+//!
+//! - `gguf`: opens a GGUF file through `memmap2` and reads its metadata.
+//! - `tokenizer`: builds a tokenizer from GGUF metadata (gpt2-style BPE or SentencePiece-style).
+//! - `template`: renders `tokenizer.chat_template` with minijinja.
+//! - `sampler`: turns logits into a token (greedy, temperature, top-k/p, min-p, penalties, bias, seed,
+//!   logprobs); `stop`: stop strings matched across token boundaries.
+//! - `kernels`: quantized matrix × activation kernels (AVX2/FMA with a portable fallback) and the
+//!   thread pool they run on.
+//! - `model`: the transformer forward for many sequences at once (llama, qwen2, qwen3, gemma3).
+//! - `kv`: per-sequence KV caches and the prefix cache shared between sequences.
+//! - `scheduler`: the engine thread, its bounded queue, and the [`Engine`] handle.
+//! - `registry`: resolves `--model` (a path, a manifest name from `models/`, or a hub `repo:file`).
+
+pub mod error;
+pub mod gguf;
+pub mod kernels;
+pub mod kv;
+pub mod sampler;
+pub mod stop;
+pub mod template;
+pub mod tokenizer;
+
+pub use error::EngineError;
+// (re-exports return when the model and scheduler compile against the kernels)

@@ -1,0 +1,660 @@
+//! The transformer forward, written for many sequences at once.
+//!
+//! One call to [`Model::forward`] takes a chunk of new tokens from each of several sequences (a whole
+//! prompt chunk for one, a single token for the others), runs every matrix product once over all of
+//! their rows together, and runs attention per sequence against that sequence's own KV cache. That is
+//! what continuous batching needs: the weights are read once per step whatever the number of
+//! sequences, and each sequence keeps its own positions.
+//!
+//! Activations are plain `f32` rows; matrix products go through the quantized kernels in
+//! [`super::kernels`]. Each row's result is computed independently of the other rows of the batch, so
+//! a sequence decodes the same tokens alone or batched.
+
+use super::error::{EngineError, Result};
+use super::gguf::{GgufFile, TensorRef};
+use super::kernels::{GgmlDType, QMatrix, ThreadPool};
+use super::kv::SeqKv;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Arch {
+    Llama,
+    Qwen2,
+    Qwen3,
+    Gemma3,
+}
+
+impl Arch {
+    fn parse(name: &str) -> Result<Self> {
+        Ok(match name {
+            "llama" | "mistral" => Arch::Llama,
+            "qwen2" => Arch::Qwen2,
+            "qwen3" => Arch::Qwen3,
+            "gemma3" => Arch::Gemma3,
+            other => return Err(EngineError::UnsupportedArchitecture(other.to_string())),
+        })
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Activation {
+    Silu,
+    /// GELU with the tanh approximation, as Gemma uses.
+    GeluTanh,
+}
+
+#[derive(Debug, Clone)]
+pub struct ModelConfig {
+    pub arch: Arch,
+    pub n_layer: usize,
+    pub n_embd: usize,
+    pub n_ff: usize,
+    pub n_head: usize,
+    pub n_head_kv: usize,
+    pub head_dim: usize,
+    pub rope_dim: usize,
+    pub rope_base: f32,
+    /// Gemma 3's sliding-window layers rotate with a different base.
+    pub rope_base_local: f32,
+    /// llama.cpp's NEOX layout rotates the two halves of a head; the NORM layout rotates adjacent pairs.
+    pub rope_neox: bool,
+    pub rms_eps: f32,
+    pub context_length: usize,
+    pub vocab_size: usize,
+    pub sliding_window: Option<usize>,
+    /// Every `n`th layer (1-based) attends globally; the others use the sliding window.
+    pub sliding_pattern: usize,
+    pub attn_scale: f32,
+    pub embed_scale: f32,
+    pub activation: Activation,
+}
+
+impl ModelConfig {
+    pub fn from_gguf(g: &GgufFile) -> Result<Self> {
+        let arch_name = g.architecture()?.to_string();
+        let arch = Arch::parse(&arch_name)?;
+        let k = |s: &str| format!("{arch_name}.{s}");
+        let n_embd = g.get_usize(&k("embedding_length"))?;
+        let n_head = g.get_usize(&k("attention.head_count"))?;
+        let n_head_kv = g.get_usize(&k("attention.head_count_kv")).unwrap_or(n_head);
+        let head_dim = g
+            .get_usize(&k("attention.key_length"))
+            .unwrap_or(n_embd / n_head.max(1));
+        let rope_dim = g.get_usize(&k("rope.dimension_count")).unwrap_or(head_dim);
+        let vocab_size = match g.get_usize(&k("vocab_size")) {
+            Ok(v) => v,
+            Err(_) => g.tensor("token_embd.weight")?.dims[0],
+        };
+        let is_gemma = arch == Arch::Gemma3;
+        let cfg = ModelConfig {
+            arch,
+            n_layer: g.get_usize(&k("block_count"))?,
+            n_embd,
+            n_ff: g.get_usize(&k("feed_forward_length"))?,
+            n_head,
+            n_head_kv,
+            head_dim,
+            rope_dim,
+            rope_base: g.get_f32(&k("rope.freq_base")).unwrap_or(10_000.0),
+            rope_base_local: 10_000.0,
+            rope_neox: arch != Arch::Llama,
+            rms_eps: g
+                .get_f32(&k("attention.layer_norm_rms_epsilon"))
+                .unwrap_or(1e-6),
+            context_length: g.get_usize(&k("context_length")).unwrap_or(2048),
+            vocab_size,
+            sliding_window: if is_gemma {
+                g.get_usize(&k("attention.sliding_window")).ok()
+            } else {
+                None
+            },
+            sliding_pattern: if is_gemma { 6 } else { 1 },
+            attn_scale: 1.0 / (head_dim as f32).sqrt(),
+            embed_scale: if is_gemma { (n_embd as f32).sqrt() } else { 1.0 },
+            activation: if is_gemma {
+                Activation::GeluTanh
+            } else {
+                Activation::Silu
+            },
+        };
+        if cfg.n_head == 0
+            || cfg.n_head_kv == 0
+            || cfg.n_head % cfg.n_head_kv != 0
+            || cfg.rope_dim > cfg.head_dim
+            || cfg.rope_dim % 2 != 0
+        {
+            return Err(EngineError::Load {
+                path: g.path.clone(),
+                message: format!("inconsistent attention shape in metadata: {cfg:?}"),
+            });
+        }
+        Ok(cfg)
+    }
+
+    pub fn q_dim(&self) -> usize {
+        self.n_head * self.head_dim
+    }
+
+    pub fn kv_dim(&self) -> usize {
+        self.n_head_kv * self.head_dim
+    }
+
+    /// Whether layer `il` uses the sliding window (Gemma 3: five local layers, then one global).
+    pub fn is_local(&self, il: usize) -> bool {
+        self.sliding_window.is_some() && (il + 1) % self.sliding_pattern != 0
+    }
+}
+
+struct Layer {
+    attn_norm: Vec<f32>,
+    wq: QMatrix,
+    wk: QMatrix,
+    wv: QMatrix,
+    wo: QMatrix,
+    bq: Option<Vec<f32>>,
+    bk: Option<Vec<f32>>,
+    bv: Option<Vec<f32>>,
+    q_norm: Option<Vec<f32>>,
+    k_norm: Option<Vec<f32>>,
+    post_attn_norm: Option<Vec<f32>>,
+    ffn_norm: Vec<f32>,
+    w_gate: QMatrix,
+    w_up: QMatrix,
+    w_down: QMatrix,
+    post_ffn_norm: Option<Vec<f32>>,
+}
+
+pub struct Model {
+    pub cfg: ModelConfig,
+    embed: QMatrix,
+    layers: Vec<Layer>,
+    out_norm: Vec<f32>,
+    lm_head: QMatrix,
+    inv_freq: Vec<f32>,
+    inv_freq_local: Vec<f32>,
+}
+
+fn load_err(g: &GgufFile, message: String) -> EngineError {
+    EngineError::Load {
+        path: g.path.clone(),
+        message,
+    }
+}
+
+fn to_f32_vec(g: &GgufFile, t: &TensorRef) -> Result<Vec<f32>> {
+    let b = t.bytes.as_slice();
+    match t.dtype {
+        GgmlDType::F32 => Ok(b
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect()),
+        GgmlDType::F16 => Ok(b
+            .chunks_exact(2)
+            .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
+            .collect()),
+        GgmlDType::BF16 => Ok(b
+            .chunks_exact(2)
+            .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
+            .collect()),
+        other => Err(load_err(
+            g,
+            format!("tensor `{}` is {other:?}; a vector must be f32/f16/bf16", t.name),
+        )),
+    }
+}
+
+fn vector(g: &GgufFile, name: &str, len: usize) -> Result<Vec<f32>> {
+    let t = g.tensor(name)?;
+    let v = to_f32_vec(g, &t)?;
+    if v.len() != len {
+        return Err(load_err(
+            g,
+            format!("tensor `{name}` has {} elements, expected {len}", v.len()),
+        ));
+    }
+    Ok(v)
+}
+
+fn opt_vector(g: &GgufFile, name: &str, len: usize) -> Result<Option<Vec<f32>>> {
+    if g.has_tensor(name) {
+        vector(g, name, len).map(Some)
+    } else {
+        Ok(None)
+    }
+}
+
+fn matrix(g: &GgufFile, name: &str, rows: usize, cols: usize) -> Result<QMatrix> {
+    let t = g.tensor(name)?;
+    if t.dims != [rows, cols] {
+        return Err(load_err(
+            g,
+            format!("tensor `{name}` has shape {:?}, expected [{rows}, {cols}]", t.dims),
+        ));
+    }
+    QMatrix::new(t.dtype, rows, cols, t.bytes)
+        .map_err(|e| load_err(g, format!("tensor `{name}`: {e}")))
+}
+
+fn inv_freq(rope_dim: usize, base: f32) -> Vec<f32> {
+    (0..rope_dim / 2)
+        .map(|i| 1.0 / base.powf(2.0 * i as f32 / rope_dim as f32))
+        .collect()
+}
+
+/// One sequence's share of a forward step.
+pub struct BatchItem<'a> {
+    pub kv: &'a mut SeqKv,
+    pub tokens: &'a [u32],
+    /// Only the last token's logits are ever needed (prompt chunks but the last need none).
+    pub want_logits: bool,
+}
+
+/// Buffers reused from step to step, so a decode step allocates nothing in steady state.
+#[derive(Default)]
+pub struct Scratch {
+    x: Vec<f32>,
+    h: Vec<f32>,
+    q: Vec<f32>,
+    k: Vec<f32>,
+    v: Vec<f32>,
+    o: Vec<f32>,
+    gate: Vec<f32>,
+    up: Vec<f32>,
+    last: Vec<f32>,
+    cos: Vec<f32>,
+    sin: Vec<f32>,
+    cos_local: Vec<f32>,
+    sin_local: Vec<f32>,
+}
+
+fn resize(v: &mut Vec<f32>, n: usize) {
+    v.clear();
+    v.resize(n, 0.0);
+}
+
+/// Sum of products with eight independent accumulators, which the compiler turns into SIMD lanes.
+#[inline]
+pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let ca = a.chunks_exact(8);
+    let cb = b.chunks_exact(8);
+    let (ra, rb) = (ca.remainder(), cb.remainder());
+    for (x, y) in ca.zip(cb) {
+        for i in 0..8 {
+            acc[i] += x[i] * y[i];
+        }
+    }
+    let mut s: f32 = acc.iter().sum();
+    for (x, y) in ra.iter().zip(rb) {
+        s += x * y;
+    }
+    s
+}
+
+#[inline]
+fn axpy(out: &mut [f32], a: f32, x: &[f32]) {
+    for (o, v) in out.iter_mut().zip(x) {
+        *o += a * v;
+    }
+}
+
+fn rms_norm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
+    let n = w.len();
+    for (xr, or) in x.chunks_exact(n).zip(out.chunks_exact_mut(n)) {
+        let ms = dot(xr, xr) / n as f32;
+        let scale = 1.0 / (ms + eps).sqrt();
+        for ((o, v), g) in or.iter_mut().zip(xr).zip(w) {
+            *o = v * scale * g;
+        }
+    }
+}
+
+fn rms_norm_in_place(x: &mut [f32], w: &[f32], eps: f32) {
+    let n = w.len();
+    for xr in x.chunks_exact_mut(n) {
+        let ms = dot(xr, xr) / n as f32;
+        let scale = 1.0 / (ms + eps).sqrt();
+        for (v, g) in xr.iter_mut().zip(w) {
+            *v *= scale * g;
+        }
+    }
+}
+
+fn add_bias(x: &mut [f32], b: &[f32]) {
+    for row in x.chunks_exact_mut(b.len()) {
+        for (v, bb) in row.iter_mut().zip(b) {
+            *v += bb;
+        }
+    }
+}
+
+fn gelu_tanh(x: f32) -> f32 {
+    const SQRT_2_OVER_PI: f32 = 0.797_884_6;
+    0.5 * x * (1.0 + (SQRT_2_OVER_PI * (x + 0.044_715 * x * x * x)).tanh())
+}
+
+fn silu(x: f32) -> f32 {
+    x / (1.0 + (-x).exp())
+}
+
+/// Rotates every head of every row in `x` by its token's angle; `cos`/`sin` hold `rope_dim / 2`
+/// values per token.
+fn rope(x: &mut [f32], n_heads: usize, head_dim: usize, rope_dim: usize, neox: bool, cos: &[f32], sin: &[f32]) {
+    let half = rope_dim / 2;
+    let row_len = n_heads * head_dim;
+    for (t, row) in x.chunks_exact_mut(row_len).enumerate() {
+        let (c, s) = (&cos[t * half..(t + 1) * half], &sin[t * half..(t + 1) * half]);
+        for head in row.chunks_exact_mut(head_dim) {
+            if neox {
+                for i in 0..half {
+                    let (a, b) = (head[i], head[i + half]);
+                    head[i] = a * c[i] - b * s[i];
+                    head[i + half] = a * s[i] + b * c[i];
+                }
+            } else {
+                for i in 0..half {
+                    let (a, b) = (head[2 * i], head[2 * i + 1]);
+                    head[2 * i] = a * c[i] - b * s[i];
+                    head[2 * i + 1] = a * s[i] + b * c[i];
+                }
+            }
+        }
+    }
+}
+
+fn rope_tables(positions: &[usize], inv_freq: &[f32], cos: &mut Vec<f32>, sin: &mut Vec<f32>) {
+    cos.clear();
+    sin.clear();
+    for &p in positions {
+        for &f in inv_freq {
+            let (s, c) = (p as f32 * f).sin_cos();
+            cos.push(c);
+            sin.push(s);
+        }
+    }
+}
+
+thread_local! {
+    /// Attention scores of the task a pool thread is running; reused so tasks do not allocate.
+    static SCORES: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Lets pool tasks write disjoint parts of one buffer.
+#[derive(Clone, Copy)]
+struct SyncPtr(*mut f32);
+// SAFETY: every task writes a range of the buffer no other task touches, and the pool joins all tasks
+// before the buffer is used again.
+unsafe impl Send for SyncPtr {}
+unsafe impl Sync for SyncPtr {}
+
+impl Model {
+    pub fn load(g: &GgufFile) -> Result<Self> {
+        let cfg = ModelConfig::from_gguf(g)?;
+        let (d, ff, qd, kvd) = (cfg.n_embd, cfg.n_ff, cfg.q_dim(), cfg.kv_dim());
+        let embed = matrix(g, "token_embd.weight", cfg.vocab_size, d)?;
+        let lm_head = if g.has_tensor("output.weight") {
+            matrix(g, "output.weight", cfg.vocab_size, d)?
+        } else {
+            embed.clone()
+        };
+        let mut layers = Vec::with_capacity(cfg.n_layer);
+        for il in 0..cfg.n_layer {
+            let n = |s: &str| format!("blk.{il}.{s}");
+            layers.push(Layer {
+                attn_norm: vector(g, &n("attn_norm.weight"), d)?,
+                wq: matrix(g, &n("attn_q.weight"), qd, d)?,
+                wk: matrix(g, &n("attn_k.weight"), kvd, d)?,
+                wv: matrix(g, &n("attn_v.weight"), kvd, d)?,
+                wo: matrix(g, &n("attn_output.weight"), d, qd)?,
+                bq: opt_vector(g, &n("attn_q.bias"), qd)?,
+                bk: opt_vector(g, &n("attn_k.bias"), kvd)?,
+                bv: opt_vector(g, &n("attn_v.bias"), kvd)?,
+                q_norm: opt_vector(g, &n("attn_q_norm.weight"), cfg.head_dim)?,
+                k_norm: opt_vector(g, &n("attn_k_norm.weight"), cfg.head_dim)?,
+                post_attn_norm: opt_vector(g, &n("post_attention_norm.weight"), d)?,
+                ffn_norm: vector(g, &n("ffn_norm.weight"), d)?,
+                w_gate: matrix(g, &n("ffn_gate.weight"), ff, d)?,
+                w_up: matrix(g, &n("ffn_up.weight"), ff, d)?,
+                w_down: matrix(g, &n("ffn_down.weight"), d, ff)?,
+                post_ffn_norm: opt_vector(g, &n("post_ffw_norm.weight"), d)?,
+            });
+        }
+        let out_norm = vector(g, "output_norm.weight", d)?;
+        let inv_freq_global = inv_freq(cfg.rope_dim, cfg.rope_base);
+        let inv_freq_local = inv_freq(cfg.rope_dim, cfg.rope_base_local);
+        Ok(Self {
+            embed,
+            layers,
+            out_norm,
+            lm_head,
+            inv_freq: inv_freq_global,
+            inv_freq_local,
+            cfg,
+        })
+    }
+
+    /// Runs one step over `items` and returns the logits of the items that want them, one row of
+    /// `vocab_size` each, in order.
+    pub fn forward(
+        &self,
+        items: &mut [BatchItem<'_>],
+        s: &mut Scratch,
+        pool: &ThreadPool,
+    ) -> Result<Vec<f32>> {
+        let cfg = &self.cfg;
+        let (d, ff, qd, kvd, hd) = (cfg.n_embd, cfg.n_ff, cfg.q_dim(), cfg.kv_dim(), cfg.head_dim);
+        let n_tok: usize = items.iter().map(|it| it.tokens.len()).sum();
+        if n_tok == 0 {
+            return Ok(Vec::new());
+        }
+        for it in items.iter() {
+            let end = it.kv.len() + it.tokens.len();
+            if end > cfg.context_length {
+                return Err(EngineError::ContextOverflow {
+                    prompt_tokens: end,
+                    max_tokens: 0,
+                    context_length: cfg.context_length,
+                });
+            }
+            if let Some(&bad) = it.tokens.iter().find(|&&t| t as usize >= cfg.vocab_size) {
+                return Err(EngineError::InvalidParameter {
+                    param: "prompt",
+                    message: format!("token id {bad} is outside the vocabulary ({})", cfg.vocab_size),
+                });
+            }
+        }
+
+        // Positions of every row, and where each item's rows start.
+        let mut positions = Vec::with_capacity(n_tok);
+        let mut starts = Vec::with_capacity(items.len());
+        for it in items.iter() {
+            starts.push(positions.len());
+            let p0 = it.kv.len();
+            positions.extend(p0..p0 + it.tokens.len());
+        }
+        rope_tables(&positions, &self.inv_freq, &mut s.cos, &mut s.sin);
+        if cfg.sliding_window.is_some() {
+            rope_tables(&positions, &self.inv_freq_local, &mut s.cos_local, &mut s.sin_local);
+        }
+
+        resize(&mut s.x, n_tok * d);
+        let mut row = 0;
+        for it in items.iter() {
+            for &t in it.tokens {
+                let xr = &mut s.x[row * d..(row + 1) * d];
+                self.embed.dequantize_row(t as usize, xr);
+                if cfg.embed_scale != 1.0 {
+                    xr.iter_mut().for_each(|v| *v *= cfg.embed_scale);
+                }
+                row += 1;
+            }
+        }
+        for it in items.iter_mut() {
+            it.kv.reserve(it.tokens.len());
+        }
+
+        resize(&mut s.h, n_tok * d);
+        resize(&mut s.q, n_tok * qd);
+        resize(&mut s.k, n_tok * kvd);
+        resize(&mut s.v, n_tok * kvd);
+        resize(&mut s.o, n_tok * qd);
+        resize(&mut s.gate, n_tok * ff);
+        resize(&mut s.up, n_tok * ff);
+
+        for (il, layer) in self.layers.iter().enumerate() {
+            rms_norm(&s.x, &layer.attn_norm, cfg.rms_eps, &mut s.h);
+            layer.wq.matmul(&s.h, n_tok, &mut s.q, pool);
+            layer.wk.matmul(&s.h, n_tok, &mut s.k, pool);
+            layer.wv.matmul(&s.h, n_tok, &mut s.v, pool);
+            if let Some(b) = &layer.bq {
+                add_bias(&mut s.q, b);
+            }
+            if let Some(b) = &layer.bk {
+                add_bias(&mut s.k, b);
+            }
+            if let Some(b) = &layer.bv {
+                add_bias(&mut s.v, b);
+            }
+            if let Some(w) = &layer.q_norm {
+                rms_norm_in_place(&mut s.q, w, cfg.rms_eps);
+            }
+            if let Some(w) = &layer.k_norm {
+                rms_norm_in_place(&mut s.k, w, cfg.rms_eps);
+            }
+            let local = cfg.is_local(il);
+            let (cos, sin) = if local {
+                (&s.cos_local, &s.sin_local)
+            } else {
+                (&s.cos, &s.sin)
+            };
+            rope(&mut s.q, cfg.n_head, hd, cfg.rope_dim, cfg.rope_neox, cos, sin);
+            rope(&mut s.k, cfg.n_head_kv, hd, cfg.rope_dim, cfg.rope_neox, cos, sin);
+
+            for (it, &r0) in items.iter_mut().zip(&starts) {
+                let n = it.tokens.len();
+                it.kv.append(il, &s.k[r0 * kvd..(r0 + n) * kvd], &s.v[r0 * kvd..(r0 + n) * kvd]);
+            }
+
+            let window = if local { cfg.sliding_window } else { None };
+            self.attention(items, &positions, il, window, s, pool);
+
+            layer.wo.matmul(&s.o, n_tok, &mut s.h, pool);
+            if let Some(w) = &layer.post_attn_norm {
+                rms_norm_in_place(&mut s.h, w, cfg.rms_eps);
+            }
+            s.x.iter_mut().zip(&s.h).for_each(|(x, h)| *x += h);
+
+            rms_norm(&s.x, &layer.ffn_norm, cfg.rms_eps, &mut s.h);
+            layer.w_gate.matmul(&s.h, n_tok, &mut s.gate, pool);
+            layer.w_up.matmul(&s.h, n_tok, &mut s.up, pool);
+            match cfg.activation {
+                Activation::Silu => s
+                    .gate
+                    .iter_mut()
+                    .zip(&s.up)
+                    .for_each(|(g, u)| *g = silu(*g) * u),
+                Activation::GeluTanh => s
+                    .gate
+                    .iter_mut()
+                    .zip(&s.up)
+                    .for_each(|(g, u)| *g = gelu_tanh(*g) * u),
+            }
+            layer.w_down.matmul(&s.gate, n_tok, &mut s.h, pool);
+            if let Some(w) = &layer.post_ffn_norm {
+                rms_norm_in_place(&mut s.h, w, cfg.rms_eps);
+            }
+            s.x.iter_mut().zip(&s.h).for_each(|(x, h)| *x += h);
+        }
+        for it in items.iter_mut() {
+            it.kv.commit(it.tokens.len());
+        }
+
+        // Only the rows whose logits are wanted go through the final norm and the (large) output matrix.
+        let wanted: Vec<usize> = items
+            .iter()
+            .zip(&starts)
+            .filter(|(it, _)| it.want_logits)
+            .map(|(it, &r0)| r0 + it.tokens.len() - 1)
+            .collect();
+        if wanted.is_empty() {
+            return Ok(Vec::new());
+        }
+        resize(&mut s.last, wanted.len() * d);
+        for (i, &r) in wanted.iter().enumerate() {
+            rms_norm(
+                &s.x[r * d..(r + 1) * d],
+                &self.out_norm,
+                cfg.rms_eps,
+                &mut s.last[i * d..(i + 1) * d],
+            );
+        }
+        let mut logits = vec![0f32; wanted.len() * cfg.vocab_size];
+        self.lm_head.matmul(&s.last, wanted.len(), &mut logits, pool);
+        Ok(logits)
+    }
+
+    /// Causal attention of every new row against its own sequence's cache, one task per (row, head).
+    #[allow(clippy::too_many_arguments)]
+    fn attention(
+        &self,
+        items: &[BatchItem<'_>],
+        positions: &[usize],
+        il: usize,
+        window: Option<usize>,
+        s: &mut Scratch,
+        pool: &ThreadPool,
+    ) {
+        let cfg = &self.cfg;
+        let (hd, qd, nh) = (cfg.head_dim, cfg.q_dim(), cfg.n_head);
+        let group = cfg.n_head / cfg.n_head_kv;
+        let kvd = cfg.kv_dim();
+        let n_tok = positions.len();
+        // Map each row to its item.
+        let mut row_item = Vec::with_capacity(n_tok);
+        for (i, it) in items.iter().enumerate() {
+            row_item.extend(std::iter::repeat_n(i, it.tokens.len()));
+        }
+        let n_tasks = n_tok * nh;
+        let o_ptr = SyncPtr(s.o.as_mut_ptr());
+        let q = &s.q;
+        let scale = cfg.attn_scale;
+        pool.run(n_tasks, |task| {
+            let (row, h) = (task / nh, task % nh);
+            let it = &items[row_item[row]];
+            let pos = positions[row];
+            let first = match window {
+                Some(w) => (pos + 1).saturating_sub(w),
+                None => 0,
+            };
+            let keys = it.kv.keys(il);
+            let vals = it.kv.values(il);
+            let g = h / group;
+            let qh = &q[row * qd + h * hd..row * qd + (h + 1) * hd];
+            // SAFETY: task (row, h) alone writes o[row*qd + h*hd ..][..hd].
+            let out = unsafe { std::slice::from_raw_parts_mut(o_ptr.0.add(row * qd + h * hd), hd) };
+            let n = pos + 1 - first;
+            SCORES.with_borrow_mut(|sc| {
+            if sc.len() < n {
+                sc.resize(n, 0.0);
+            }
+            let mut mx = f32::NEG_INFINITY;
+            for (j, p) in (first..=pos).enumerate() {
+                let kj = &keys[p * kvd + g * hd..p * kvd + (g + 1) * hd];
+                let v = dot(qh, kj) * scale;
+                sc[j] = v;
+                mx = mx.max(v);
+            }
+            let mut sum = 0.0;
+            for v in sc[..n].iter_mut() {
+                *v = (*v - mx).exp();
+                sum += *v;
+            }
+            let inv = 1.0 / sum;
+            out.iter_mut().for_each(|o| *o = 0.0);
+            for (j, p) in (first..=pos).enumerate() {
+                let vj = &vals[p * kvd + g * hd..p * kvd + (g + 1) * hd];
+                axpy(out, sc[j] * inv, vj);
+            }
+            });
+        });
+    }
+}

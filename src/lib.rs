@@ -1,0 +1,15 @@
+//! clerk: a self-hosted AI customer-service engine for online shops.
+//!
+//! The crate is a map of concerns, with dependencies pointing one way
+//! (`cli` → `server` → `assistant` → `shop`, `retrieval`, `engine`):
+//!
+//! - [`engine`]: everything that turns tokens into tokens. GGUF loading, tokenizers built from GGUF
+//!   metadata, chat templates, the quantized kernels, the transformer forward, sampling, the KV and
+//!   prefix caches, and the scheduler thread that batches every active sequence into one forward per
+//!   step. It knows nothing of HTTP or shops; callers talk to it through [`engine::Engine`].
+//! - [`cli`]: one file per subcommand of the `clerk` binary; `main.rs` only parses and calls in.
+//!
+//! Later modules (`server`, `retrieval`, `shop`, `assistant`) are described in
+//! `../shared/notes/architecture.md` until they exist.
+
+pub mod engine;

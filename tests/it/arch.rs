@@ -1,0 +1,245 @@
+//! Every supported architecture, loaded from a tiny synthetic GGUF that the test writes itself.
+
+use std::path::{Path, PathBuf};
+
+use candle_core::quantized::gguf_file::{self, Value};
+use candle_core::quantized::{GgmlDType, QTensor};
+use candle_core::{Device, Tensor};
+use clerk::engine::gguf::GgufFile;
+use clerk::engine::kernels::ThreadPool;
+use clerk::engine::kv::SeqKv;
+use clerk::engine::model::{BatchItem, Model, Scratch};
+use clerk::engine::{Engine, EngineConfig, GenerateRequest, SamplingParams};
+
+const D: usize = 64;
+const HEADS: usize = 4;
+const KV_HEADS: usize = 2;
+const HEAD_DIM: usize = 32;
+const FF: usize = 128;
+
+/// GPT-2's printable stand-ins for the 256 byte values.
+fn byte_chars() -> Vec<char> {
+    let mut extra = 0;
+    let mut out = vec!['\0'; 256];
+    for b in 0..256u32 {
+        let c = if (33..=126).contains(&b) || (161..=172).contains(&b) || (174..=255).contains(&b) {
+            char::from_u32(b)
+        } else {
+            extra += 1;
+            char::from_u32(255 + extra)
+        };
+        out[b as usize] = c.unwrap_or('?');
+    }
+    out
+}
+
+struct Tiny {
+    arch: &'static str,
+    n_layer: usize,
+}
+
+fn tensor(rows: usize, cols: usize, seed: u64, dtype: GgmlDType, scale: f32) -> QTensor {
+    // A small LCG keeps the weights reproducible without a random-number crate.
+    let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    let data: Vec<f32> = (0..rows * cols)
+        .map(|_| {
+            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            ((s >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 2.0 * scale
+        })
+        .collect();
+    let shape: Vec<usize> = if rows == 1 { vec![cols] } else { vec![rows, cols] };
+    let t = Tensor::from_vec(data, shape, &Device::Cpu).unwrap();
+    QTensor::quantize(&t, dtype).unwrap()
+}
+
+fn norm(n: usize, seed: u64) -> QTensor {
+    let data: Vec<f32> = (0..n).map(|i| 1.0 + ((i as u64 * 7 + seed) % 5) as f32 * 0.05).collect();
+    QTensor::quantize(&Tensor::from_vec(data, n, &Device::Cpu).unwrap(), GgmlDType::F32).unwrap()
+}
+
+fn write_tiny(t: &Tiny, dir: &Path) -> PathBuf {
+    let chars = byte_chars();
+    let mut tokens: Vec<Value> = chars.iter().map(|c| Value::String(c.to_string())).collect();
+    tokens.push(Value::String("<|im_start|>".into()));
+    tokens.push(Value::String("<|im_end|>".into()));
+    let vocab = tokens.len();
+    let mut types = vec![Value::I32(1); 256];
+    types.push(Value::I32(3));
+    types.push(Value::I32(3));
+    let a = t.arch;
+    let key = |k: &str| format!("{a}.{k}");
+    let mut meta: Vec<(String, Value)> = vec![
+        ("general.architecture".into(), Value::String(a.into())),
+        (key("block_count"), Value::U32(t.n_layer as u32)),
+        (key("context_length"), Value::U32(256)),
+        (key("embedding_length"), Value::U32(D as u32)),
+        (key("feed_forward_length"), Value::U32(FF as u32)),
+        (key("attention.head_count"), Value::U32(HEADS as u32)),
+        (key("attention.head_count_kv"), Value::U32(KV_HEADS as u32)),
+        (key("attention.key_length"), Value::U32(HEAD_DIM as u32)),
+        (key("attention.value_length"), Value::U32(HEAD_DIM as u32)),
+        (key("rope.freq_base"), Value::F32(10000.0)),
+        (key("attention.layer_norm_rms_epsilon"), Value::F32(1e-6)),
+        ("tokenizer.ggml.model".into(), Value::String("gpt2".into())),
+        ("tokenizer.ggml.pre".into(), Value::String("default".into())),
+        ("tokenizer.ggml.tokens".into(), Value::Array(tokens)),
+        ("tokenizer.ggml.token_type".into(), Value::Array(types)),
+        ("tokenizer.ggml.merges".into(), Value::Array(vec![])),
+        ("tokenizer.ggml.bos_token_id".into(), Value::U32(256)),
+        ("tokenizer.ggml.eos_token_id".into(), Value::U32(257)),
+        ("tokenizer.ggml.add_bos_token".into(), Value::Bool(false)),
+    ];
+    if a == "gemma3" {
+        meta.push((key("attention.sliding_window"), Value::U32(4)));
+    }
+    let q = GgmlDType::Q8_0;
+    let (qd, kvd) = (HEADS * HEAD_DIM, KV_HEADS * HEAD_DIM);
+    let mut tensors: Vec<(String, QTensor)> = vec![
+        ("token_embd.weight".into(), tensor(vocab, D, 1, q, 1.0)),
+        ("output_norm.weight".into(), norm(D, 2)),
+    ];
+    for il in 0..t.n_layer {
+        let s = 100 * (il as u64 + 1);
+        let n = |x: &str| format!("blk.{il}.{x}");
+        tensors.push((n("attn_norm.weight"), norm(D, s)));
+        tensors.push((n("attn_q.weight"), tensor(qd, D, s + 1, q, 0.2)));
+        tensors.push((n("attn_k.weight"), tensor(kvd, D, s + 2, q, 0.2)));
+        tensors.push((n("attn_v.weight"), tensor(kvd, D, s + 3, q, 0.2)));
+        tensors.push((n("attn_output.weight"), tensor(D, qd, s + 4, GgmlDType::Q4_0, 0.2)));
+        tensors.push((n("ffn_norm.weight"), norm(D, s + 5)));
+        tensors.push((n("ffn_gate.weight"), tensor(FF, D, s + 6, q, 0.2)));
+        tensors.push((n("ffn_up.weight"), tensor(FF, D, s + 7, q, 0.2)));
+        tensors.push((n("ffn_down.weight"), tensor(D, FF, s + 8, q, 0.2)));
+        if a == "qwen2" {
+            tensors.push((n("attn_q.bias"), tensor(1, qd, s + 9, GgmlDType::F32, 0.1)));
+            tensors.push((n("attn_k.bias"), tensor(1, kvd, s + 10, GgmlDType::F32, 0.1)));
+            tensors.push((n("attn_v.bias"), tensor(1, kvd, s + 11, GgmlDType::F32, 0.1)));
+        }
+        if a == "qwen3" || a == "gemma3" {
+            tensors.push((n("attn_q_norm.weight"), norm(HEAD_DIM, s + 12)));
+            tensors.push((n("attn_k_norm.weight"), norm(HEAD_DIM, s + 13)));
+        }
+        if a == "gemma3" {
+            tensors.push((n("post_attention_norm.weight"), norm(D, s + 14)));
+            tensors.push((n("post_ffw_norm.weight"), norm(D, s + 15)));
+        }
+    }
+    let path = dir.join(format!("tiny-{a}.gguf"));
+    let mut f = std::fs::File::create(&path).unwrap();
+    let meta_refs: Vec<(&str, &Value)> = meta.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    let tensor_refs: Vec<(&str, &QTensor)> = tensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    gguf_file::write(&mut f, &meta_refs, &tensor_refs).unwrap();
+    path
+}
+
+fn tmp_dir() -> PathBuf {
+    let d = std::env::temp_dir().join(format!("clerk-arch-{}", std::process::id()));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn logits_last(model: &Model, chunks: &[&[u32]], pool: &ThreadPool) -> Vec<f32> {
+    let mut kv = SeqKv::new(model.cfg.n_layer, model.cfg.kv_dim());
+    let mut s = Scratch::default();
+    let mut out = vec![];
+    for (i, c) in chunks.iter().enumerate() {
+        let mut items = [BatchItem { kv: &mut kv, tokens: c, want_logits: i + 1 == chunks.len() }];
+        out = model.forward(&mut items, &mut s, pool).unwrap();
+    }
+    out
+}
+
+fn check_arch(arch: &'static str, n_layer: usize) {
+    let dir = tmp_dir();
+    let path = write_tiny(&Tiny { arch, n_layer }, &dir);
+    let gguf = GgufFile::open(&path).unwrap();
+    let model = Model::load(&gguf).unwrap();
+    let pool = ThreadPool::new(2);
+    let prompt: Vec<u32> = "hello, shop!".bytes().map(|b| b as u32).collect();
+
+    // Whole prompt at once, in chunks, and one token at a time must agree: positions, the KV cache and
+    // (for Gemma) the sliding window are consistent across steps.
+    let whole = logits_last(&model, &[&prompt], &pool);
+    assert_eq!(whole.len(), model.cfg.vocab_size);
+    assert!(whole.iter().all(|x| x.is_finite()), "{arch}: non-finite logits");
+    let chunked = logits_last(&model, &[&prompt[..5], &prompt[5..]], &pool);
+    let singles: Vec<&[u32]> = prompt.chunks(1).collect();
+    let stepwise = logits_last(&model, &singles, &pool);
+    assert_eq!(whole, chunked, "{arch}: chunked prefill differs");
+    assert_eq!(whole, stepwise, "{arch}: token-by-token differs");
+
+    // A shorter context changes the result (the model does attend to earlier tokens).
+    let tail = logits_last(&model, &[&prompt[6..]], &pool);
+    assert_ne!(whole, tail, "{arch}: earlier tokens had no effect");
+
+    // Through the engine: deterministic greedy generation, alone and batched.
+    let mut cfg = EngineConfig::new(path.clone());
+    cfg.threads = 2;
+    cfg.chat_template = Some(clerk::engine::template::CHATML_TEMPLATE.to_string());
+    let engine = Engine::load(cfg).unwrap();
+    let req = |p: &str| GenerateRequest {
+        prompt: engine.tokenizer().encode(p, false).unwrap(),
+        sampling: SamplingParams::default(),
+        max_tokens: Some(12),
+        stop: vec![],
+        ignore_eos: true,
+    };
+    let a = engine.submit(req("abc")).unwrap().collect_blocking().unwrap();
+    let b = engine.submit(req("xyz!?")).unwrap().collect_blocking().unwrap();
+    assert_eq!(a.tokens.len(), 12);
+    let ga = engine.submit(req("abc")).unwrap();
+    let gb = engine.submit(req("xyz!?")).unwrap();
+    assert_eq!(ga.collect_blocking().unwrap().tokens, a.tokens, "{arch}: batched differs");
+    assert_eq!(gb.collect_blocking().unwrap().tokens, b.tokens, "{arch}: batched differs");
+    std::fs::remove_file(&path).unwrap();
+}
+
+#[test]
+fn llama_loads_and_runs() {
+    check_arch("llama", 2);
+}
+
+#[test]
+fn qwen2_loads_and_runs() {
+    check_arch("qwen2", 2);
+}
+
+#[test]
+fn qwen3_loads_and_runs() {
+    check_arch("qwen3", 2);
+}
+
+#[test]
+fn gemma3_loads_and_runs() {
+    // Six layers: five sliding-window layers and one global, as Gemma 3 alternates them.
+    check_arch("gemma3", 6);
+}
+
+#[test]
+fn an_unknown_architecture_is_a_clear_error() {
+    let dir = tmp_dir();
+    let path = write_tiny(&Tiny { arch: "mamba", n_layer: 1 }, &dir);
+    let mut cfg = EngineConfig::new(path.clone());
+    cfg.threads = 1;
+    let err = Engine::load(cfg).err().expect("an unknown architecture must fail");
+    assert!(
+        matches!(err, clerk::engine::EngineError::UnsupportedArchitecture(ref a) if a == "mamba"),
+        "{err}"
+    );
+    std::fs::remove_file(&path).unwrap();
+}
+
+#[test]
+fn a_truncated_file_is_a_clear_error() {
+    let dir = tmp_dir();
+    let path = write_tiny(&Tiny { arch: "llama", n_layer: 1 }, &dir);
+    let bytes = std::fs::read(&path).unwrap();
+    let cut = dir.join("truncated.gguf");
+    std::fs::write(&cut, &bytes[..bytes.len() - 100]).unwrap();
+    let mut cfg = EngineConfig::new(cut.clone());
+    cfg.threads = 1;
+    let err = Engine::load(cfg).err().expect("a truncated file must fail").to_string();
+    assert!(err.contains("truncated.gguf") && err.contains("past the end"), "{err}");
+    std::fs::remove_file(&path).unwrap();
+    std::fs::remove_file(&cut).unwrap();
+}

@@ -1,0 +1,3 @@
+//! clerk's integration tests: one binary, one module per area, shared helpers in `common`.
+
+mod common;
