@@ -12,4 +12,5 @@
 //! Later modules (`server`, `retrieval`, `shop`, `assistant`) are described in
 //! `../shared/notes/architecture.md` until they exist.
 
+pub mod cli;
 pub mod engine;

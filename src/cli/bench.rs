@@ -85,7 +85,8 @@ pub fn peak_rss_bytes() -> Option<u64> {
 
 /// A prompt of exactly `n` tokens of ordinary shop text, starting with a token chosen by `salt`.
 fn prompt(engine: &Engine, n: usize, salt: u32) -> anyhow::Result<Vec<u32>> {
-    const TEXT: &str = "Thank you for shopping with us. Orders placed before noon ship the same day \
+    const TEXT: &str =
+        "Thank you for shopping with us. Orders placed before noon ship the same day \
         from our warehouse, and most parcels arrive within three to five working days. You can \
         return any unworn item within thirty days for a full refund to the original payment \
         method; exchanges for another size or colour are free. ";
@@ -143,7 +144,10 @@ fn aggregate(engine: &Engine, c: usize, gen: usize, salt: u32) -> anyhow::Result
             .collect();
         handles
             .into_iter()
-            .map(|h| h.join().unwrap_or_else(|_| Err(anyhow::anyhow!("bench thread panicked"))))
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(anyhow::anyhow!("bench thread panicked")))
+            })
             .collect()
     });
     let runs: Vec<Timed> = runs.into_iter().collect::<anyhow::Result<_>>()?;
@@ -158,7 +162,10 @@ fn aggregate(engine: &Engine, c: usize, gen: usize, salt: u32) -> anyhow::Result
         .flat_map(|r| &r.tokens)
         .filter(|&&t| t > start && t <= end)
         .count();
-    anyhow::ensure!(window > 0.0 && count > 0, "the decode window was empty; use more --gen-tokens");
+    anyhow::ensure!(
+        window > 0.0 && count > 0,
+        "the decode window was empty; use more --gen-tokens"
+    );
     Ok(count as f64 / window)
 }
 
@@ -184,7 +191,11 @@ pub fn measure(a: &BenchArgs) -> anyhow::Result<BenchReport> {
 
     let (mut pp, mut tg, mut ttft) = (vec![], vec![], vec![]);
     for _ in 0..a.repetitions {
-        let r = run_one(&engine, prompt(&engine, a.prompt_tokens, next_salt())?, a.gen_tokens)?;
+        let r = run_one(
+            &engine,
+            prompt(&engine, a.prompt_tokens, next_salt())?,
+            a.gen_tokens,
+        )?;
         pp.push(a.prompt_tokens as f64 / r.ttft.as_secs_f64());
         let decode = r.total.saturating_sub(r.ttft).as_secs_f64();
         tg.push((r.tokens.len().saturating_sub(1)) as f64 / decode);
@@ -261,11 +272,23 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(&r)?);
         return Ok(());
     }
-    println!("model            {} ({}), {} threads", r.model, r.architecture, r.threads);
+    println!(
+        "model            {} ({}), {} threads",
+        r.model, r.architecture, r.threads
+    );
     println!("load             {:.0} ms", r.load_ms);
-    println!("prompt           {:.1} tokens/s ({} tokens)", r.prompt_tokens_per_s, r.prompt_tokens);
-    println!("decode           {:.1} tokens/s ({} tokens)", r.decode_tokens_per_s, r.gen_tokens);
-    println!("first token      {:.1} ms ({}-token prompt)", r.ttft_ms, r.prompt_tokens);
+    println!(
+        "prompt           {:.1} tokens/s ({} tokens)",
+        r.prompt_tokens_per_s, r.prompt_tokens
+    );
+    println!(
+        "decode           {:.1} tokens/s ({} tokens)",
+        r.decode_tokens_per_s, r.gen_tokens
+    );
+    println!(
+        "first token      {:.1} ms ({}-token prompt)",
+        r.ttft_ms, r.prompt_tokens
+    );
     for f in &r.aggregate_decode {
         println!(
             "aggregate x{:<3}   {:.1} tokens/s ({:.2}x one sequence)",

@@ -20,10 +20,17 @@ pub struct ChatArgs {
 
 pub fn run(a: ChatArgs) -> anyhow::Result<()> {
     let engine = a.model.load()?;
-    let mut history: Vec<ChatMessage> = a.system.iter().map(|s| ChatMessage::system(s.clone())).collect();
+    let mut history: Vec<ChatMessage> = a
+        .system
+        .iter()
+        .map(|s| ChatMessage::system(s.clone()))
+        .collect();
     let stdin = std::io::stdin();
     let mut out = std::io::stdout();
-    eprintln!("clerk chat with {} (empty line or Ctrl-D to quit)", engine.info().name);
+    eprintln!(
+        "clerk chat with {} (empty line or Ctrl-D to quit)",
+        engine.info().name
+    );
     loop {
         write!(out, "> ")?;
         out.flush()?;

@@ -11,9 +11,14 @@ use crate::engine::{Device, Engine, EngineConfig, SamplingParams};
 pub mod bench;
 pub mod chat;
 pub mod generate;
+pub mod tokenize;
 
 #[derive(Debug, Parser)]
-#[command(name = "clerk", version, about = "A self-hosted AI customer-service engine for online shops")]
+#[command(
+    name = "clerk",
+    version,
+    about = "A self-hosted AI customer-service engine for online shops"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -27,6 +32,8 @@ pub enum Command {
     Chat(chat::ChatArgs),
     /// Measure load time, prompt and decode speed, time to first token, memory and batching.
     Bench(bench::BenchArgs),
+    /// Print the token ids a model's tokenizer gives a text.
+    Tokenize(tokenize::TokenizeArgs),
 }
 
 pub fn init_logging() {
@@ -43,6 +50,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Generate(a) => generate::run(a),
         Command::Chat(a) => chat::run(a),
         Command::Bench(a) => bench::run(a),
+        Command::Tokenize(a) => tokenize::run(a),
     }
 }
 

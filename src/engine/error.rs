@@ -26,7 +26,10 @@ pub enum EngineError {
     #[error("the engine queue is full ({capacity} requests waiting); retry later")]
     QueueFull { capacity: usize },
     #[error("invalid `{param}`: {message}")]
-    InvalidParameter { param: &'static str, message: String },
+    InvalidParameter {
+        param: &'static str,
+        message: String,
+    },
     #[error("generation failed: {0}")]
     Generation(String),
     #[error("the engine has stopped")]

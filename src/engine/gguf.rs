@@ -154,17 +154,22 @@ impl GgufFile {
         if elems % dtype.block_size() != 0 {
             return Err(EngineError::Load {
                 path: self.path.clone(),
-                message: format!("tensor `{name}` has {elems} elements, not a whole number of {dtype:?} blocks"),
+                message: format!(
+                    "tensor `{name}` has {elems} elements, not a whole number of {dtype:?} blocks"
+                ),
             });
         }
         let len = elems / dtype.block_size() * dtype.type_size();
         let start = self.content.tensor_data_offset as usize + info.offset as usize;
-        let end = start.checked_add(len).filter(|&e| e <= self.mmap.len()).ok_or_else(|| {
-            EngineError::Load {
+        let end = start
+            .checked_add(len)
+            .filter(|&e| e <= self.mmap.len())
+            .ok_or_else(|| EngineError::Load {
                 path: self.path.clone(),
-                message: format!("tensor `{name}` runs past the end of the file (truncated download?)"),
-            }
-        })?;
+                message: format!(
+                    "tensor `{name}` runs past the end of the file (truncated download?)"
+                ),
+            })?;
         Ok(TensorRef {
             name: name.to_string(),
             dtype,

@@ -223,7 +223,8 @@ impl PrefixCache {
         if self.used <= self.budget {
             return;
         }
-        let mut by_age: Vec<(u64, u64)> = self.blocks.iter().map(|(h, b)| (b.last_used, *h)).collect();
+        let mut by_age: Vec<(u64, u64)> =
+            self.blocks.iter().map(|(h, b)| (b.last_used, *h)).collect();
         by_age.sort_unstable();
         for (_, h) in by_age {
             if self.used <= self.budget {
@@ -246,7 +247,9 @@ mod tests {
     fn filled(n_layer: usize, kv_dim: usize, n: usize, seed: f32) -> SeqKv {
         let mut kv = SeqKv::new(n_layer, kv_dim);
         for il in 0..n_layer {
-            let k: Vec<f32> = (0..n * kv_dim).map(|i| seed + i as f32 + il as f32 * 1e4).collect();
+            let k: Vec<f32> = (0..n * kv_dim)
+                .map(|i| seed + i as f32 + il as f32 * 1e4)
+                .collect();
             let v: Vec<f32> = k.iter().map(|x| -x).collect();
             kv.append(il, &k, &v);
         }
@@ -295,7 +298,11 @@ mod tests {
         pc.insert(&c, &kv);
         assert!(pc.bytes_used() <= 2 * block_bytes);
         let mut t = SeqKv::new(1, 2);
-        assert_eq!(pc.restore(&[b, vec![0]].concat(), &mut t), 0, "b was evicted");
+        assert_eq!(
+            pc.restore(&[b, vec![0]].concat(), &mut t),
+            0,
+            "b was evicted"
+        );
         let mut t = SeqKv::new(1, 2);
         assert_eq!(pc.restore(&[a, vec![0]].concat(), &mut t), 16, "a was kept");
     }

@@ -16,10 +16,19 @@ pub mod error;
 pub mod gguf;
 pub mod kernels;
 pub mod kv;
+pub mod model;
+pub mod registry;
 pub mod sampler;
+pub mod scheduler;
 pub mod stop;
 pub mod template;
 pub mod tokenizer;
 
 pub use error::EngineError;
-// (re-exports return when the model and scheduler compile against the kernels)
+pub use registry::resolve_model;
+pub use sampler::SamplingParams;
+pub use scheduler::{
+    Collected, Device, Done, Engine, EngineConfig, EngineStats, Event, FinishReason,
+    GenerateRequest, Generation, ModelInfo, TokenLogprob, Usage,
+};
+pub use template::{ChatMessage, Role};

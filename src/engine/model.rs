@@ -109,7 +109,11 @@ impl ModelConfig {
             },
             sliding_pattern: if is_gemma { 6 } else { 1 },
             attn_scale: 1.0 / (head_dim as f32).sqrt(),
-            embed_scale: if is_gemma { (n_embd as f32).sqrt() } else { 1.0 },
+            embed_scale: if is_gemma {
+                (n_embd as f32).sqrt()
+            } else {
+                1.0
+            },
             activation: if is_gemma {
                 Activation::GeluTanh
             } else {
@@ -197,7 +201,10 @@ fn to_f32_vec(g: &GgufFile, t: &TensorRef) -> Result<Vec<f32>> {
             .collect()),
         other => Err(load_err(
             g,
-            format!("tensor `{}` is {other:?}; a vector must be f32/f16/bf16", t.name),
+            format!(
+                "tensor `{}` is {other:?}; a vector must be f32/f16/bf16",
+                t.name
+            ),
         )),
     }
 }
@@ -227,7 +234,10 @@ fn matrix(g: &GgufFile, name: &str, rows: usize, cols: usize) -> Result<QMatrix>
     if t.dims != [rows, cols] {
         return Err(load_err(
             g,
-            format!("tensor `{name}` has shape {:?}, expected [{rows}, {cols}]", t.dims),
+            format!(
+                "tensor `{name}` has shape {:?}, expected [{rows}, {cols}]",
+                t.dims
+            ),
         ));
     }
     QMatrix::new(t.dtype, rows, cols, t.bytes)
@@ -338,11 +348,22 @@ fn silu(x: f32) -> f32 {
 
 /// Rotates every head of every row in `x` by its token's angle; `cos`/`sin` hold `rope_dim / 2`
 /// values per token.
-fn rope(x: &mut [f32], n_heads: usize, head_dim: usize, rope_dim: usize, neox: bool, cos: &[f32], sin: &[f32]) {
+fn rope(
+    x: &mut [f32],
+    n_heads: usize,
+    head_dim: usize,
+    rope_dim: usize,
+    neox: bool,
+    cos: &[f32],
+    sin: &[f32],
+) {
     let half = rope_dim / 2;
     let row_len = n_heads * head_dim;
     for (t, row) in x.chunks_exact_mut(row_len).enumerate() {
-        let (c, s) = (&cos[t * half..(t + 1) * half], &sin[t * half..(t + 1) * half]);
+        let (c, s) = (
+            &cos[t * half..(t + 1) * half],
+            &sin[t * half..(t + 1) * half],
+        );
         for head in row.chunks_exact_mut(head_dim) {
             if neox {
                 for i in 0..half {
@@ -441,7 +462,13 @@ impl Model {
         pool: &ThreadPool,
     ) -> Result<Vec<f32>> {
         let cfg = &self.cfg;
-        let (d, ff, qd, kvd, hd) = (cfg.n_embd, cfg.n_ff, cfg.q_dim(), cfg.kv_dim(), cfg.head_dim);
+        let (d, ff, qd, kvd, hd) = (
+            cfg.n_embd,
+            cfg.n_ff,
+            cfg.q_dim(),
+            cfg.kv_dim(),
+            cfg.head_dim,
+        );
         let n_tok: usize = items.iter().map(|it| it.tokens.len()).sum();
         if n_tok == 0 {
             return Ok(Vec::new());
@@ -458,7 +485,10 @@ impl Model {
             if let Some(&bad) = it.tokens.iter().find(|&&t| t as usize >= cfg.vocab_size) {
                 return Err(EngineError::InvalidParameter {
                     param: "prompt",
-                    message: format!("token id {bad} is outside the vocabulary ({})", cfg.vocab_size),
+                    message: format!(
+                        "token id {bad} is outside the vocabulary ({})",
+                        cfg.vocab_size
+                    ),
                 });
             }
         }
@@ -473,7 +503,12 @@ impl Model {
         }
         rope_tables(&positions, &self.inv_freq, &mut s.cos, &mut s.sin);
         if cfg.sliding_window.is_some() {
-            rope_tables(&positions, &self.inv_freq_local, &mut s.cos_local, &mut s.sin_local);
+            rope_tables(
+                &positions,
+                &self.inv_freq_local,
+                &mut s.cos_local,
+                &mut s.sin_local,
+            );
         }
 
         resize(&mut s.x, n_tok * d);
@@ -526,12 +561,32 @@ impl Model {
             } else {
                 (&s.cos, &s.sin)
             };
-            rope(&mut s.q, cfg.n_head, hd, cfg.rope_dim, cfg.rope_neox, cos, sin);
-            rope(&mut s.k, cfg.n_head_kv, hd, cfg.rope_dim, cfg.rope_neox, cos, sin);
+            rope(
+                &mut s.q,
+                cfg.n_head,
+                hd,
+                cfg.rope_dim,
+                cfg.rope_neox,
+                cos,
+                sin,
+            );
+            rope(
+                &mut s.k,
+                cfg.n_head_kv,
+                hd,
+                cfg.rope_dim,
+                cfg.rope_neox,
+                cos,
+                sin,
+            );
 
             for (it, &r0) in items.iter_mut().zip(&starts) {
                 let n = it.tokens.len();
-                it.kv.append(il, &s.k[r0 * kvd..(r0 + n) * kvd], &s.v[r0 * kvd..(r0 + n) * kvd]);
+                it.kv.append(
+                    il,
+                    &s.k[r0 * kvd..(r0 + n) * kvd],
+                    &s.v[r0 * kvd..(r0 + n) * kvd],
+                );
             }
 
             let window = if local { cfg.sliding_window } else { None };
@@ -588,7 +643,8 @@ impl Model {
             );
         }
         let mut logits = vec![0f32; wanted.len() * cfg.vocab_size];
-        self.lm_head.matmul(&s.last, wanted.len(), &mut logits, pool);
+        self.lm_head
+            .matmul(&s.last, wanted.len(), &mut logits, pool);
         Ok(logits)
     }
 
@@ -618,6 +674,7 @@ impl Model {
         let q = &s.q;
         let scale = cfg.attn_scale;
         pool.run(n_tasks, |task| {
+            let o_ptr = o_ptr;
             let (row, h) = (task / nh, task % nh);
             let it = &items[row_item[row]];
             let pos = positions[row];
@@ -633,27 +690,27 @@ impl Model {
             let out = unsafe { std::slice::from_raw_parts_mut(o_ptr.0.add(row * qd + h * hd), hd) };
             let n = pos + 1 - first;
             SCORES.with_borrow_mut(|sc| {
-            if sc.len() < n {
-                sc.resize(n, 0.0);
-            }
-            let mut mx = f32::NEG_INFINITY;
-            for (j, p) in (first..=pos).enumerate() {
-                let kj = &keys[p * kvd + g * hd..p * kvd + (g + 1) * hd];
-                let v = dot(qh, kj) * scale;
-                sc[j] = v;
-                mx = mx.max(v);
-            }
-            let mut sum = 0.0;
-            for v in sc[..n].iter_mut() {
-                *v = (*v - mx).exp();
-                sum += *v;
-            }
-            let inv = 1.0 / sum;
-            out.iter_mut().for_each(|o| *o = 0.0);
-            for (j, p) in (first..=pos).enumerate() {
-                let vj = &vals[p * kvd + g * hd..p * kvd + (g + 1) * hd];
-                axpy(out, sc[j] * inv, vj);
-            }
+                if sc.len() < n {
+                    sc.resize(n, 0.0);
+                }
+                let mut mx = f32::NEG_INFINITY;
+                for (j, p) in (first..=pos).enumerate() {
+                    let kj = &keys[p * kvd + g * hd..p * kvd + (g + 1) * hd];
+                    let v = dot(qh, kj) * scale;
+                    sc[j] = v;
+                    mx = mx.max(v);
+                }
+                let mut sum = 0.0;
+                for v in sc[..n].iter_mut() {
+                    *v = (*v - mx).exp();
+                    sum += *v;
+                }
+                let inv = 1.0 / sum;
+                out.iter_mut().for_each(|o| *o = 0.0);
+                for (j, p) in (first..=pos).enumerate() {
+                    let vj = &vals[p * kvd + g * hd..p * kvd + (g + 1) * hd];
+                    axpy(out, sc[j] * inv, vj);
+                }
             });
         });
     }

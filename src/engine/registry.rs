@@ -116,7 +116,10 @@ pub fn resolve_model(spec: &str, models_dir: &Path) -> Result<ResolvedModel> {
             return fetch_from_hub(repo, file);
         }
     }
-    let known: Vec<String> = list_manifests(models_dir).into_iter().map(|m| m.name).collect();
+    let known: Vec<String> = list_manifests(models_dir)
+        .into_iter()
+        .map(|m| m.name)
+        .collect();
     Err(EngineError::ModelNotFound {
         name: spec.to_string(),
         hint: format!(

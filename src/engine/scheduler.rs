@@ -272,7 +272,10 @@ impl Engine {
         };
         let template_src = match &cfg.chat_template {
             Some(t) => Some(t.clone()),
-            None => gguf.get_str("tokenizer.chat_template").ok().map(str::to_string),
+            None => gguf
+                .get_str("tokenizer.chat_template")
+                .ok()
+                .map(str::to_string),
         };
         let piece = |id: Option<u32>| {
             id.and_then(|i| tokenizer.decode(&[i], false).ok())
@@ -503,7 +506,9 @@ impl Worker {
             active.retain(|a| !a.tx.is_closed());
             let dropped = before - active.len();
             if dropped > 0 {
-                self.stats.cancelled.fetch_add(dropped as u64, Ordering::Relaxed);
+                self.stats
+                    .cancelled
+                    .fetch_add(dropped as u64, Ordering::Relaxed);
             }
             self.stats.active.store(active.len(), Ordering::Relaxed);
             if active.is_empty() {
@@ -614,7 +619,9 @@ impl Worker {
                 let msg = e.to_string();
                 tracing::error!(error = %msg, "forward step failed");
                 for &(i, _) in &order {
-                    let _ = active[i].tx.send(Event::Error(EngineError::Generation(msg.clone())));
+                    let _ = active[i]
+                        .tx
+                        .send(Event::Error(EngineError::Generation(msg.clone())));
                     finished[i] = true;
                 }
             }

@@ -40,21 +40,35 @@ struct Tiny {
 
 fn tensor(rows: usize, cols: usize, seed: u64, dtype: GgmlDType, scale: f32) -> QTensor {
     // A small LCG keeps the weights reproducible without a random-number crate.
-    let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    let mut s = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
     let data: Vec<f32> = (0..rows * cols)
         .map(|_| {
-            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             ((s >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 2.0 * scale
         })
         .collect();
-    let shape: Vec<usize> = if rows == 1 { vec![cols] } else { vec![rows, cols] };
+    let shape: Vec<usize> = if rows == 1 {
+        vec![cols]
+    } else {
+        vec![rows, cols]
+    };
     let t = Tensor::from_vec(data, shape, &Device::Cpu).unwrap();
     QTensor::quantize(&t, dtype).unwrap()
 }
 
 fn norm(n: usize, seed: u64) -> QTensor {
-    let data: Vec<f32> = (0..n).map(|i| 1.0 + ((i as u64 * 7 + seed) % 5) as f32 * 0.05).collect();
-    QTensor::quantize(&Tensor::from_vec(data, n, &Device::Cpu).unwrap(), GgmlDType::F32).unwrap()
+    let data: Vec<f32> = (0..n)
+        .map(|i| 1.0 + ((i as u64 * 7 + seed) % 5) as f32 * 0.05)
+        .collect();
+    QTensor::quantize(
+        &Tensor::from_vec(data, n, &Device::Cpu).unwrap(),
+        GgmlDType::F32,
+    )
+    .unwrap()
 }
 
 fn write_tiny(t: &Tiny, dir: &Path) -> PathBuf {
@@ -105,15 +119,24 @@ fn write_tiny(t: &Tiny, dir: &Path) -> PathBuf {
         tensors.push((n("attn_q.weight"), tensor(qd, D, s + 1, q, 0.2)));
         tensors.push((n("attn_k.weight"), tensor(kvd, D, s + 2, q, 0.2)));
         tensors.push((n("attn_v.weight"), tensor(kvd, D, s + 3, q, 0.2)));
-        tensors.push((n("attn_output.weight"), tensor(D, qd, s + 4, GgmlDType::Q4_0, 0.2)));
+        tensors.push((
+            n("attn_output.weight"),
+            tensor(D, qd, s + 4, GgmlDType::Q4_0, 0.2),
+        ));
         tensors.push((n("ffn_norm.weight"), norm(D, s + 5)));
         tensors.push((n("ffn_gate.weight"), tensor(FF, D, s + 6, q, 0.2)));
         tensors.push((n("ffn_up.weight"), tensor(FF, D, s + 7, q, 0.2)));
         tensors.push((n("ffn_down.weight"), tensor(D, FF, s + 8, q, 0.2)));
         if a == "qwen2" {
             tensors.push((n("attn_q.bias"), tensor(1, qd, s + 9, GgmlDType::F32, 0.1)));
-            tensors.push((n("attn_k.bias"), tensor(1, kvd, s + 10, GgmlDType::F32, 0.1)));
-            tensors.push((n("attn_v.bias"), tensor(1, kvd, s + 11, GgmlDType::F32, 0.1)));
+            tensors.push((
+                n("attn_k.bias"),
+                tensor(1, kvd, s + 10, GgmlDType::F32, 0.1),
+            ));
+            tensors.push((
+                n("attn_v.bias"),
+                tensor(1, kvd, s + 11, GgmlDType::F32, 0.1),
+            ));
         }
         if a == "qwen3" || a == "gemma3" {
             tensors.push((n("attn_q_norm.weight"), norm(HEAD_DIM, s + 12)));
@@ -143,7 +166,11 @@ fn logits_last(model: &Model, chunks: &[&[u32]], pool: &ThreadPool) -> Vec<f32> 
     let mut s = Scratch::default();
     let mut out = vec![];
     for (i, c) in chunks.iter().enumerate() {
-        let mut items = [BatchItem { kv: &mut kv, tokens: c, want_logits: i + 1 == chunks.len() }];
+        let mut items = [BatchItem {
+            kv: &mut kv,
+            tokens: c,
+            want_logits: i + 1 == chunks.len(),
+        }];
         out = model.forward(&mut items, &mut s, pool).unwrap();
     }
     out
@@ -161,7 +188,10 @@ fn check_arch(arch: &'static str, n_layer: usize) {
     // (for Gemma) the sliding window are consistent across steps.
     let whole = logits_last(&model, &[&prompt], &pool);
     assert_eq!(whole.len(), model.cfg.vocab_size);
-    assert!(whole.iter().all(|x| x.is_finite()), "{arch}: non-finite logits");
+    assert!(
+        whole.iter().all(|x| x.is_finite()),
+        "{arch}: non-finite logits"
+    );
     let chunked = logits_last(&model, &[&prompt[..5], &prompt[5..]], &pool);
     let singles: Vec<&[u32]> = prompt.chunks(1).collect();
     let stepwise = logits_last(&model, &singles, &pool);
@@ -184,13 +214,29 @@ fn check_arch(arch: &'static str, n_layer: usize) {
         stop: vec![],
         ignore_eos: true,
     };
-    let a = engine.submit(req("abc")).unwrap().collect_blocking().unwrap();
-    let b = engine.submit(req("xyz!?")).unwrap().collect_blocking().unwrap();
+    let a = engine
+        .submit(req("abc"))
+        .unwrap()
+        .collect_blocking()
+        .unwrap();
+    let b = engine
+        .submit(req("xyz!?"))
+        .unwrap()
+        .collect_blocking()
+        .unwrap();
     assert_eq!(a.tokens.len(), 12);
     let ga = engine.submit(req("abc")).unwrap();
     let gb = engine.submit(req("xyz!?")).unwrap();
-    assert_eq!(ga.collect_blocking().unwrap().tokens, a.tokens, "{arch}: batched differs");
-    assert_eq!(gb.collect_blocking().unwrap().tokens, b.tokens, "{arch}: batched differs");
+    assert_eq!(
+        ga.collect_blocking().unwrap().tokens,
+        a.tokens,
+        "{arch}: batched differs"
+    );
+    assert_eq!(
+        gb.collect_blocking().unwrap().tokens,
+        b.tokens,
+        "{arch}: batched differs"
+    );
     std::fs::remove_file(&path).unwrap();
 }
 
@@ -218,10 +264,18 @@ fn gemma3_loads_and_runs() {
 #[test]
 fn an_unknown_architecture_is_a_clear_error() {
     let dir = tmp_dir();
-    let path = write_tiny(&Tiny { arch: "mamba", n_layer: 1 }, &dir);
+    let path = write_tiny(
+        &Tiny {
+            arch: "mamba",
+            n_layer: 1,
+        },
+        &dir,
+    );
     let mut cfg = EngineConfig::new(path.clone());
     cfg.threads = 1;
-    let err = Engine::load(cfg).err().expect("an unknown architecture must fail");
+    let err = Engine::load(cfg)
+        .err()
+        .expect("an unknown architecture must fail");
     assert!(
         matches!(err, clerk::engine::EngineError::UnsupportedArchitecture(ref a) if a == "mamba"),
         "{err}"
@@ -232,14 +286,26 @@ fn an_unknown_architecture_is_a_clear_error() {
 #[test]
 fn a_truncated_file_is_a_clear_error() {
     let dir = tmp_dir();
-    let path = write_tiny(&Tiny { arch: "llama", n_layer: 1 }, &dir);
+    let path = write_tiny(
+        &Tiny {
+            arch: "llama",
+            n_layer: 1,
+        },
+        &dir,
+    );
     let bytes = std::fs::read(&path).unwrap();
     let cut = dir.join("truncated.gguf");
     std::fs::write(&cut, &bytes[..bytes.len() - 100]).unwrap();
     let mut cfg = EngineConfig::new(cut.clone());
     cfg.threads = 1;
-    let err = Engine::load(cfg).err().expect("a truncated file must fail").to_string();
-    assert!(err.contains("truncated.gguf") && err.contains("past the end"), "{err}");
+    let err = Engine::load(cfg)
+        .err()
+        .expect("a truncated file must fail")
+        .to_string();
+    assert!(
+        err.contains("truncated.gguf") && err.contains("past the end"),
+        "{err}"
+    );
     std::fs::remove_file(&path).unwrap();
     std::fs::remove_file(&cut).unwrap();
 }

@@ -37,8 +37,16 @@ fn chat(engine: &Engine, text: &str) -> Vec<u32> {
 fn greedy_is_deterministic_and_answers_sensibly() {
     let engine = smollm(|_| {});
     let prompt = chat(&engine, "What is the capital of France?");
-    let a = engine.submit(greedy(prompt.clone(), 24)).unwrap().collect_blocking().unwrap();
-    let b = engine.submit(greedy(prompt, 24)).unwrap().collect_blocking().unwrap();
+    let a = engine
+        .submit(greedy(prompt.clone(), 24))
+        .unwrap()
+        .collect_blocking()
+        .unwrap();
+    let b = engine
+        .submit(greedy(prompt, 24))
+        .unwrap()
+        .collect_blocking()
+        .unwrap();
     assert_eq!(a.tokens, b.tokens);
     assert!(a.text.contains("Paris"), "unexpected answer: {:?}", a.text);
     let done = a.done.unwrap();
@@ -57,11 +65,24 @@ fn batched_decoding_matches_each_sequence_alone() {
     let prompts: Vec<Vec<u32>> = questions.iter().map(|q| chat(&engine, q)).collect();
     let alone: Vec<Vec<u32>> = prompts
         .iter()
-        .map(|p| engine.submit(greedy(p.clone(), 20)).unwrap().collect_blocking().unwrap().tokens)
+        .map(|p| {
+            engine
+                .submit(greedy(p.clone(), 20))
+                .unwrap()
+                .collect_blocking()
+                .unwrap()
+                .tokens
+        })
         .collect();
     // Submit all four before reading any, so they are admitted into the same steps.
-    let gens: Vec<_> = prompts.iter().map(|p| engine.submit(greedy(p.clone(), 20)).unwrap()).collect();
-    let together: Vec<Vec<u32>> = gens.into_iter().map(|g| g.collect_blocking().unwrap().tokens).collect();
+    let gens: Vec<_> = prompts
+        .iter()
+        .map(|p| engine.submit(greedy(p.clone(), 20)).unwrap())
+        .collect();
+    let together: Vec<Vec<u32>> = gens
+        .into_iter()
+        .map(|g| g.collect_blocking().unwrap().tokens)
+        .collect();
     assert_eq!(alone, together);
 }
 
@@ -69,25 +90,57 @@ fn batched_decoding_matches_each_sequence_alone() {
 fn a_cached_prefix_gives_the_same_tokens() {
     let uncached = smollm(|c| c.prefix_cache_bytes = 0);
     let cached = smollm(|_| {});
-    let system = "You are the shop assistant of a small outdoor-gear shop. Answer briefly and politely. \
+    let system =
+        "You are the shop assistant of a small outdoor-gear shop. Answer briefly and politely. \
         Orders ship within two days; returns are accepted within thirty days of delivery.";
-    let msgs = |q: &str| vec![ChatMessage::system(system.to_string()), ChatMessage::user(q.to_string())];
-    let p1 = cached.chat_prompt(&msgs("Do you sell tents?"), None).unwrap();
-    let p2 = cached.chat_prompt(&msgs("When will my order ship?"), None).unwrap();
-    let want = uncached.submit(greedy(p2.clone(), 16)).unwrap().collect_blocking().unwrap();
-    cached.submit(greedy(p1, 4)).unwrap().collect_blocking().unwrap();
-    let got = cached.submit(greedy(p2, 16)).unwrap().collect_blocking().unwrap();
-    assert!(got.done.as_ref().unwrap().usage.cached_tokens >= 32, "the shared system prompt was not reused");
+    let msgs = |q: &str| {
+        vec![
+            ChatMessage::system(system.to_string()),
+            ChatMessage::user(q.to_string()),
+        ]
+    };
+    let p1 = cached
+        .chat_prompt(&msgs("Do you sell tents?"), None)
+        .unwrap();
+    let p2 = cached
+        .chat_prompt(&msgs("When will my order ship?"), None)
+        .unwrap();
+    let want = uncached
+        .submit(greedy(p2.clone(), 16))
+        .unwrap()
+        .collect_blocking()
+        .unwrap();
+    cached
+        .submit(greedy(p1, 4))
+        .unwrap()
+        .collect_blocking()
+        .unwrap();
+    let got = cached
+        .submit(greedy(p2, 16))
+        .unwrap()
+        .collect_blocking()
+        .unwrap();
+    assert!(
+        got.done.as_ref().unwrap().usage.cached_tokens >= 32,
+        "the shared system prompt was not reused"
+    );
     assert_eq!(want.tokens, got.tokens);
 }
 
 #[test]
 fn a_prompt_over_the_context_is_refused_before_generation() {
     let engine = smollm(|c| c.context_length = Some(64));
-    let long: Vec<u32> = engine.tokenizer().encode(&"shoes and socks ".repeat(40), false).unwrap();
+    let long: Vec<u32> = engine
+        .tokenizer()
+        .encode(&"shoes and socks ".repeat(40), false)
+        .unwrap();
     assert!(long.len() > 64);
     match engine.submit(greedy(long, 8)) {
-        Err(EngineError::ContextOverflow { prompt_tokens, context_length, .. }) => {
+        Err(EngineError::ContextOverflow {
+            prompt_tokens,
+            context_length,
+            ..
+        }) => {
             assert!(prompt_tokens > 64);
             assert_eq!(context_length, 64);
         }
@@ -96,7 +149,10 @@ fn a_prompt_over_the_context_is_refused_before_generation() {
     }
     // Fits the prompt but not the requested tokens: also refused up front.
     let short = engine.tokenizer().encode("hello there", false).unwrap();
-    assert!(matches!(engine.submit(greedy(short, 100)), Err(EngineError::ContextOverflow { .. })));
+    assert!(matches!(
+        engine.submit(greedy(short, 100)),
+        Err(EngineError::ContextOverflow { .. })
+    ));
 }
 
 #[test]
@@ -104,15 +160,25 @@ fn dropping_a_stream_cancels_it_and_frees_its_slot() {
     let engine = smollm(|c| c.max_batch = 1);
     let prompt = chat(&engine, "Tell me a very long story about a lighthouse.");
     let mut first = engine
-        .submit(GenerateRequest { ignore_eos: true, ..greedy(prompt.clone(), 2000) })
+        .submit(GenerateRequest {
+            ignore_eos: true,
+            ..greedy(prompt.clone(), 2000)
+        })
         .unwrap();
     assert!(matches!(first.blocking_next(), Some(Event::Token { .. })));
     drop(first);
     // With one slot, this only finishes if the cancelled sequence left it.
-    let second = engine.submit(greedy(prompt, 4)).unwrap().collect_blocking().unwrap();
+    let second = engine
+        .submit(greedy(prompt, 4))
+        .unwrap()
+        .collect_blocking()
+        .unwrap();
     assert_eq!(second.done.unwrap().finish_reason, FinishReason::Length);
     let stats = engine.stats();
-    assert_eq!(stats.cancelled.load(std::sync::atomic::Ordering::Relaxed), 1);
+    assert_eq!(
+        stats.cancelled.load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
 }
 
 #[test]
@@ -122,7 +188,10 @@ fn a_full_queue_refuses_at_once() {
         c.queue_capacity = 1;
     });
     let prompt = chat(&engine, "Count from one to one hundred.");
-    let long = || GenerateRequest { ignore_eos: true, ..greedy(prompt.clone(), 1000) };
+    let long = || GenerateRequest {
+        ignore_eos: true,
+        ..greedy(prompt.clone(), 1000)
+    };
     let mut running = engine.submit(long()).unwrap();
     assert!(matches!(running.blocking_next(), Some(Event::Token { .. })));
     let _waiting = engine.submit(long()).unwrap();
@@ -132,16 +201,26 @@ fn a_full_queue_refuses_at_once() {
         Err(e) => panic!("wrong error: {e}"),
         Ok(_) => panic!("a third request was queued beyond capacity"),
     }
-    assert!(started.elapsed() < Duration::from_secs(1), "refusal was not immediate");
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "refusal was not immediate"
+    );
 }
 
 #[test]
 fn stop_strings_end_generation_and_are_not_emitted() {
     let engine = smollm(|_| {});
     let prompt = chat(&engine, "What is the capital of France?");
-    let full = engine.submit(greedy(prompt.clone(), 24)).unwrap().collect_blocking().unwrap();
+    let full = engine
+        .submit(greedy(prompt.clone(), 24))
+        .unwrap()
+        .collect_blocking()
+        .unwrap();
     let cut = full.text.find("Paris").expect("the answer names Paris");
-    let req = GenerateRequest { stop: vec!["Paris".into()], ..greedy(prompt, 24) };
+    let req = GenerateRequest {
+        stop: vec!["Paris".into()],
+        ..greedy(prompt, 24)
+    };
     let stopped = engine.submit(req).unwrap().collect_blocking().unwrap();
     assert_eq!(stopped.text, full.text[..cut]);
     assert_eq!(stopped.done.unwrap().finish_reason, FinishReason::Stop);
@@ -152,14 +231,22 @@ fn seeded_sampling_is_reproducible() {
     let engine = smollm(|_| {});
     let prompt = chat(&engine, "Suggest a name for a shoe shop.");
     let req = |seed| GenerateRequest {
-        sampling: SamplingParams { temperature: 1.0, seed: Some(seed), logprobs: Some(3), ..Default::default() },
+        sampling: SamplingParams {
+            temperature: 1.0,
+            seed: Some(seed),
+            logprobs: Some(3),
+            ..Default::default()
+        },
         ..greedy(prompt.clone(), 16)
     };
     let a = engine.submit(req(7)).unwrap().collect_blocking().unwrap();
     let b = engine.submit(req(7)).unwrap().collect_blocking().unwrap();
     assert_eq!(a.tokens, b.tokens);
     assert_eq!(a.logprobs.len(), a.tokens.len());
-    assert!(a.logprobs.iter().all(|l| l.top.len() == 3 && l.logprob <= 0.0));
+    assert!(a
+        .logprobs
+        .iter()
+        .all(|l| l.top.len() == 3 && l.logprob <= 0.0));
 }
 
 #[test]
@@ -171,5 +258,9 @@ fn gemma3_continues_text_correctly() {
     let out = engine
         .generate_text("The capital of France is", greedy(vec![], 8))
         .unwrap();
-    assert!(out.text.contains("Paris"), "unexpected continuation: {:?}", out.text);
+    assert!(
+        out.text.contains("Paris"),
+        "unexpected continuation: {:?}",
+        out.text
+    );
 }

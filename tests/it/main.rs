@@ -1,3 +1,5 @@
 //! clerk's integration tests: one binary, one module per area, shared helpers in `common`.
 
+mod arch;
 mod common;
+mod engine;
