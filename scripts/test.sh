@@ -1,6 +1,15 @@
 #!/usr/bin/env bash
 # The whole test suite on a fresh machine: fetches what the tests need, then runs every test.
+#   scripts/test.sh [cargo test args...]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/fetch-models.sh --all
+# The official Python OpenAI client, in a virtual environment of its own under target/, for the
+# server tests that check clerk with the client most users have.
+venv=target/test-venv
+if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c 'import openai' 2>/dev/null; then
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install -q 'openai>=1.50,<3'
+fi
+export CLERK_TEST_PYTHON="$PWD/$venv/bin/python"
 cargo test --all-targets "$@"

@@ -11,6 +11,7 @@ use crate::engine::{Device, Engine, EngineConfig, SamplingParams};
 pub mod bench;
 pub mod chat;
 pub mod generate;
+pub mod serve;
 pub mod tokenize;
 
 #[derive(Debug, Parser)]
@@ -32,6 +33,8 @@ pub enum Command {
     Chat(chat::ChatArgs),
     /// Measure load time, prompt and decode speed, time to first token, memory and batching.
     Bench(bench::BenchArgs),
+    /// Serve the OpenAI-compatible HTTP API.
+    Serve(serve::ServeArgs),
     /// Print the token ids a model's tokenizer gives a text.
     Tokenize(tokenize::TokenizeArgs),
 }
@@ -50,6 +53,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Generate(a) => generate::run(a),
         Command::Chat(a) => chat::run(a),
         Command::Bench(a) => bench::run(a),
+        Command::Serve(a) => serve::run(a),
         Command::Tokenize(a) => tokenize::run(a),
     }
 }

@@ -3,3 +3,4 @@
 mod arch;
 mod common;
 mod engine;
+mod server;

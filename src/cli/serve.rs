@@ -1,0 +1,96 @@
+//! `clerk serve`: the OpenAI-compatible HTTP server.
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use anyhow::Context;
+use axum::http::HeaderValue;
+use clap::Args;
+
+use super::ModelArgs;
+use crate::server::{self, ServerConfig};
+
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Address to listen on. Without an API key only loopback addresses are allowed.
+    #[arg(long, env = "CLERK_HOST", default_value = "127.0.0.1")]
+    pub host: IpAddr,
+    /// Port to listen on (0 picks a free one; the address is printed).
+    #[arg(long, env = "CLERK_PORT", default_value_t = 8080)]
+    pub port: u16,
+    /// API keys clients must send as `Authorization: Bearer KEY` (repeat, or comma-separate in the
+    /// environment variable).
+    #[arg(
+        long = "api-key",
+        env = "CLERK_API_KEY",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    pub api_keys: Vec<String>,
+    /// Browser origins allowed to call the API (repeat, or comma-separate); none by default.
+    #[arg(
+        long = "cors-origin",
+        env = "CLERK_CORS_ORIGINS",
+        value_delimiter = ','
+    )]
+    pub cors_origins: Vec<String>,
+    /// Largest request body accepted, in bytes.
+    #[arg(long, env = "CLERK_MAX_BODY_BYTES", default_value_t = 2 << 20)]
+    pub max_body_bytes: usize,
+    /// Longest a request may run, in seconds (a stream is ended with an error event after it).
+    #[arg(long, env = "CLERK_REQUEST_TIMEOUT_SECS", default_value_t = 600)]
+    pub request_timeout_secs: u64,
+    /// Most choices one request may ask for (`n`).
+    #[arg(long, env = "CLERK_MAX_N", default_value_t = 8)]
+    pub max_n: usize,
+    /// Seconds streams in flight may run on after Ctrl-C or SIGTERM.
+    #[arg(long, env = "CLERK_SHUTDOWN_GRACE_SECS", default_value_t = 10)]
+    pub shutdown_grace_secs: u64,
+}
+
+impl ServeArgs {
+    pub fn server_config(&self) -> anyhow::Result<ServerConfig> {
+        let api_keys: Vec<String> = self
+            .api_keys
+            .iter()
+            .map(|k| k.trim().to_string())
+            .filter(|k| !k.is_empty())
+            .collect();
+        if api_keys.iter().any(|k| k.len() < 16) {
+            anyhow::bail!("API keys must be at least 16 characters long");
+        }
+        let cors_origins = self
+            .cors_origins
+            .iter()
+            .map(|o| {
+                HeaderValue::from_str(o.trim())
+                    .with_context(|| format!("invalid CORS origin `{o}`"))
+            })
+            .collect::<anyhow::Result<_>>()?;
+        if self.max_n == 0 || self.max_body_bytes == 0 || self.request_timeout_secs == 0 {
+            anyhow::bail!(
+                "--max-n, --max-body-bytes and --request-timeout-secs must be at least 1"
+            );
+        }
+        Ok(ServerConfig {
+            api_keys,
+            cors_origins,
+            body_limit: self.max_body_bytes,
+            request_timeout: Duration::from_secs(self.request_timeout_secs),
+            max_n: self.max_n,
+            shutdown_grace: Duration::from_secs(self.shutdown_grace_secs),
+        })
+    }
+}
+
+pub fn run(a: ServeArgs) -> anyhow::Result<()> {
+    let config = a.server_config()?;
+    let engine = a.model.engine_config()?;
+    let addr = SocketAddr::new(a.host, a.port);
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(server::serve(addr, config, engine))
+}

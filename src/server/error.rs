@@ -1,0 +1,184 @@
+//! The server's error type and its one mapping to HTTP.
+//!
+//! Every failure a client can see goes through [`ApiError`], which renders OpenAI's error shape
+//! `{"error": {"message", "type", "param", "code"}}` with the matching status, so OpenAI SDKs raise
+//! their usual exception classes. Internal failures are logged in full and sent as a generic message.
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+use crate::engine::EngineError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// A malformed body or an invalid parameter (400), naming the parameter where there is one.
+    #[error("{message}")]
+    InvalidRequest {
+        message: String,
+        param: Option<String>,
+        code: Option<&'static str>,
+    },
+    #[error("The model `{0}` does not exist or is not served here.")]
+    ModelNotFound(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("Method not allowed for this route.")]
+    MethodNotAllowed,
+    #[error(
+        "You didn't provide an API key. Send it as a Bearer token in the Authorization header."
+    )]
+    MissingApiKey,
+    #[error("Incorrect API key provided.")]
+    InvalidApiKey,
+    #[error(
+        "This model's maximum context length is {context_length} tokens. However, you requested \
+         {total} tokens ({prompt_tokens} in the messages, {max_tokens} in the completion). Please \
+         reduce the length of the messages or completion."
+    )]
+    ContextOverflow {
+        context_length: usize,
+        prompt_tokens: usize,
+        max_tokens: usize,
+        total: usize,
+    },
+    #[error("The server is busy ({capacity} requests already waiting). Please retry shortly.")]
+    Overloaded { capacity: usize },
+    #[error("The request body is larger than the {limit} bytes this server accepts.")]
+    PayloadTooLarge { limit: usize },
+    #[error("The model is still loading; retry shortly.")]
+    Loading,
+    #[error("The request took longer than the server's limit of {0} seconds.")]
+    Timeout(u64),
+    #[error("The server is shutting down.")]
+    ShuttingDown,
+    /// Something broke inside; the detail is logged, never sent.
+    #[error("The server had an error while processing your request.")]
+    Internal(String),
+}
+
+impl ApiError {
+    pub fn invalid(param: impl Into<String>, message: impl Into<String>) -> Self {
+        ApiError::InvalidRequest {
+            message: message.into(),
+            param: Some(param.into()),
+            code: None,
+        }
+    }
+
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::InvalidRequest { .. } | ApiError::ContextOverflow { .. } => {
+                StatusCode::BAD_REQUEST
+            }
+            ApiError::ModelNotFound(_) | ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::MissingApiKey | ApiError::InvalidApiKey => StatusCode::UNAUTHORIZED,
+            ApiError::Overloaded { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::Loading | ApiError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn kind(&self) -> &'static str {
+        match self {
+            ApiError::MissingApiKey | ApiError::InvalidApiKey => "invalid_request_error",
+            ApiError::Overloaded { .. } => "rate_limit_error",
+            ApiError::Loading | ApiError::ShuttingDown | ApiError::Timeout(_) => "server_error",
+            ApiError::Internal(_) => "server_error",
+            _ => "invalid_request_error",
+        }
+    }
+
+    fn param(&self) -> Option<&str> {
+        match self {
+            ApiError::InvalidRequest { param, .. } => param.as_deref(),
+            ApiError::ContextOverflow { .. } => Some("messages"),
+            ApiError::ModelNotFound(_) => Some("model"),
+            _ => None,
+        }
+    }
+
+    fn code(&self) -> Option<&'static str> {
+        match self {
+            ApiError::InvalidRequest { code, .. } => *code,
+            ApiError::ModelNotFound(_) => Some("model_not_found"),
+            ApiError::NotFound(_) => Some("not_found"),
+            ApiError::MethodNotAllowed => Some("method_not_allowed"),
+            ApiError::MissingApiKey => Some("missing_api_key"),
+            ApiError::InvalidApiKey => Some("invalid_api_key"),
+            ApiError::ContextOverflow { .. } => Some("context_length_exceeded"),
+            ApiError::Overloaded { .. } => Some("rate_limit_exceeded"),
+            ApiError::PayloadTooLarge { .. } => Some("request_too_large"),
+            ApiError::Loading => Some("model_loading"),
+            ApiError::Timeout(_) => Some("timeout"),
+            ApiError::ShuttingDown => Some("shutting_down"),
+            ApiError::Internal(_) => Some("internal_error"),
+        }
+    }
+
+    /// The `{"error": …}` object, also sent as an SSE event when a stream fails mid-way.
+    pub fn body(&self) -> serde_json::Value {
+        json!({
+            "error": {
+                "message": self.to_string(),
+                "type": self.kind(),
+                "param": self.param(),
+                "code": self.code(),
+            }
+        })
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        if let ApiError::Internal(detail) = &self {
+            tracing::error!(%detail, "internal error");
+        }
+        let mut res = (self.status(), axum::Json(self.body())).into_response();
+        match self {
+            ApiError::Overloaded { .. } | ApiError::Loading => {
+                res.headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            ApiError::MissingApiKey | ApiError::InvalidApiKey => {
+                res.headers_mut()
+                    .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            _ => {}
+        }
+        res
+    }
+}
+
+impl From<EngineError> for ApiError {
+    fn from(e: EngineError) -> Self {
+        match e {
+            EngineError::ContextOverflow {
+                prompt_tokens,
+                max_tokens,
+                context_length,
+            } => ApiError::ContextOverflow {
+                context_length,
+                prompt_tokens,
+                max_tokens,
+                total: prompt_tokens + max_tokens,
+            },
+            EngineError::QueueFull { capacity } => ApiError::Overloaded { capacity },
+            EngineError::InvalidParameter { param, message } => ApiError::invalid(param, message),
+            // A template refuses messages it can't render (roles out of order, say): the caller's
+            // input, so a 400 that says why.
+            EngineError::Template(message) => ApiError::invalid("messages", message),
+            EngineError::Tokenizer(message) => ApiError::invalid("messages", message),
+            EngineError::ModelNotFound { name, .. } => ApiError::ModelNotFound(name),
+            EngineError::Stopped => ApiError::ShuttingDown,
+            e @ (EngineError::Load { .. }
+            | EngineError::UnsupportedArchitecture(_)
+            | EngineError::Generation(_)
+            | EngineError::Tensor(_)
+            | EngineError::Io(_)) => ApiError::Internal(e.to_string()),
+        }
+    }
+}

@@ -1,0 +1,270 @@
+//! The HTTP server: OpenAI-compatible routes over the engine, health and metrics.
+//!
+//! - `error`: [`ApiError`], the one mapping from every layer's errors to OpenAI-shaped responses.
+//! - `extract`: the JSON extractor whose rejections are [`ApiError`]s.
+//! - `auth`: API keys (Bearer tokens) for `/v1` and `/metrics`.
+//! - `metrics`: counters and histograms rendered for Prometheus.
+//! - `openai`: the `/v1` routes.
+//!
+//! [`app`] builds the router from an [`AppState`], a `Clone` bundle of handles; [`serve`] binds,
+//! loads the model in the background (so `/health` answers 503 meanwhile), and shuts down gracefully.
+
+pub mod auth;
+pub mod error;
+pub mod extract;
+pub mod metrics;
+pub mod openai;
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::http::{header, HeaderValue, Method, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde_json::json;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tower_http::cors::CorsLayer;
+
+use crate::engine::{Engine, EngineConfig};
+pub use error::ApiError;
+use extract::BodyLimit;
+use metrics::Metrics;
+
+/// Settings of the HTTP layer, validated by the CLI.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Accepted API keys; empty means no authentication (allowed on loopback only, see [`serve`]).
+    pub api_keys: Vec<String>,
+    /// Origins allowed to call from a browser; empty means no cross-origin access.
+    pub cors_origins: Vec<HeaderValue>,
+    pub body_limit: usize,
+    pub request_timeout: Duration,
+    /// Choices per request at most (`n`, times the prompts of a legacy completion).
+    pub max_n: usize,
+    /// How long streams in flight may run on after a shutdown signal before they are ended.
+    pub shutdown_grace: Duration,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            api_keys: Vec::new(),
+            cors_origins: Vec::new(),
+            body_limit: 2 << 20,
+            request_timeout: Duration::from_secs(600),
+            max_n: 8,
+            shutdown_grace: Duration::from_secs(10),
+        }
+    }
+}
+
+/// What every handler can reach: cheap clones of shared handles.
+#[derive(Clone)]
+pub struct AppState {
+    /// Filled once the model has loaded; until then model routes answer 503.
+    engine: Arc<OnceLock<Engine>>,
+    pub config: Arc<ServerConfig>,
+    pub metrics: Arc<Metrics>,
+    /// Turns true when streams in flight must end (the shutdown grace is over).
+    pub shutdown: watch::Receiver<bool>,
+    /// Unix time the server started, the `created` of its models.
+    pub started: u64,
+}
+
+/// Ends the streams of an [`AppState`]'s server when dropped or told to.
+pub struct ShutdownHandle(watch::Sender<bool>);
+
+impl ShutdownHandle {
+    pub fn end_streams(&self) {
+        let _ = self.0.send(true);
+    }
+}
+
+impl AppState {
+    pub fn new(config: ServerConfig) -> (Self, ShutdownHandle) {
+        let (tx, rx) = watch::channel(false);
+        let state = Self {
+            engine: Arc::new(OnceLock::new()),
+            config: Arc::new(config),
+            metrics: Arc::new(Metrics::default()),
+            shutdown: rx,
+            started: openai::run::unix_now(),
+        };
+        (state, ShutdownHandle(tx))
+    }
+
+    /// Makes a loaded engine available; the first one set stays.
+    pub fn set_engine(&self, engine: Engine) {
+        let _ = self.engine.set(engine);
+    }
+
+    pub fn loaded_engine(&self) -> Option<&Engine> {
+        self.engine.get()
+    }
+
+    /// The engine serving `model`, or why there is none.
+    pub fn engine(&self, model: &str) -> Result<Engine, ApiError> {
+        let engine = self.engine.get().ok_or(ApiError::Loading)?;
+        if engine.info().name == model {
+            Ok(engine.clone())
+        } else {
+            Err(ApiError::ModelNotFound(model.to_string()))
+        }
+    }
+
+    pub fn model_ids(&self) -> Vec<String> {
+        self.engine
+            .get()
+            .map(|e| vec![e.info().name.clone()])
+            .unwrap_or_default()
+    }
+
+    pub fn record_prompt(&self, tokens: usize) {
+        self.metrics
+            .prompt_tokens
+            .fetch_add(tokens as u64, Ordering::Relaxed);
+    }
+}
+
+/// The whole router over `state`.
+pub fn app(state: AppState) -> Router {
+    let protected = Router::new()
+        .route("/v1/chat/completions", post(openai::chat::handler))
+        .route("/v1/completions", post(openai::completions::handler))
+        .route("/v1/models", get(openai::models::list))
+        .route("/v1/models/{*id}", get(openai::models::get))
+        .route("/metrics", get(metrics_handler))
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            auth::require_key,
+        ));
+    let mut router = Router::new()
+        .merge(protected)
+        .route("/health", get(health))
+        .fallback(|| async { ApiError::NotFound("No such route.".into()) })
+        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
+        .layer(middleware::from_fn_with_state(state.clone(), track))
+        .layer(DefaultBodyLimit::max(state.config.body_limit));
+    if !state.config.cors_origins.is_empty() {
+        router = router.layer(
+            CorsLayer::new()
+                .allow_origin(state.config.cors_origins.clone())
+                .allow_methods([Method::GET, Method::POST, Method::DELETE, Method::OPTIONS])
+                .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE]),
+        );
+    }
+    router.with_state(state)
+}
+
+/// Counts every request by route and status, and tells the JSON extractor the body limit.
+async fn track(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_string(), |p| p.as_str().to_string());
+    req.extensions_mut()
+        .insert(BodyLimit(state.config.body_limit));
+    let res = next.run(req).await;
+    state.metrics.record_request(&route, res.status().as_u16());
+    res
+}
+
+async fn health(State(state): State<AppState>) -> Response {
+    match state.loaded_engine() {
+        Some(e) => Json(json!({ "status": "ok", "model": e.info().name })).into_response(),
+        None => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({ "status": "loading" })),
+        )
+            .into_response(),
+    }
+}
+
+async fn metrics_handler(State(state): State<AppState>) -> Response {
+    let body = state
+        .metrics
+        .render(state.loaded_engine().map(|e| e.stats()));
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        body,
+    )
+        .into_response()
+}
+
+/// Runs the server until Ctrl-C or SIGTERM: binds first, loads the model in the background, then
+/// shuts down gracefully (no new connections; streams in flight get `shutdown_grace` to finish).
+pub async fn serve(
+    addr: SocketAddr,
+    config: ServerConfig,
+    engine_config: EngineConfig,
+) -> anyhow::Result<()> {
+    if config.api_keys.is_empty() && !addr.ip().is_loopback() {
+        anyhow::bail!(
+            "refusing to listen on {addr} without an API key: set --api-key (or CLERK_API_KEY), \
+             or listen on a loopback address"
+        );
+    }
+    let listener = TcpListener::bind(addr).await?;
+    let local = listener.local_addr()?;
+    let grace = config.shutdown_grace;
+    let (state, stop) = AppState::new(config);
+    println!("clerk listening on http://{local}");
+
+    let (failed_tx, failed_rx) = tokio::sync::oneshot::channel();
+    let loading = state.clone();
+    tokio::task::spawn_blocking(move || {
+        let started = Instant::now();
+        match Engine::load(engine_config) {
+            Ok(engine) => {
+                tracing::info!(model = %engine.info().name, secs = started.elapsed().as_secs_f64(), "model loaded");
+                loading.set_engine(engine);
+            }
+            Err(e) => {
+                let _ = failed_tx.send(e);
+            }
+        }
+    });
+
+    let server = axum::serve(listener, app(state)).with_graceful_shutdown(async move {
+        shutdown_signal().await;
+        tracing::info!("shutting down; streams in flight have {grace:?} to finish");
+        tokio::spawn(async move {
+            tokio::time::sleep(grace).await;
+            stop.end_streams();
+        });
+    });
+    tokio::select! {
+        r = server => r.map_err(Into::into),
+        Ok(e) = failed_rx => Err(anyhow::Error::new(e).context("loading the model")),
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
+}

@@ -1,0 +1,161 @@
+//! `POST /v1/completions`: legacy prompt completions.
+
+use std::collections::BTreeMap;
+
+use axum::extract::State;
+use axum::response::Response;
+use serde_json::{json, Value};
+
+use crate::engine::{Engine, FinishReason, TokenLogprob};
+use crate::server::error::ApiError;
+use crate::server::extract::Json;
+use crate::server::AppState;
+
+use super::run::{self, finish_reason, Choices, Envelope, Shape};
+use super::types::{CompletionRequest, Prompt};
+
+/// Prompts per request at most (each becomes `n` sequences).
+const MAX_PROMPTS: usize = 16;
+
+pub async fn handler(
+    State(state): State<AppState>,
+    Json(req): Json<CompletionRequest>,
+) -> Result<Response, ApiError> {
+    let engine = state.engine(&req.model)?;
+    let logprobs = match req.logprobs {
+        None => None,
+        Some(k) if (0..=20).contains(&k) => Some(k as usize),
+        Some(_) => {
+            return Err(ApiError::invalid(
+                "logprobs",
+                "`logprobs` must be between 0 and 20",
+            ))
+        }
+    };
+    if req.suffix.as_ref().is_some_and(|s| !s.is_empty()) {
+        return Err(ApiError::invalid(
+            "suffix",
+            "`suffix` (insertion) is not supported",
+        ));
+    }
+    let plan = req.sampling.plan(logprobs, state.config.max_n)?;
+    let prompts = tokenize(&engine, req.prompt).await?;
+    if prompts.is_empty() || prompts.len() > MAX_PROMPTS {
+        return Err(ApiError::invalid(
+            "prompt",
+            format!("`prompt` must hold between 1 and {MAX_PROMPTS} prompts"),
+        ));
+    }
+    if plan.n * prompts.len() > state.config.max_n {
+        return Err(ApiError::invalid(
+            "n",
+            format!(
+                "`n` times the number of prompts must be at most {}",
+                state.config.max_n
+            ),
+        ));
+    }
+    let echo = req
+        .echo
+        .then(|| prompts.iter().map(|(text, _)| text.clone()).collect());
+    let mut gens = Vec::new();
+    for (_, ids) in prompts {
+        state.record_prompt(ids.len());
+        gens.extend(run::submit(&engine, ids, &plan)?);
+    }
+    let env = Envelope::new("cmpl-", &engine.info().name);
+    let choices = Choices {
+        gens,
+        per_prompt: plan.n,
+    };
+    if plan.stream {
+        Ok(run::stream(
+            &state,
+            &engine,
+            Legacy,
+            env,
+            choices,
+            plan.include_usage,
+            echo,
+        ))
+    } else {
+        run::respond(&state, &engine, Legacy, env, choices, echo).await
+    }
+}
+
+/// Each prompt as (its text, its token ids).
+async fn tokenize(engine: &Engine, prompt: Prompt) -> Result<Vec<(String, Vec<u32>)>, ApiError> {
+    let e = engine.clone();
+    tokio::task::spawn_blocking(move || {
+        let tok = e.tokenizer();
+        let from_text = |t: String| -> Result<(String, Vec<u32>), ApiError> {
+            let ids = tok.encode(&t, true)?;
+            Ok((t, ids))
+        };
+        let from_ids = |ids: Vec<u32>| -> Result<(String, Vec<u32>), ApiError> {
+            let text = tok.decode(&ids, false)?;
+            Ok((text, ids))
+        };
+        match prompt {
+            Prompt::Text(t) => Ok(vec![from_text(t)?]),
+            Prompt::Texts(ts) => ts.into_iter().map(from_text).collect(),
+            Prompt::Tokens(ids) => Ok(vec![from_ids(ids)?]),
+            Prompt::TokenLists(l) => l.into_iter().map(from_ids).collect(),
+        }
+    })
+    .await
+    .map_err(|e| ApiError::Internal(e.to_string()))?
+}
+
+struct Legacy;
+
+impl Shape for Legacy {
+    fn objects(&self) -> (&'static str, &'static str) {
+        ("text_completion", "text_completion")
+    }
+
+    fn opening(&self, _index: usize) -> Option<Value> {
+        None
+    }
+
+    fn delta(&self, index: usize, text: &str, logprobs: Option<Value>) -> Value {
+        json!({ "index": index, "text": text, "logprobs": logprobs, "finish_reason": null })
+    }
+
+    fn closing(&self, index: usize, reason: FinishReason) -> Value {
+        json!({ "index": index, "text": "", "logprobs": null, "finish_reason": finish_reason(reason) })
+    }
+
+    fn whole(
+        &self,
+        index: usize,
+        text: String,
+        logprobs: Option<Value>,
+        reason: FinishReason,
+    ) -> Value {
+        json!({ "index": index, "text": text, "logprobs": logprobs, "finish_reason": finish_reason(reason) })
+    }
+
+    fn logprobs(&self, engine: &Engine, tokens: &[(u32, TokenLogprob)], offset: usize) -> Value {
+        let decode = |id: u32| engine.tokenizer().decode(&[id], false).unwrap_or_default();
+        let mut text_offset = Vec::with_capacity(tokens.len());
+        let mut at = offset;
+        let mut strings = Vec::with_capacity(tokens.len());
+        for (id, _) in tokens {
+            let s = decode(*id);
+            text_offset.push(at);
+            at += s.len();
+            strings.push(s);
+        }
+        let top: Vec<BTreeMap<String, f32>> = tokens
+            .iter()
+            .map(|(_, lp)| lp.top.iter().map(|&(t, l)| (decode(t), l)).collect())
+            .collect();
+        json!({
+            "tokens": strings,
+            "token_logprobs": tokens.iter().map(|(_, lp)| lp.logprob).collect::<Vec<_>>(),
+            "top_logprobs": top,
+            "text_offset": text_offset,
+        })
+    }
+}

@@ -1,0 +1,8 @@
+//! The OpenAI-compatible routes: request types, the shared generation runner, and one file per
+//! endpoint.
+
+pub mod chat;
+pub mod completions;
+pub mod models;
+pub mod run;
+pub mod types;

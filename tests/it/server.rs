@@ -1,0 +1,651 @@
+//! The OpenAI-compatible server on a real socket (port 0), driven by the real `async-openai` client,
+//! by raw HTTP for the error cases, and by the official Python `openai` package.
+
+use std::sync::atomic::Ordering;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use async_openai::config::OpenAIConfig;
+use async_openai::error::OpenAIError;
+use async_openai::types::chat::{
+    ChatCompletionRequestUserMessageArgs, ChatCompletionStreamOptions,
+    CreateChatCompletionRequestArgs, FinishReason,
+};
+use async_openai::types::completions::CreateCompletionRequestArgs;
+use async_openai::Client;
+use clerk::engine::{ChatMessage, Engine, EngineConfig};
+use clerk::server::{app, AppState, ServerConfig, ShutdownHandle};
+use futures_util::StreamExt;
+use serde_json::{json, Value};
+
+use crate::common::model_path;
+
+const MODEL: &str = "smollm2-135m-instruct";
+
+/// One SmolLM2 engine shared by the tests that don't need special engine settings.
+fn shared_engine() -> Engine {
+    static ENGINE: OnceLock<Engine> = OnceLock::new();
+    ENGINE.get_or_init(|| load(|_| {})).clone()
+}
+
+fn load(configure: impl FnOnce(&mut EngineConfig)) -> Engine {
+    let mut cfg = EngineConfig::new(model_path(MODEL));
+    cfg.model_name = MODEL.into();
+    cfg.threads = 2;
+    configure(&mut cfg);
+    Engine::load(cfg).expect("load SmolLM2")
+}
+
+struct TestServer {
+    base: String,
+    state: AppState,
+    _stop: ShutdownHandle,
+}
+
+impl TestServer {
+    async fn start(engine: Option<Engine>, config: ServerConfig) -> Self {
+        let (state, stop) = AppState::new(config);
+        if let Some(e) = engine {
+            state.set_engine(e);
+        }
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let router = app(state.clone());
+        tokio::spawn(async move { axum::serve(listener, router).await });
+        Self {
+            base: format!("http://{addr}"),
+            state,
+            _stop: stop,
+        }
+    }
+
+    async fn default() -> Self {
+        Self::start(Some(shared_engine()), ServerConfig::default()).await
+    }
+
+    fn client(&self) -> Client<OpenAIConfig> {
+        self.client_with_key("unused")
+    }
+
+    fn client_with_key(&self, key: &str) -> Client<OpenAIConfig> {
+        Client::with_config(
+            OpenAIConfig::new()
+                .with_api_base(format!("{}/v1", self.base))
+                .with_api_key(key),
+        )
+    }
+
+    async fn post(&self, path: &str, body: impl Into<reqwest::Body>) -> (u16, Value) {
+        let res = reqwest::Client::new()
+            .post(format!("{}{path}", self.base))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        let status = res.status().as_u16();
+        (status, res.json().await.unwrap_or(Value::Null))
+    }
+
+    async fn metric(&self, name: &str) -> f64 {
+        let text = reqwest::get(format!("{}/metrics", self.base))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or(0.0)
+    }
+}
+
+fn user(text: &str) -> async_openai::types::chat::ChatCompletionRequestMessage {
+    ChatCompletionRequestUserMessageArgs::default()
+        .content(text)
+        .build()
+        .unwrap()
+        .into()
+}
+
+/// The prompt length the server must report, computed independently through the engine.
+fn prompt_tokens(text: &str) -> u32 {
+    shared_engine()
+        .chat_prompt(&[ChatMessage::user(text)], None)
+        .unwrap()
+        .len() as u32
+}
+
+/// Asserts an OpenAI-shaped error body with this status and code.
+fn assert_error(status: u16, body: &Value, want_status: u16, want_code: &str) {
+    assert_eq!(status, want_status, "{body}");
+    let e = &body["error"];
+    assert!(
+        e["message"].as_str().is_some_and(|m| !m.is_empty()),
+        "{body}"
+    );
+    assert!(e["type"].is_string(), "{body}");
+    assert!(e.get("param").is_some(), "{body}");
+    assert_eq!(e["code"], want_code, "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chat_completion_has_exact_usage_and_streaming_gives_the_same_text() {
+    let server = TestServer::default().await;
+    let client = server.client();
+    let question = "What is the capital of France?";
+    let req = CreateChatCompletionRequestArgs::default()
+        .model(MODEL)
+        .messages(vec![user(question)])
+        .temperature(0.0)
+        .max_tokens(20u32)
+        .build()
+        .unwrap();
+    let whole = client.chat().create(req.clone()).await.unwrap();
+    assert_eq!(whole.object, "chat.completion");
+    assert_eq!(whole.model, MODEL);
+    let choice = &whole.choices[0];
+    let text = choice.message.content.clone().unwrap();
+    assert!(!text.is_empty());
+    let usage = whole.usage.unwrap();
+    assert_eq!(usage.prompt_tokens, prompt_tokens(question));
+    assert!(usage.completion_tokens >= 1 && usage.completion_tokens <= 20);
+    assert_eq!(
+        usage.total_tokens,
+        usage.prompt_tokens + usage.completion_tokens
+    );
+    if choice.finish_reason == Some(FinishReason::Length) {
+        assert_eq!(usage.completion_tokens, 20);
+    }
+
+    let mut req = req;
+    req.stream_options = Some(ChatCompletionStreamOptions {
+        include_usage: Some(true),
+        include_obfuscation: None,
+    });
+    let mut stream = client.chat().create_stream(req).await.unwrap();
+    let mut chunks = Vec::new();
+    while let Some(c) = stream.next().await {
+        chunks.push(c.unwrap());
+    }
+    let first = &chunks[0];
+    assert_eq!(
+        first.choices[0].delta.role,
+        Some(async_openai::types::chat::Role::Assistant)
+    );
+    assert!(chunks
+        .iter()
+        .all(|c| c.id == first.id && c.created == first.created));
+    assert!(chunks.iter().all(|c| c.object == "chat.completion.chunk"));
+    let streamed: String = chunks
+        .iter()
+        .flat_map(|c| c.choices.iter())
+        .filter_map(|c| c.delta.content.clone())
+        .collect();
+    assert_eq!(streamed, text, "greedy streaming must give the same text");
+    // The last choice chunk has an empty delta and the finish reason; then the usage chunk.
+    let n = chunks.len();
+    let last_choice = &chunks[n - 2].choices[0];
+    assert_eq!(last_choice.finish_reason, choice.finish_reason);
+    assert!(last_choice.delta.content.is_none());
+    assert!(chunks[n - 1].choices.is_empty());
+    let su = chunks[n - 1].usage.clone().expect("usage chunk");
+    assert_eq!(su.prompt_tokens, usage.prompt_tokens);
+    assert_eq!(su.completion_tokens, usage.completion_tokens);
+    assert!(chunks[..n - 1].iter().all(|c| c.usage.is_none()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn n_choices_logprobs_and_stop() {
+    let server = TestServer::default().await;
+    let req = CreateChatCompletionRequestArgs::default()
+        .model(MODEL)
+        .messages(vec![user("Name a colour.")])
+        .temperature(1.0)
+        .seed(5)
+        .n(2u8)
+        .logprobs(true)
+        .top_logprobs(3u8)
+        .max_tokens(6u32)
+        .build()
+        .unwrap();
+    let res = server.client().chat().create(req).await.unwrap();
+    assert_eq!(res.choices.len(), 2);
+    assert_eq!(res.choices[0].index, 0);
+    assert_eq!(res.choices[1].index, 1);
+    for c in &res.choices {
+        let lp = c.logprobs.as_ref().unwrap().content.as_ref().unwrap();
+        assert!(!lp.is_empty());
+        for t in lp {
+            assert!(t.logprob <= 0.0);
+            assert_eq!(t.top_logprobs.len(), 3);
+        }
+    }
+    let usage = res.usage.unwrap();
+    assert_eq!(usage.prompt_tokens, prompt_tokens("Name a colour."));
+
+    // A stop string ends the text before it, and is never sent.
+    let base = CreateChatCompletionRequestArgs::default()
+        .model(MODEL)
+        .messages(vec![user("What is the capital of France?")])
+        .temperature(0.0)
+        .max_tokens(20u32)
+        .build()
+        .unwrap();
+    let full = server.client().chat().create(base.clone()).await.unwrap();
+    let text = full.choices[0].message.content.clone().unwrap();
+    let word = text
+        .split_whitespace()
+        .nth(2)
+        .expect("a few words")
+        .to_string();
+    let mut cut = base;
+    cut.stop = Some(async_openai::types::chat::StopConfiguration::String(
+        word.clone(),
+    ));
+    let res = server.client().chat().create(cut).await.unwrap();
+    let got = res.choices[0].message.content.clone().unwrap();
+    assert_eq!(got, text[..text.find(&word).unwrap()]);
+    assert_eq!(res.choices[0].finish_reason, Some(FinishReason::Stop));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn legacy_completions_whole_and_streamed() {
+    let server = TestServer::default().await;
+    let req = CreateCompletionRequestArgs::default()
+        .model(MODEL)
+        .prompt("Once upon a time")
+        .temperature(0.0)
+        .max_tokens(12u32)
+        .build()
+        .unwrap();
+    let whole = server
+        .client()
+        .completions()
+        .create(req.clone())
+        .await
+        .unwrap();
+    assert_eq!(whole.object, "text_completion");
+    let text = whole.choices[0].text.clone();
+    assert!(!text.is_empty());
+    let usage = whole.usage.unwrap();
+    let want = shared_engine()
+        .tokenizer()
+        .encode("Once upon a time", true)
+        .unwrap()
+        .len();
+    assert_eq!(usage.prompt_tokens as usize, want);
+
+    let mut stream = server
+        .client()
+        .completions()
+        .create_stream(req)
+        .await
+        .unwrap();
+    let mut streamed = String::new();
+    let mut finish = None;
+    while let Some(c) = stream.next().await {
+        let c = c.unwrap();
+        for ch in c.choices {
+            streamed.push_str(&ch.text);
+            if ch.finish_reason.is_some() {
+                finish = ch.finish_reason;
+            }
+        }
+    }
+    assert_eq!(streamed, text);
+    assert!(finish.is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn models_health_and_metrics() {
+    let server = TestServer::default().await;
+    let client = server.client();
+    let list = client.models().list().await.unwrap();
+    assert_eq!(list.data.len(), 1);
+    assert_eq!(list.data[0].id, MODEL);
+    assert_eq!(client.models().retrieve(MODEL).await.unwrap().id, MODEL);
+    match client.models().retrieve("gpt-17").await {
+        Err(OpenAIError::ApiError(e)) => {
+            assert_eq!(e.status_code.as_u16(), 404);
+            assert_eq!(e.api_error.code.as_deref(), Some("model_not_found"));
+        }
+        other => panic!("expected a 404, got {other:?}"),
+    }
+    let health = reqwest::get(format!("{}/health", server.base))
+        .await
+        .unwrap();
+    assert_eq!(health.status(), 200);
+
+    let loading = TestServer::start(None, ServerConfig::default()).await;
+    let health = reqwest::get(format!("{}/health", loading.base))
+        .await
+        .unwrap();
+    assert_eq!(health.status(), 503);
+    let (status, body) = loading
+        .post(
+            "/v1/chat/completions",
+            json!({"model": MODEL, "messages": [{"role": "user", "content": "hi"}]}).to_string(),
+        )
+        .await;
+    assert_error(status, &body, 503, "model_loading");
+
+    let _ = client.models().list().await.unwrap();
+    let text = reqwest::get(format!("{}/metrics", server.base))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        text.contains("clerk_http_requests_total{route=\"/v1/models\",status=\"200\"} 2"),
+        "{text}"
+    );
+    assert!(
+        text.contains("clerk_http_requests_total{route=\"/v1/models/{*id}\",status=\"404\"} 1"),
+        "{text}"
+    );
+    for name in [
+        "clerk_time_to_first_token_seconds_bucket",
+        "clerk_time_per_output_token_seconds_count",
+        "clerk_queue_depth",
+        "clerk_active_sequences",
+        "clerk_prefix_cache_hits_total",
+        "clerk_prompt_tokens_total",
+        "clerk_completion_tokens_total",
+    ] {
+        assert!(text.contains(name), "{name} missing from /metrics");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn errors_have_openai_shape_and_status() {
+    let server = TestServer::default().await;
+    let chat = |body: Value| body.to_string();
+
+    let (s, b) = server.post("/v1/chat/completions", "{\"model\": ").await;
+    assert_eq!(s, 400, "{b}");
+    assert!(
+        b["error"]["message"].as_str().unwrap().contains("parse"),
+        "{b}"
+    );
+    assert_eq!(b["error"]["type"], "invalid_request_error");
+
+    let (s, b) = server
+        .post(
+            "/v1/chat/completions",
+            chat(json!({"model": MODEL, "messages": 5})),
+        )
+        .await;
+    assert_eq!(s, 400);
+    assert_eq!(b["error"]["param"], "messages", "{b}");
+
+    let (s, b) = server
+        .post(
+            "/v1/chat/completions",
+            chat(json!({"model": MODEL, "messages": [{"role": "wizard", "content": "hi"}]})),
+        )
+        .await;
+    assert_eq!(s, 400);
+    assert_eq!(b["error"]["param"], "messages[0].role", "{b}");
+
+    let (s, b) = server
+        .post(
+            "/v1/chat/completions",
+            chat(json!({"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "temperature": 7})),
+        )
+        .await;
+    assert_eq!(s, 400);
+    assert_eq!(b["error"]["param"], "temperature", "{b}");
+
+    let (s, b) = server
+        .post(
+            "/v1/chat/completions",
+            chat(json!({"model": "gpt-17", "messages": [{"role": "user", "content": "hi"}]})),
+        )
+        .await;
+    assert_error(s, &b, 404, "model_not_found");
+
+    let (s, b) = server
+        .post(
+            "/v1/chat/completions",
+            chat(json!({"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1_000_000})),
+        )
+        .await;
+    assert_error(s, &b, 400, "context_length_exceeded");
+
+    // Extra fields a newer SDK might send are ignored, and text parts are accepted.
+    let (s, b) = server
+        .post(
+            "/v1/chat/completions",
+            chat(
+                json!({"model": MODEL, "max_tokens": 2, "some_future_field": {"x": 1},
+                "messages": [{"role": "user", "content": [{"type": "text", "text": "hi"}]}]}),
+            ),
+        )
+        .await;
+    assert_eq!(s, 200, "{b}");
+
+    let (s, b) = server
+        .post(
+            "/v1/chat/completions",
+            chat(
+                json!({"model": MODEL, "messages": [{"role": "user", "content": "hi"}],
+                "tools": [{"type": "function", "function": {"name": "f", "parameters": {}}}]}),
+            ),
+        )
+        .await;
+    assert_eq!(s, 400);
+    assert_eq!(b["error"]["param"], "tools");
+
+    let (s, b) = server.post("/v1/nothing-here", "{}").await;
+    assert_error(s, &b, 404, "not_found");
+
+    // Hostile nesting is a parse error, not a crash.
+    let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+    let (s, b) = server.post("/v1/chat/completions", deep).await;
+    assert_eq!(s, 400, "{b}");
+
+    let small = TestServer::start(
+        Some(shared_engine()),
+        ServerConfig {
+            body_limit: 1024,
+            ..ServerConfig::default()
+        },
+    )
+    .await;
+    let big =
+        chat(json!({"model": MODEL, "messages": [{"role": "user", "content": "x".repeat(4096)}]}));
+    let (s, b) = small.post("/v1/chat/completions", big).await;
+    assert_error(s, &b, 413, "request_too_large");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_keys_are_required_when_configured() {
+    let key = "sk-clerk-test-0123456789";
+    let server = TestServer::start(
+        Some(shared_engine()),
+        ServerConfig {
+            api_keys: vec![key.into()],
+            ..ServerConfig::default()
+        },
+    )
+    .await;
+    match server
+        .client_with_key("sk-wrong-key-0123456789")
+        .models()
+        .list()
+        .await
+    {
+        Err(OpenAIError::ApiError(e)) => {
+            assert_eq!(e.status_code.as_u16(), 401);
+            assert_eq!(e.api_error.code.as_deref(), Some("invalid_api_key"));
+        }
+        other => panic!("expected 401, got {other:?}"),
+    }
+    let res = reqwest::get(format!("{}/v1/models", server.base))
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 401);
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "missing_api_key");
+    assert_eq!(
+        server
+            .client_with_key(key)
+            .models()
+            .list()
+            .await
+            .unwrap()
+            .data[0]
+            .id,
+        MODEL
+    );
+    // Health stays open for load balancers.
+    assert_eq!(
+        reqwest::get(format!("{}/health", server.base))
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_queue_is_a_429_with_retry_after() {
+    let engine = load(|c| {
+        c.max_batch = 1;
+        c.queue_capacity = 1;
+    });
+    let server = TestServer::start(Some(engine), ServerConfig::default()).await;
+    let long = json!({"model": MODEL, "stream": true, "max_tokens": 4000,
+        "messages": [{"role": "user", "content": "Write a very long story."}]})
+    .to_string();
+    let http = reqwest::Client::new();
+    let url = format!("{}/v1/chat/completions", server.base);
+    // One running, one waiting: the third is refused at once.
+    let mut running = http
+        .post(&url)
+        .body(long.clone())
+        .send()
+        .await
+        .unwrap()
+        .bytes_stream();
+    running.next().await.unwrap().unwrap();
+    let _waiting = http.post(&url).body(long.clone()).send().await.unwrap();
+    let started = Instant::now();
+    let res = http.post(&url).body(long).send().await.unwrap();
+    assert_eq!(res.status(), 429);
+    assert_eq!(res.headers()["retry-after"], "1");
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "rate_limit_exceeded");
+    assert!(started.elapsed() < Duration::from_secs(5));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_disconnects_cancels_its_generation() {
+    let engine = load(|c| c.max_batch = 4);
+    let server = TestServer::start(Some(engine.clone()), ServerConfig::default()).await;
+    let body = json!({"model": MODEL, "stream": true, "max_tokens": 4000,
+        "messages": [{"role": "user", "content": "Write a very long story."}]})
+    .to_string();
+    let res = reqwest::Client::new()
+        .post(format!("{}/v1/chat/completions", server.base))
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    let mut bytes = res.bytes_stream();
+    bytes.next().await.unwrap().unwrap();
+    drop(bytes);
+    // The engine frees the sequence at its next step; poll briefly for it.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while engine.stats().cancelled.load(Ordering::Relaxed) == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the generation was not cancelled"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(engine.stats().active.load(Ordering::Relaxed), 0);
+    assert!(server.metric("clerk_client_disconnects_total").await >= 1.0);
+    assert!(server.metric("clerk_cancelled_sequences_total").await >= 1.0);
+    let _ = &server.state;
+}
+
+/// The official Python client, as most users run it, against the same server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_python_openai_client_works() {
+    let python = std::env::var("CLERK_TEST_PYTHON").expect(
+        "CLERK_TEST_PYTHON is unset: run the tests through scripts/test.sh, which installs the \
+         Python openai package into a virtual environment and points this at it",
+    );
+    let server = TestServer::default().await;
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/openai_client.py");
+    let base = format!("{}/v1", server.base);
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(python)
+            .arg(script)
+            .arg(&base)
+            .arg(MODEL)
+            .output()
+            .expect("run python")
+    })
+    .await
+    .unwrap();
+    let log = format!(
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "python client failed:\n{log}");
+    assert!(log.contains("all python client checks passed"), "{log}");
+}
+
+/// Sixteen concurrent streaming clients: all finish, every chunk parses, and the aggregate rate is
+/// printed (the README quotes it). Bounded: 16 requests of 32 tokens, loopback only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sixteen_concurrent_streams_all_complete() {
+    let engine = load(|c| c.max_batch = 16);
+    let server = TestServer::start(Some(engine), ServerConfig::default()).await;
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..16)
+        .map(|i| {
+            let client = server.client();
+            tokio::spawn(async move {
+                let req = CreateChatCompletionRequestArgs::default()
+                    .model(MODEL)
+                    .messages(vec![user(&format!(
+                        "Tell me fact number {i} about the sea."
+                    ))])
+                    .temperature(0.0)
+                    .max_tokens(32u32)
+                    .stream_options(ChatCompletionStreamOptions {
+                        include_usage: Some(true),
+                        include_obfuscation: None,
+                    })
+                    .build()
+                    .unwrap();
+                let mut s = client.chat().create_stream(req).await.unwrap();
+                let mut usage = None;
+                let mut finished = false;
+                while let Some(c) = s.next().await {
+                    let c = c.expect("a well-formed chunk");
+                    finished |= c.choices.iter().any(|c| c.finish_reason.is_some());
+                    usage = usage.or(c.usage);
+                }
+                assert!(finished);
+                usage.expect("usage").completion_tokens
+            })
+        })
+        .collect();
+    let mut tokens = 0;
+    for t in tasks {
+        tokens += t.await.unwrap();
+    }
+    let secs = started.elapsed().as_secs_f64();
+    println!(
+        "16 concurrent streams: {tokens} tokens in {secs:.2} s = {:.1} tokens/s aggregate",
+        tokens as f64 / secs
+    );
+    assert!(tokens >= 16);
+}

@@ -1,0 +1,83 @@
+"""The official `openai` Python package against a running clerk server.
+
+    python openai_client.py BASE_URL MODEL
+
+Run by the Rust integration test `server::the_python_openai_client_works`, which starts the server on
+a free loopback port. Exits non-zero with the failed check's message on any mismatch.
+"""
+
+import sys
+
+import openai
+from openai import OpenAI
+
+base, model = sys.argv[1], sys.argv[2]
+client = OpenAI(base_url=base, api_key="unused", max_retries=0, timeout=120)
+question = [{"role": "user", "content": "What is the capital of France?"}]
+
+# Chat, whole.
+whole = client.chat.completions.create(model=model, messages=question, temperature=0, max_tokens=16)
+text = whole.choices[0].message.content
+assert whole.object == "chat.completion", whole
+assert text, whole
+assert whole.choices[0].finish_reason in ("stop", "length"), whole
+u = whole.usage
+assert u.total_tokens == u.prompt_tokens + u.completion_tokens, u
+assert 1 <= u.completion_tokens <= 16, u
+
+# Chat, streamed with usage: same text, one id, usage last.
+chunks = list(
+    client.chat.completions.create(
+        model=model,
+        messages=question,
+        temperature=0,
+        max_tokens=16,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+)
+assert chunks[0].choices[0].delta.role == "assistant", chunks[0]
+assert len({c.id for c in chunks}) == 1
+streamed = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+assert streamed == text, (streamed, text)
+assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == u.completion_tokens, chunks[-1]
+assert chunks[-2].choices[0].finish_reason == whole.choices[0].finish_reason
+
+# Legacy completions.
+comp = client.completions.create(model=model, prompt="Once upon a time", max_tokens=8, temperature=0)
+assert comp.choices[0].text, comp
+streamed = "".join(
+    c.choices[0].text
+    for c in client.completions.create(model=model, prompt="Once upon a time", max_tokens=8, temperature=0, stream=True)
+    if c.choices
+)
+assert streamed == comp.choices[0].text, (streamed, comp)
+
+# Models.
+assert [m.id for m in client.models.list().data] == [model]
+assert client.models.retrieve(model).id == model
+
+# Errors raise the SDK's usual exception classes.
+try:
+    client.chat.completions.create(model="gpt-17", messages=question)
+    raise AssertionError("unknown model accepted")
+except openai.NotFoundError as e:
+    assert e.status_code == 404 and e.body["code"] == "model_not_found", e.body
+try:
+    client.chat.completions.create(model=model, messages=question, max_tokens=10_000_000)
+    raise AssertionError("context overflow accepted")
+except openai.BadRequestError as e:
+    assert e.body["code"] == "context_length_exceeded", e.body
+try:
+    client.chat.completions.create(model=model, messages=question, temperature=9)
+    raise AssertionError("bad temperature accepted")
+except openai.BadRequestError as e:
+    assert e.body["param"] == "temperature", e.body
+
+# Extra body fields (clerk's top_k / min_p) pass through the SDK's extra_body.
+res = client.chat.completions.create(
+    model=model, messages=question, max_tokens=4, extra_body={"top_k": 1, "min_p": 0.1}
+)
+assert res.choices[0].message.content is not None
+
+print("all python client checks passed")
