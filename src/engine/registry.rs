@@ -16,7 +16,12 @@ pub struct Manifest {
     pub name: String,
     #[serde(default)]
     pub description: String,
+    /// `chat` (a GGUF file) or `embedder` (a folder with safetensors, config and tokenizer).
+    #[serde(default = "chat_kind")]
+    pub kind: String,
+    /// The GGUF file, or the embedder's folder, relative to the models folder.
     pub file: String,
+    #[serde(default)]
     pub sha256: String,
     #[serde(default)]
     pub wheels: Vec<String>,
@@ -25,6 +30,57 @@ pub struct Manifest {
     /// A template for models whose GGUF carries none: `chatml`, `gemma`, or Jinja source.
     #[serde(default)]
     pub chat_template: Option<String>,
+}
+
+fn chat_kind() -> String {
+    "chat".into()
+}
+
+pub const DEFAULT_EMBEDDER: &str = "all-minilm-l6-v2";
+
+/// Resolves an embedder: a folder holding `config.json`, `tokenizer.json` and `model.safetensors`,
+/// or the name of an `embedder` manifest in the models folder. Returns (name, folder).
+pub fn resolve_embedder(spec: &str, models_dir: &Path) -> Result<(String, PathBuf)> {
+    let as_dir = Path::new(spec);
+    if as_dir.join("config.json").is_file() {
+        let name = as_dir
+            .file_name()
+            .map_or_else(|| spec.to_string(), |s| s.to_string_lossy().into_owned());
+        return Ok((name, as_dir.to_path_buf()));
+    }
+    let manifest_path = models_dir.join(format!("{spec}.json"));
+    let m: Manifest = match std::fs::read(&manifest_path) {
+        Ok(b) => serde_json::from_slice(&b).map_err(|e| EngineError::Load {
+            path: manifest_path.clone(),
+            message: e.to_string(),
+        })?,
+        Err(_) => {
+            return Err(EngineError::ModelNotFound {
+                name: spec.to_string(),
+                hint: "give a folder with config.json, tokenizer.json and model.safetensors, or \
+                       the name of an embedder manifest in the models folder"
+                    .into(),
+            })
+        }
+    };
+    if m.kind != "embedder" {
+        return Err(EngineError::ModelNotFound {
+            name: spec.to_string(),
+            hint: format!("`{spec}` is a {} model, not an embedder", m.kind),
+        });
+    }
+    let dir = models_dir.join(&m.file);
+    if !dir.join("model.safetensors").is_file() {
+        return Err(EngineError::ModelNotFound {
+            name: m.name.clone(),
+            hint: format!(
+                "{} is missing; fetch it with `scripts/fetch-models.sh {}`",
+                dir.display(),
+                m.name
+            ),
+        });
+    }
+    Ok((m.name, dir))
 }
 
 #[derive(Debug, Clone)]
@@ -94,6 +150,12 @@ pub fn resolve_model(spec: &str, models_dir: &Path) -> Result<ResolvedModel> {
                 message: e.to_string(),
             }
         })?;
+        if m.kind != "chat" {
+            return Err(EngineError::ModelNotFound {
+                name: m.name,
+                hint: format!("`{spec}` is an {} model, not a chat model", m.kind),
+            });
+        }
         let path = models_dir.join(&m.file);
         if !path.is_file() {
             return Err(EngineError::ModelNotFound {

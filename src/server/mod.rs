@@ -31,10 +31,11 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tower_http::cors::CorsLayer;
 
-use crate::engine::{Engine, EngineConfig};
+use crate::engine::{Embedder, Engine, EngineConfig};
 pub use error::ApiError;
 use extract::BodyLimit;
 use metrics::Metrics;
+use std::path::PathBuf;
 
 /// Settings of the HTTP layer, validated by the CLI.
 #[derive(Debug, Clone)]
@@ -69,6 +70,10 @@ impl Default for ServerConfig {
 pub struct AppState {
     /// Filled once the model has loaded; until then model routes answer 503.
     engine: Arc<OnceLock<Engine>>,
+    /// The sentence embedder, when one is configured; filled once loaded.
+    embedder: Arc<OnceLock<Arc<Embedder>>>,
+    /// Whether an embedder is configured (so health waits for it too).
+    expects_embedder: bool,
     pub config: Arc<ServerConfig>,
     pub metrics: Arc<Metrics>,
     /// Turns true when streams in flight must end (the shutdown grace is over).
@@ -87,10 +92,12 @@ impl ShutdownHandle {
 }
 
 impl AppState {
-    pub fn new(config: ServerConfig) -> (Self, ShutdownHandle) {
+    pub fn new(config: ServerConfig, expects_embedder: bool) -> (Self, ShutdownHandle) {
         let (tx, rx) = watch::channel(false);
         let state = Self {
             engine: Arc::new(OnceLock::new()),
+            embedder: Arc::new(OnceLock::new()),
+            expects_embedder,
             config: Arc::new(config),
             metrics: Arc::new(Metrics::default()),
             shutdown: rx,
@@ -104,8 +111,26 @@ impl AppState {
         let _ = self.engine.set(engine);
     }
 
+    pub fn set_embedder(&self, embedder: Arc<Embedder>) {
+        let _ = self.embedder.set(embedder);
+    }
+
     pub fn loaded_engine(&self) -> Option<&Engine> {
         self.engine.get()
+    }
+
+    /// Whether every configured model has loaded.
+    pub fn ready(&self) -> bool {
+        self.engine.get().is_some() && (!self.expects_embedder || self.embedder.get().is_some())
+    }
+
+    /// The embedder called `model`, or why there is none.
+    pub fn embedder(&self, model: &str) -> Result<Arc<Embedder>, ApiError> {
+        match self.embedder.get() {
+            Some(e) if e.name() == model => Ok(e.clone()),
+            None if self.expects_embedder => Err(ApiError::Loading),
+            _ => Err(ApiError::ModelNotFound(model.to_string())),
+        }
     }
 
     /// The engine serving `model`, or why there is none.
@@ -119,10 +144,9 @@ impl AppState {
     }
 
     pub fn model_ids(&self) -> Vec<String> {
-        self.engine
-            .get()
-            .map(|e| vec![e.info().name.clone()])
-            .unwrap_or_default()
+        let chat = self.engine.get().map(|e| e.info().name.clone());
+        let embed = self.embedder.get().map(|e| e.name().to_string());
+        chat.into_iter().chain(embed).collect()
     }
 
     pub fn record_prompt(&self, tokens: usize) {
@@ -137,6 +161,7 @@ pub fn app(state: AppState) -> Router {
     let protected = Router::new()
         .route("/v1/chat/completions", post(openai::chat::handler))
         .route("/v1/completions", post(openai::completions::handler))
+        .route("/v1/embeddings", post(openai::embeddings::handler))
         .route("/v1/models", get(openai::models::list))
         .route("/v1/models/{*id}", get(openai::models::get))
         .route("/metrics", get(metrics_handler))
@@ -176,13 +201,14 @@ async fn track(State(state): State<AppState>, mut req: Request, next: Next) -> R
 }
 
 async fn health(State(state): State<AppState>) -> Response {
-    match state.loaded_engine() {
-        Some(e) => Json(json!({ "status": "ok", "model": e.info().name })).into_response(),
-        None => (
+    if state.ready() {
+        Json(json!({ "status": "ok", "models": state.model_ids() })).into_response()
+    } else {
+        (
             StatusCode::SERVICE_UNAVAILABLE,
             Json(json!({ "status": "loading" })),
         )
-            .into_response(),
+            .into_response()
     }
 }
 
@@ -206,6 +232,7 @@ pub async fn serve(
     addr: SocketAddr,
     config: ServerConfig,
     engine_config: EngineConfig,
+    embedder: Option<(String, PathBuf)>,
 ) -> anyhow::Result<()> {
     if config.api_keys.is_empty() && !addr.ip().is_loopback() {
         anyhow::bail!(
@@ -216,21 +243,24 @@ pub async fn serve(
     let listener = TcpListener::bind(addr).await?;
     let local = listener.local_addr()?;
     let grace = config.shutdown_grace;
-    let (state, stop) = AppState::new(config);
+    let (state, stop) = AppState::new(config, embedder.is_some());
     println!("clerk listening on http://{local}");
 
     let (failed_tx, failed_rx) = tokio::sync::oneshot::channel();
     let loading = state.clone();
     tokio::task::spawn_blocking(move || {
         let started = Instant::now();
-        match Engine::load(engine_config) {
-            Ok(engine) => {
-                tracing::info!(model = %engine.info().name, secs = started.elapsed().as_secs_f64(), "model loaded");
-                loading.set_engine(engine);
+        let loaded = Engine::load(engine_config).and_then(|engine| {
+            tracing::info!(model = %engine.info().name, secs = started.elapsed().as_secs_f64(), "model loaded");
+            loading.set_engine(engine);
+            if let Some((name, dir)) = embedder {
+                loading.set_embedder(Arc::new(Embedder::load(&dir, &name)?));
+                tracing::info!(embedder = %name, "embedder loaded");
             }
-            Err(e) => {
-                let _ = failed_tx.send(e);
-            }
+            Ok(())
+        });
+        if let Err(e) = loaded {
+            let _ = failed_tx.send(e);
         }
     });
 

@@ -2,7 +2,7 @@
 //! by raw HTTP for the error cases, and by the official Python `openai` package.
 
 use std::sync::atomic::Ordering;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use async_openai::config::OpenAIConfig;
@@ -13,12 +13,12 @@ use async_openai::types::chat::{
 };
 use async_openai::types::completions::CreateCompletionRequestArgs;
 use async_openai::Client;
-use clerk::engine::{ChatMessage, Engine, EngineConfig};
+use clerk::engine::{ChatMessage, Embedder, Engine, EngineConfig};
 use clerk::server::{app, AppState, ServerConfig, ShutdownHandle};
 use futures_util::StreamExt;
 use serde_json::{json, Value};
 
-use crate::common::model_path;
+use crate::common::{embedder_dir, model_path};
 
 const MODEL: &str = "smollm2-135m-instruct";
 
@@ -36,6 +36,18 @@ fn load(configure: impl FnOnce(&mut EngineConfig)) -> Engine {
     Engine::load(cfg).expect("load SmolLM2")
 }
 
+const EMBEDDER: &str = "all-minilm-l6-v2";
+
+fn shared_embedder() -> Arc<Embedder> {
+    static EMBEDDER_: OnceLock<Arc<Embedder>> = OnceLock::new();
+    EMBEDDER_
+        .get_or_init(|| {
+            let dir = embedder_dir(EMBEDDER);
+            Arc::new(Embedder::load(&dir, EMBEDDER).expect("load the embedder"))
+        })
+        .clone()
+}
+
 struct TestServer {
     base: String,
     state: AppState,
@@ -44,7 +56,7 @@ struct TestServer {
 
 impl TestServer {
     async fn start(engine: Option<Engine>, config: ServerConfig) -> Self {
-        let (state, stop) = AppState::new(config);
+        let (state, stop) = AppState::new(config, false);
         if let Some(e) = engine {
             state.set_engine(e);
         }
@@ -60,7 +72,9 @@ impl TestServer {
     }
 
     async fn default() -> Self {
-        Self::start(Some(shared_engine()), ServerConfig::default()).await
+        let server = Self::start(Some(shared_engine()), ServerConfig::default()).await;
+        server.state.set_embedder(shared_embedder());
+        server
     }
 
     fn client(&self) -> Client<OpenAIConfig> {
@@ -302,8 +316,8 @@ async fn models_health_and_metrics() {
     let server = TestServer::default().await;
     let client = server.client();
     let list = client.models().list().await.unwrap();
-    assert_eq!(list.data.len(), 1);
-    assert_eq!(list.data[0].id, MODEL);
+    let ids: Vec<&str> = list.data.iter().map(|m| m.id.as_str()).collect();
+    assert_eq!(ids, [MODEL, EMBEDDER]);
     assert_eq!(client.models().retrieve(MODEL).await.unwrap().id, MODEL);
     match client.models().retrieve("gpt-17").await {
         Err(OpenAIError::ApiError(e)) => {
@@ -572,6 +586,67 @@ async fn a_client_that_disconnects_cancels_its_generation() {
     let _ = &server.state;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embeddings_float_and_base64() {
+    use async_openai::types::embeddings::{CreateEmbeddingRequestArgs, EmbeddingInput};
+    let server = TestServer::default().await;
+    let texts = vec![
+        "How do I return a pair of shoes?".to_string(),
+        "What is your refund policy for footwear?".to_string(),
+        "The weather is sunny today.".to_string(),
+    ];
+    let req = CreateEmbeddingRequestArgs::default()
+        .model(EMBEDDER)
+        .input(EmbeddingInput::StringArray(texts.clone()))
+        .build()
+        .unwrap();
+    let res = server.client().embeddings().create(req).await.unwrap();
+    assert_eq!(res.data.len(), 3);
+    let v: Vec<&Vec<f32>> = res.data.iter().map(|d| &d.embedding).collect();
+    assert!(v.iter().all(|e| e.len() == 384));
+    let dot = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| x * y).sum::<f32>();
+    assert!((dot(v[0], v[0]) - 1.0).abs() < 1e-4, "normalised");
+    let (near, far) = (dot(v[0], v[1]), dot(v[0], v[2]));
+    assert!(
+        near > far + 0.2,
+        "a paraphrase ({near}) is closer than an unrelated text ({far})"
+    );
+    // Padding inside a batch must not change a text's vector.
+    let alone = shared_embedder().embed(&[texts[2].as_str()]).unwrap();
+    assert!(alone[0].iter().zip(v[2]).all(|(a, b)| (a - b).abs() < 1e-5));
+    let want_tokens: usize = texts
+        .iter()
+        .map(|t| shared_embedder().tokenize(t).unwrap().len())
+        .sum();
+    assert_eq!(res.usage.prompt_tokens as usize, want_tokens);
+
+    let (s, b) = server
+        .post(
+            "/v1/embeddings",
+            json!({"model": EMBEDDER, "input": texts[0], "encoding_format": "base64"}).to_string(),
+        )
+        .await;
+    assert_eq!(s, 200, "{b}");
+    use base64::Engine as _;
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(b["data"][0]["embedding"].as_str().unwrap())
+        .unwrap();
+    let decoded: Vec<f32> = bytes
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect();
+    assert_eq!(&decoded, v[0]);
+
+    let (s, b) = server
+        .post(
+            "/v1/embeddings",
+            json!({"model": EMBEDDER, "input": "x ".repeat(2000)}).to_string(),
+        )
+        .await;
+    assert_eq!(s, 400, "an over-long input is refused, not truncated: {b}");
+    assert_eq!(b["error"]["param"], "input");
+}
+
 /// The official Python client, as most users run it, against the same server.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_python_openai_client_works() {
@@ -587,6 +662,7 @@ async fn the_python_openai_client_works() {
             .arg(script)
             .arg(&base)
             .arg(MODEL)
+            .arg(EMBEDDER)
             .output()
             .expect("run python")
     })

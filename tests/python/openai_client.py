@@ -1,6 +1,6 @@
 """The official `openai` Python package against a running clerk server.
 
-    python openai_client.py BASE_URL MODEL
+    python openai_client.py BASE_URL MODEL EMBEDDER
 
 Run by the Rust integration test `server::the_python_openai_client_works`, which starts the server on
 a free loopback port. Exits non-zero with the failed check's message on any mismatch.
@@ -53,8 +53,15 @@ streamed = "".join(
 )
 assert streamed == comp.choices[0].text, (streamed, comp)
 
+# Embeddings: the SDK asks for base64 by default and decodes it.
+embedder = sys.argv[3]
+emb = client.embeddings.create(model=embedder, input=["How do I return shoes?", "Refund policy for footwear"])
+assert len(emb.data) == 2 and len(emb.data[0].embedding) == 384, emb
+assert abs(sum(x * x for x in emb.data[0].embedding) - 1.0) < 1e-3
+assert emb.usage.prompt_tokens > 0
+
 # Models.
-assert [m.id for m in client.models.list().data] == [model]
+assert [m.id for m in client.models.list().data] == [model, embedder]
 assert client.models.retrieve(model).id == model
 
 # Errors raise the SDK's usual exception classes.

@@ -36,18 +36,23 @@ struct BlockQ8_0 {
 const _: () = assert!(std::mem::size_of::<BlockQ4_1>() == 20);
 const _: () = assert!(std::mem::size_of::<BlockQ8_0>() == 34);
 
+/// Whether the AVX2/FMA paths run here. `CLERK_GENERIC_KERNELS=1` turns them off, to compare
+/// against the portable path on the same machine; read once, since this sits on the hot path.
 pub fn available() -> bool {
-    if std::env::var_os("CLERK_GENERIC_KERNELS").is_some() {
-        return false;
-    }
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
+    static AVAILABLE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *AVAILABLE.get_or_init(|| {
+        if std::env::var_os("CLERK_GENERIC_KERNELS").is_some() {
+            return false;
+        }
+        #[cfg(target_arch = "x86_64")]
+        {
+            std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            false
+        }
+    })
 }
 
 /// Activation rows quantized to 8 bits: values, per-block scales, and per-block `scale * sum`.
