@@ -647,6 +647,75 @@ async fn embeddings_float_and_base64() {
     assert_eq!(b["error"]["param"], "input");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_over_the_time_limit_end_cleanly() {
+    let server = TestServer::start(
+        Some(shared_engine()),
+        ServerConfig {
+            request_timeout: Duration::from_millis(500),
+            ..ServerConfig::default()
+        },
+    )
+    .await;
+    // End-of-sequence tokens banned, so only the time limit can end these.
+    let body = |stream: bool| {
+        json!({"model": MODEL, "stream": stream, "max_tokens": 4000, "logit_bias": {"0": -100, "2": -100},
+            "messages": [{"role": "user", "content": "Write a long story."}]})
+        .to_string()
+    };
+    let (s, b) = server.post("/v1/chat/completions", body(false)).await;
+    assert_error(s, &b, 504, "timeout");
+
+    let res = reqwest::Client::new()
+        .post(format!("{}/v1/chat/completions", server.base))
+        .body(body(true))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let text = res.text().await.unwrap();
+    let events: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .collect();
+    assert_eq!(events.last(), Some(&"[DONE]"));
+    let err: Value = serde_json::from_str(events[events.len() - 2]).unwrap();
+    assert_eq!(err["error"]["code"], "timeout", "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cors_is_closed_unless_an_origin_is_allowed() {
+    let preflight = |base: String| async move {
+        reqwest::Client::new()
+            .request(
+                reqwest::Method::OPTIONS,
+                format!("{base}/v1/chat/completions"),
+            )
+            .header("origin", "https://shop.example")
+            .header("access-control-request-method", "POST")
+            .send()
+            .await
+            .unwrap()
+    };
+    let closed = TestServer::start(Some(shared_engine()), ServerConfig::default()).await;
+    let res = preflight(closed.base.clone()).await;
+    assert!(res.headers().get("access-control-allow-origin").is_none());
+
+    let open = TestServer::start(
+        Some(shared_engine()),
+        ServerConfig {
+            cors_origins: vec!["https://shop.example".parse().unwrap()],
+            ..ServerConfig::default()
+        },
+    )
+    .await;
+    let res = preflight(open.base.clone()).await;
+    assert_eq!(
+        res.headers()["access-control-allow-origin"],
+        "https://shop.example"
+    );
+}
+
 /// The official Python client, as most users run it, against the same server.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_python_openai_client_works() {

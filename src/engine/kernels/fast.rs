@@ -126,36 +126,47 @@ where
     });
 }
 
-pub fn matmul_q4_1(w: &QMatrix, x: &[f32], n: usize, out: &mut [f32], pool: &ThreadPool) {
+/// One weight row against up to `TILE` quantized activation rows.
+type TileFn<B> = fn(&[B], &Quantized, usize, usize, usize, &mut [f32; TILE]);
+
+fn matmul_blocks<B: Sync>(
+    w: &QMatrix,
+    x: &[f32],
+    n: usize,
+    out: &mut [f32],
+    pool: &ThreadPool,
+    tile: TileFn<B>,
+) {
     let xq = quantize_rows(x);
-    let wb = blocks::<BlockQ4_1>(w);
+    let wb = blocks::<B>(w);
     let bpr = w.cols / QK;
     run_rows(w, n, out, pool, |row, a0, cnt, res| {
-        let wr = &wb[row * bpr..(row + 1) * bpr];
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: `available()` was checked by the caller before choosing this path.
-        unsafe {
-            avx2::q4_1_tile(wr, &xq, a0, cnt, bpr, res)
-        }
-        #[cfg(not(target_arch = "x86_64"))]
-        scalar_q4_1_tile(wr, &xq, a0, cnt, bpr, res)
+        tile(&wb[row * bpr..(row + 1) * bpr], &xq, a0, cnt, bpr, res)
     });
 }
 
+pub fn matmul_q4_1(w: &QMatrix, x: &[f32], n: usize, out: &mut [f32], pool: &ThreadPool) {
+    matmul_blocks::<BlockQ4_1>(w, x, n, out, pool, |wr, xq, a0, cnt, bpr, res| {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the caller chose this path because `available()` said AVX2 and FMA are there.
+        unsafe {
+            avx2::q4_1_tile(wr, xq, a0, cnt, bpr, res)
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        scalar_q4_1_tile(wr, xq, a0, cnt, bpr, res)
+    })
+}
+
 pub fn matmul_q8_0(w: &QMatrix, x: &[f32], n: usize, out: &mut [f32], pool: &ThreadPool) {
-    let xq = quantize_rows(x);
-    let wb = blocks::<BlockQ8_0>(w);
-    let bpr = w.cols / QK;
-    run_rows(w, n, out, pool, |row, a0, cnt, res| {
-        let wr = &wb[row * bpr..(row + 1) * bpr];
+    matmul_blocks::<BlockQ8_0>(w, x, n, out, pool, |wr, xq, a0, cnt, bpr, res| {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: as above.
         unsafe {
-            avx2::q8_0_tile(wr, &xq, a0, cnt, bpr, res)
+            avx2::q8_0_tile(wr, xq, a0, cnt, bpr, res)
         }
         #[cfg(not(target_arch = "x86_64"))]
-        scalar_q8_0_tile(wr, &xq, a0, cnt, bpr, res)
-    });
+        scalar_q8_0_tile(wr, xq, a0, cnt, bpr, res)
+    })
 }
 
 /// The plain versions of the tiles: the reference the AVX2 code is tested against.
@@ -227,20 +238,47 @@ mod avx2 {
         _mm_cvtss_f32(s)
     }
 
-    /// Up to `TILE` dot products of one Q4_1 weight row with consecutive quantized activation rows.
+    /// Dispatches to a tile whose row count is a constant, so its accumulators stay in registers.
+    macro_rules! by_count {
+        ($name:ident, $tile:ident, $block:ty) => {
+            #[target_feature(enable = "avx2,fma")]
+            pub(super) unsafe fn $name(
+                wr: &[$block],
+                xq: &Quantized,
+                a0: usize,
+                cnt: usize,
+                bpr: usize,
+                res: &mut [f32; TILE],
+            ) {
+                match cnt {
+                    1 => $tile::<1>(wr, xq, a0, bpr, res),
+                    2 => $tile::<2>(wr, xq, a0, bpr, res),
+                    3 => $tile::<3>(wr, xq, a0, bpr, res),
+                    _ => $tile::<4>(wr, xq, a0, bpr, res),
+                }
+            }
+        };
+    }
+    const _: () = assert!(TILE == 4);
+    by_count!(q4_1_tile, q4_1_tile_n, BlockQ4_1);
+    by_count!(q8_0_tile, q8_0_tile_n, BlockQ8_0);
+
+    /// `CNT` dot products of one Q4_1 weight row with consecutive quantized activation rows.
+    #[inline]
     #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn q4_1_tile(
+    unsafe fn q4_1_tile_n<const CNT: usize>(
         wr: &[BlockQ4_1],
         xq: &Quantized,
         a0: usize,
-        cnt: usize,
         bpr: usize,
         res: &mut [f32; TILE],
     ) {
         let mask = _mm_set1_epi8(0x0F);
         let ones = _mm256_set1_epi16(1);
-        let mut acc = [_mm256_setzero_ps(); TILE];
-        let mut offs = [0f32; TILE];
+        // Even and odd blocks go to separate accumulators, so consecutive blocks do not wait on
+        // each other's FMA; every tile size does this, so a row's bits never depend on the tile.
+        let mut acc = [[_mm256_setzero_ps(); CNT]; 2];
+        let mut offs = [[0f32; CNT]; 2];
         let xqp = xq.q.as_ptr();
         for (b, blk) in wr.iter().enumerate() {
             let raw = _mm_loadu_si128(blk.qs.as_ptr() as *const __m128i);
@@ -249,7 +287,8 @@ mod avx2 {
             let wv = _mm256_set_m128i(hi, lo);
             let dw = blk.d.to_f32();
             let mw = blk.m.to_f32();
-            for j in 0..cnt {
+            let (acc, offs) = (&mut acc[b & 1], &mut offs[b & 1]);
+            for j in 0..CNT {
                 let xi = (a0 + j) * bpr + b;
                 let xv = _mm256_loadu_si256(xqp.add(xi * QK) as *const __m256i);
                 let p = _mm256_madd_epi16(_mm256_maddubs_epi16(wv, xv), ones);
@@ -258,30 +297,31 @@ mod avx2 {
                 offs[j] += mw * *xq.s.get_unchecked(xi);
             }
         }
-        for j in 0..cnt {
-            res[j] = hsum(acc[j]) + offs[j];
+        for j in 0..CNT {
+            res[j] = hsum(_mm256_add_ps(acc[0][j], acc[1][j])) + (offs[0][j] + offs[1][j]);
         }
     }
 
-    /// Up to `TILE` dot products of one Q8_0 weight row with consecutive quantized activation rows.
+    /// `CNT` dot products of one Q8_0 weight row with consecutive quantized activation rows.
+    #[inline]
     #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn q8_0_tile(
+    unsafe fn q8_0_tile_n<const CNT: usize>(
         wr: &[BlockQ8_0],
         xq: &Quantized,
         a0: usize,
-        cnt: usize,
         bpr: usize,
         res: &mut [f32; TILE],
     ) {
         let ones = _mm256_set1_epi16(1);
-        let mut acc = [_mm256_setzero_ps(); TILE];
+        let mut acc = [[_mm256_setzero_ps(); CNT]; 2];
         let xqp = xq.q.as_ptr();
         for (b, blk) in wr.iter().enumerate() {
             let wv = _mm256_loadu_si256(blk.qs.as_ptr() as *const __m256i);
             // maddubs multiplies unsigned by signed: move the weight's sign onto the activation.
             let aw = _mm256_sign_epi8(wv, wv);
             let dw = blk.d.to_f32();
-            for j in 0..cnt {
+            let acc = &mut acc[b & 1];
+            for j in 0..CNT {
                 let xi = (a0 + j) * bpr + b;
                 let xv = _mm256_loadu_si256(xqp.add(xi * QK) as *const __m256i);
                 let sx = _mm256_sign_epi8(xv, wv);
@@ -290,8 +330,8 @@ mod avx2 {
                 acc[j] = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(p), acc[j]);
             }
         }
-        for j in 0..cnt {
-            res[j] = hsum(acc[j]);
+        for j in 0..CNT {
+            res[j] = hsum(_mm256_add_ps(acc[0][j], acc[1][j]));
         }
     }
 }

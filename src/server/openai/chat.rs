@@ -9,7 +9,7 @@ use crate::server::error::ApiError;
 use crate::server::extract::Json;
 use crate::server::AppState;
 
-use super::run::{self, finish_reason, Choices, Envelope, Shape};
+use super::run::{self, finish_reason, Shape};
 use super::types::ChatCompletionRequest;
 
 pub async fn handler(
@@ -25,26 +25,16 @@ pub async fn handler(
     let prompt = tokio::task::spawn_blocking(move || e.chat_prompt(&messages, None))
         .await
         .map_err(|e| ApiError::Internal(e.to_string()))??;
-    state.record_prompt(prompt.len());
-    let gens = run::submit(&engine, prompt, &plan)?;
-    let env = Envelope::new("chatcmpl-", &engine.info().name);
-    let choices = Choices {
-        gens,
-        per_prompt: plan.n,
-    };
-    if plan.stream {
-        Ok(run::stream(
-            &state,
-            &engine,
-            Chat,
-            env,
-            choices,
-            plan.include_usage,
-            None,
-        ))
-    } else {
-        run::respond(&state, &engine, Chat, env, choices, None).await
-    }
+    run::answer(
+        &state,
+        &engine,
+        Chat,
+        "chatcmpl-",
+        vec![prompt],
+        &plan,
+        None,
+    )
+    .await
 }
 
 struct Chat;

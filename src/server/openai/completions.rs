@@ -11,7 +11,7 @@ use crate::server::error::ApiError;
 use crate::server::extract::Json;
 use crate::server::AppState;
 
-use super::run::{self, finish_reason, Choices, Envelope, Shape};
+use super::run::{self, finish_reason, Shape};
 use super::types::{CompletionRequest, Prompt};
 
 /// Prompts per request at most (each becomes `n` sequences).
@@ -58,29 +58,8 @@ pub async fn handler(
     let echo = req
         .echo
         .then(|| prompts.iter().map(|(text, _)| text.clone()).collect());
-    let mut gens = Vec::new();
-    for (_, ids) in prompts {
-        state.record_prompt(ids.len());
-        gens.extend(run::submit(&engine, ids, &plan)?);
-    }
-    let env = Envelope::new("cmpl-", &engine.info().name);
-    let choices = Choices {
-        gens,
-        per_prompt: plan.n,
-    };
-    if plan.stream {
-        Ok(run::stream(
-            &state,
-            &engine,
-            Legacy,
-            env,
-            choices,
-            plan.include_usage,
-            echo,
-        ))
-    } else {
-        run::respond(&state, &engine, Legacy, env, choices, echo).await
-    }
+    let ids = prompts.into_iter().map(|(_, ids)| ids).collect();
+    run::answer(&state, &engine, Legacy, "cmpl-", ids, &plan, echo).await
 }
 
 /// Each prompt as (its text, its token ids).

@@ -82,7 +82,7 @@ pub fn unix_now() -> u64 {
 }
 
 /// One prompt's engine requests: `plan.n` choices, each with its own seed so they differ.
-pub fn submit(engine: &Engine, prompt: Vec<u32>, plan: &Plan) -> Result<Vec<Generation>, ApiError> {
+fn submit(engine: &Engine, prompt: Vec<u32>, plan: &Plan) -> Result<Vec<Generation>, ApiError> {
     (0..plan.n)
         .map(|i| {
             let mut sampling = plan.sampling.clone();
@@ -119,14 +119,14 @@ fn add_usage(total: &mut Usage, done: &Usage, first_of_prompt: bool) {
     total.completion_tokens += done.completion_tokens;
 }
 
-pub struct Envelope {
-    pub id: String,
-    pub created: u64,
-    pub model: String,
+struct Envelope {
+    id: String,
+    created: u64,
+    model: String,
 }
 
 impl Envelope {
-    pub fn new(prefix: &str, model: &str) -> Self {
+    fn new(prefix: &str, model: &str) -> Self {
         Self {
             id: random_id(prefix),
             created: unix_now(),
@@ -147,9 +147,45 @@ impl Envelope {
 }
 
 /// Choices grouped by prompt (`n` per prompt), in index order.
-pub struct Choices {
-    pub gens: Vec<Generation>,
-    pub per_prompt: usize,
+struct Choices {
+    gens: Vec<Generation>,
+    per_prompt: usize,
+}
+
+/// Submits `plan.n` choices for each prompt and answers whole or as a stream. `echo` holds prompt
+/// texts to put before each prompt's choices (legacy completions).
+pub async fn answer<S: Shape>(
+    state: &AppState,
+    engine: &Engine,
+    shape: S,
+    id_prefix: &str,
+    prompts: Vec<Vec<u32>>,
+    plan: &Plan,
+    echo: Option<Vec<String>>,
+) -> Result<Response, ApiError> {
+    let mut gens = Vec::with_capacity(prompts.len() * plan.n);
+    for ids in prompts {
+        state.record_prompt(ids.len());
+        gens.extend(submit(engine, ids, plan)?);
+    }
+    let env = Envelope::new(id_prefix, &engine.info().name);
+    let choices = Choices {
+        gens,
+        per_prompt: plan.n,
+    };
+    if plan.stream {
+        Ok(stream(
+            state,
+            engine,
+            shape,
+            env,
+            choices,
+            plan.include_usage,
+            echo,
+        ))
+    } else {
+        respond(state, engine, shape, env, choices, echo).await
+    }
 }
 
 struct Collected {
@@ -182,7 +218,7 @@ async fn collect(mut g: Generation) -> Result<Collected, ApiError> {
 }
 
 /// A whole (non-streaming) response. `echo` holds prompt texts to put before each choice's text.
-pub async fn respond<S: Shape>(
+async fn respond<S: Shape>(
     state: &AppState,
     engine: &Engine,
     shape: S,
@@ -225,7 +261,7 @@ fn merged(gens: Vec<Generation>) -> SelectAll<Tagged> {
 }
 
 /// A streaming response: chunks as OpenAI sends them, then `[DONE]`.
-pub fn stream<S: Shape>(
+fn stream<S: Shape>(
     state: &AppState,
     engine: &Engine,
     shape: S,
