@@ -6,8 +6,9 @@
 //! - [`engine`]: everything that turns tokens into tokens. GGUF loading, tokenizers built from GGUF
 //!   metadata, chat templates, the quantized kernels, the transformer forward, sampling, the KV and
 //!   prefix caches, and the scheduler thread that batches every active sequence into one forward per
-//!   step. It knows nothing of HTTP or shops; callers talk to it through [`engine::Engine`].
-//! - [`server`]: the HTTP layer. OpenAI-compatible routes (chat, legacy completions, models), health
+//!   step; also the sentence embedder ([`engine::Embedder`], BERT on candle tensors). It knows
+//!   nothing of HTTP or shops; callers talk to it through [`engine::Engine`].
+//! - [`server`]: the HTTP layer. OpenAI-compatible routes (chat, legacy completions, embeddings, models), health
 //!   and Prometheus metrics, API keys, CORS and limits, and the one mapping from errors to
 //!   OpenAI-shaped responses. Handlers get a `Clone` [`server::AppState`] of handles.
 //! - [`cli`]: one file per subcommand of the `clerk` binary; `main.rs` only parses and calls in.
