@@ -36,6 +36,20 @@ fn chat_kind() -> String {
     "chat".into()
 }
 
+/// The manifest `models_dir/NAME.json`, if there is one; a manifest that doesn't parse is an error.
+fn read_manifest(models_dir: &Path, name: &str) -> Result<Option<Manifest>> {
+    let path = models_dir.join(format!("{name}.json"));
+    if !path.is_file() {
+        return Ok(None);
+    }
+    serde_json::from_slice(&std::fs::read(&path)?)
+        .map(Some)
+        .map_err(|e| EngineError::Load {
+            path,
+            message: e.to_string(),
+        })
+}
+
 pub const DEFAULT_EMBEDDER: &str = "all-minilm-l6-v2";
 
 /// Resolves an embedder: a folder holding `config.json`, `tokenizer.json` and `model.safetensors`,
@@ -48,20 +62,13 @@ pub fn resolve_embedder(spec: &str, models_dir: &Path) -> Result<(String, PathBu
             .map_or_else(|| spec.to_string(), |s| s.to_string_lossy().into_owned());
         return Ok((name, as_dir.to_path_buf()));
     }
-    let manifest_path = models_dir.join(format!("{spec}.json"));
-    let m: Manifest = match std::fs::read(&manifest_path) {
-        Ok(b) => serde_json::from_slice(&b).map_err(|e| EngineError::Load {
-            path: manifest_path.clone(),
-            message: e.to_string(),
-        })?,
-        Err(_) => {
-            return Err(EngineError::ModelNotFound {
-                name: spec.to_string(),
-                hint: "give a folder with config.json, tokenizer.json and model.safetensors, or \
-                       the name of an embedder manifest in the models folder"
-                    .into(),
-            })
-        }
+    let Some(m) = read_manifest(models_dir, spec)? else {
+        return Err(EngineError::ModelNotFound {
+            name: spec.to_string(),
+            hint: "give a folder with config.json, tokenizer.json and model.safetensors, or the \
+                   name of an embedder manifest in the models folder"
+                .into(),
+        });
     };
     if m.kind != "embedder" {
         return Err(EngineError::ModelNotFound {
@@ -142,14 +149,7 @@ pub fn resolve_model(spec: &str, models_dir: &Path) -> Result<ResolvedModel> {
             chat_template: None,
         });
     }
-    let manifest_path = models_dir.join(format!("{spec}.json"));
-    if manifest_path.is_file() {
-        let m: Manifest = serde_json::from_slice(&std::fs::read(&manifest_path)?).map_err(|e| {
-            EngineError::Load {
-                path: manifest_path.clone(),
-                message: e.to_string(),
-            }
-        })?;
+    if let Some(m) = read_manifest(models_dir, spec)? {
         if m.kind != "chat" {
             return Err(EngineError::ModelNotFound {
                 name: m.name,

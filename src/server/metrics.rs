@@ -95,6 +95,11 @@ impl Metrics {
         }
     }
 
+    /// A stream whose client went away before its end.
+    pub fn record_disconnect(&self) {
+        self.client_disconnects.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// Records one finished generation.
     pub fn record_generation(&self, done: &crate::engine::Done) {
         self.completion_tokens

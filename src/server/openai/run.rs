@@ -304,10 +304,7 @@ fn stream<S: Shape>(
         let mut shutdown = state.shutdown.clone();
         for ev in opening {
             if tx.send(ev).await.is_err() {
-                state
-                    .metrics
-                    .client_disconnects
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                state.metrics.record_disconnect();
                 return;
             }
         }
@@ -315,7 +312,7 @@ fn stream<S: Shape>(
             let next = tokio::select! {
                 biased;
                 _ = tx.closed() => {
-                    state.metrics.client_disconnects.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    state.metrics.record_disconnect();
                     return;
                 }
                 _ = &mut deadline => break Some(ApiError::Timeout(state.config.request_timeout.as_secs())),
@@ -345,10 +342,7 @@ fn stream<S: Shape>(
                 Event::Error(e) => break Some(e.into()),
             };
             if tx.send(out).await.is_err() {
-                state
-                    .metrics
-                    .client_disconnects
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                state.metrics.record_disconnect();
                 return;
             }
         };
