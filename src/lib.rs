@@ -8,14 +8,20 @@
 //!   prefix caches, and the scheduler thread that batches every active sequence into one forward per
 //!   step; also the sentence embedder ([`engine::Embedder`], BERT on candle tensors). It knows
 //!   nothing of HTTP or shops; callers talk to it through [`engine::Engine`].
-//! - [`server`]: the HTTP layer. OpenAI-compatible routes (chat, legacy completions, embeddings, models), health
+//! - [`retrieval`]: the shop's knowledge. Parsers for catalogues (CSV, JSON, JSONL, tau2 `db.json`),
+//!   FAQ and policy pages (Markdown, text, HTML) into citable chunks; immutable on-disk generations
+//!   (tantivy BM25 index with a CJK-aware tokenizer, memory-mapped vector file) switched
+//!   atomically; hybrid search fused by reciprocal rank; the labeled-set evaluation; the built-in
+//!   demo shop. Handle: [`retrieval::Knowledge`].
+//! - [`server`]: the HTTP layer. OpenAI-compatible routes (chat, legacy completions, embeddings, models), the knowledge routes, health
 //!   and Prometheus metrics, API keys, CORS and limits, and the one mapping from errors to
 //!   OpenAI-shaped responses. Handlers get a `Clone` [`server::AppState`] of handles.
 //! - [`cli`]: one file per subcommand of the `clerk` binary; `main.rs` only parses and calls in.
 //!
-//! Later modules (`retrieval`, `shop`, `assistant`) are described in
+//! Later modules (`shop`, `assistant`) are described in
 //! `../shared/notes/architecture.md` until they exist.
 
 pub mod cli;
 pub mod engine;
+pub mod retrieval;
 pub mod server;

@@ -11,6 +11,7 @@ use crate::engine::{Device, Engine, EngineConfig, SamplingParams};
 pub mod bench;
 pub mod chat;
 pub mod generate;
+pub mod knowledge;
 pub mod serve;
 pub mod tokenize;
 
@@ -37,6 +38,15 @@ pub enum Command {
     Serve(serve::ServeArgs),
     /// Print the token ids a model's tokenizer gives a text.
     Tokenize(tokenize::TokenizeArgs),
+    /// Add or update products, FAQ and policy pages in the knowledge base.
+    Ingest(knowledge::IngestArgs),
+    /// Search the knowledge base the way the assistant does.
+    Search(knowledge::SearchArgs),
+    /// List the documents in the knowledge base, or delete one.
+    Documents(knowledge::DocumentsArgs),
+    /// Measure quality on labeled data.
+    #[command(subcommand)]
+    Eval(knowledge::EvalCommand),
 }
 
 pub fn init_logging() {
@@ -55,6 +65,10 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Bench(a) => bench::run(a),
         Command::Serve(a) => serve::run(a),
         Command::Tokenize(a) => tokenize::run(a),
+        Command::Ingest(a) => knowledge::ingest(a),
+        Command::Search(a) => knowledge::search(a),
+        Command::Documents(a) => knowledge::documents(a),
+        Command::Eval(c) => knowledge::eval(c),
     }
 }
 

@@ -50,6 +50,16 @@ pub struct ServeArgs {
     /// Most choices one request may ask for (`n`).
     #[arg(long, env = "CLERK_MAX_N", default_value_t = 8)]
     pub max_n: usize,
+    /// Folder holding clerk's stored data (knowledge base, shop database).
+    #[arg(long, env = "CLERK_DATA_DIR", default_value = "./clerk-data")]
+    pub data_dir: std::path::PathBuf,
+    /// Start with an empty knowledge base instead of the built-in demo shop when the data folder
+    /// has none.
+    #[arg(long, env = "CLERK_NO_DEMO")]
+    pub no_demo: bool,
+    /// Best-passage similarity under which a question counts as unanswerable from the shop's data.
+    #[arg(long, env = "CLERK_ANSWER_THRESHOLD", default_value_t = crate::retrieval::DEFAULT_ANSWER_THRESHOLD)]
+    pub answer_threshold: f32,
     /// Seconds streams in flight may run on after Ctrl-C or SIGTERM.
     #[arg(long, env = "CLERK_SHUTDOWN_GRACE_SECS", default_value_t = 10)]
     pub shutdown_grace_secs: u64,
@@ -104,9 +114,14 @@ pub fn run(a: ServeArgs) -> anyhow::Result<()> {
             Some(resolve_embedder(spec, &dir)?)
         }
     };
+    let knowledge = embedder.as_ref().map(|_| server::KnowledgeConfig {
+        data_dir: a.data_dir.clone(),
+        answer_threshold: a.answer_threshold,
+        seed_demo: !a.no_demo,
+    });
     let addr = SocketAddr::new(a.host, a.port);
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?
-        .block_on(server::serve(addr, config, engine, embedder))
+        .block_on(server::serve(addr, config, engine, embedder, knowledge))
 }

@@ -16,7 +16,8 @@ pub struct Manifest {
     pub name: String,
     #[serde(default)]
     pub description: String,
-    /// `chat` (a GGUF file) or `embedder` (a folder with safetensors, config and tokenizer).
+    /// `chat` (a GGUF file), `embedder` (a folder with safetensors, config and tokenizer), or
+    /// `dataset` (files for import and tests, such as the tau2 retail shop).
     #[serde(default = "chat_kind")]
     pub kind: String,
     /// The GGUF file, or the embedder's folder, relative to the models folder.
@@ -180,6 +181,7 @@ pub fn resolve_model(spec: &str, models_dir: &Path) -> Result<ResolvedModel> {
     }
     let known: Vec<String> = list_manifests(models_dir)
         .into_iter()
+        .filter(|m| m.kind == "chat")
         .map(|m| m.name)
         .collect();
     Err(EngineError::ModelNotFound {

@@ -52,6 +52,9 @@ pub enum ApiError {
     Timeout(u64),
     #[error("The server is shutting down.")]
     ShuttingDown,
+    /// The request can't run now because of other work on the same data (409).
+    #[error("{0}")]
+    Conflict(String),
     /// Something broke inside; the detail is logged, never sent.
     #[error("The server had an error while processing your request.")]
     Internal(String),
@@ -78,6 +81,7 @@ impl ApiError {
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Loading | ApiError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -115,6 +119,7 @@ impl ApiError {
             ApiError::Loading => Some("model_loading"),
             ApiError::Timeout(_) => Some("timeout"),
             ApiError::ShuttingDown => Some("shutting_down"),
+            ApiError::Conflict(_) => Some("conflict"),
             ApiError::Internal(_) => Some("internal_error"),
         }
     }

@@ -12,6 +12,7 @@
 pub mod auth;
 pub mod error;
 pub mod extract;
+pub mod knowledge;
 pub mod metrics;
 pub mod openai;
 
@@ -32,6 +33,7 @@ use tokio::sync::watch;
 use tower_http::cors::CorsLayer;
 
 use crate::engine::{Embedder, Engine, EngineConfig};
+use crate::retrieval::Knowledge;
 pub use error::ApiError;
 use extract::BodyLimit;
 use metrics::Metrics;
@@ -74,6 +76,8 @@ pub struct AppState {
     embedder: Arc<OnceLock<Arc<Embedder>>>,
     /// Whether an embedder is configured (so health waits for it too).
     expects_embedder: bool,
+    /// The shop's knowledge base, opened once the embedder has loaded.
+    knowledge: Arc<OnceLock<Knowledge>>,
     pub config: Arc<ServerConfig>,
     pub metrics: Arc<Metrics>,
     /// Turns true when streams in flight must end (the shutdown grace is over).
@@ -98,6 +102,7 @@ impl AppState {
             engine: Arc::new(OnceLock::new()),
             embedder: Arc::new(OnceLock::new()),
             expects_embedder,
+            knowledge: Arc::new(OnceLock::new()),
             config: Arc::new(config),
             metrics: Arc::new(Metrics::default()),
             shutdown: rx,
@@ -113,6 +118,21 @@ impl AppState {
 
     pub fn set_embedder(&self, embedder: Arc<Embedder>) {
         let _ = self.embedder.set(embedder);
+    }
+
+    pub fn set_knowledge(&self, knowledge: Knowledge) {
+        let _ = self.knowledge.set(knowledge);
+    }
+
+    /// The knowledge base, or why there is none.
+    pub fn knowledge(&self) -> Result<&Knowledge, ApiError> {
+        match self.knowledge.get() {
+            Some(k) => Ok(k),
+            None if self.expects_embedder && !self.ready() => Err(ApiError::Loading),
+            None => Err(ApiError::NotFound(
+                "This server has no knowledge base (it runs without an embedder).".into(),
+            )),
+        }
     }
 
     pub fn loaded_engine(&self) -> Option<&Engine> {
@@ -164,6 +184,15 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/embeddings", post(openai::embeddings::handler))
         .route("/v1/models", get(openai::models::list))
         .route("/v1/models/{*id}", get(openai::models::get))
+        .route("/v1/knowledge/search", get(knowledge::search))
+        .route(
+            "/v1/knowledge/documents",
+            get(knowledge::list).post(knowledge::add),
+        )
+        .route(
+            "/v1/knowledge/documents/{*id}",
+            axum::routing::delete(knowledge::delete),
+        )
         .route("/metrics", get(metrics_handler))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
@@ -226,6 +255,29 @@ async fn metrics_handler(State(state): State<AppState>) -> Response {
         .into_response()
 }
 
+/// Where the knowledge base lives, and whether to fill an empty one with the built-in demo shop.
+#[derive(Debug, Clone)]
+pub struct KnowledgeConfig {
+    pub data_dir: PathBuf,
+    pub answer_threshold: f32,
+    pub seed_demo: bool,
+}
+
+impl KnowledgeConfig {
+    /// Opens the knowledge base (blocking: it may embed the demo shop on first run).
+    pub fn open(&self, embedder: Arc<Embedder>) -> anyhow::Result<Knowledge> {
+        let k = Knowledge::open(&self.data_dir, embedder, self.answer_threshold)?;
+        if self.seed_demo && k.documents().is_empty() {
+            let report = k.ingest(crate::retrieval::demo::inputs())?;
+            tracing::info!(
+                chunks = report.chunks,
+                "knowledge base was empty: loaded the demo shop"
+            );
+        }
+        Ok(k)
+    }
+}
+
 /// Runs the server until Ctrl-C or SIGTERM: binds first, loads the model in the background, then
 /// shuts down gracefully (no new connections; streams in flight get `shutdown_grace` to finish).
 pub async fn serve(
@@ -233,6 +285,7 @@ pub async fn serve(
     config: ServerConfig,
     engine_config: EngineConfig,
     embedder: Option<(String, PathBuf)>,
+    knowledge: Option<KnowledgeConfig>,
 ) -> anyhow::Result<()> {
     if config.api_keys.is_empty() && !addr.ip().is_loopback() {
         anyhow::bail!(
@@ -250,14 +303,18 @@ pub async fn serve(
     let loading = state.clone();
     tokio::task::spawn_blocking(move || {
         let started = Instant::now();
-        let loaded = Engine::load(engine_config).and_then(|engine| {
+        let loaded = Engine::load(engine_config).map_err(anyhow::Error::from).and_then(|engine| {
             tracing::info!(model = %engine.info().name, secs = started.elapsed().as_secs_f64(), "model loaded");
             loading.set_engine(engine);
             if let Some((name, dir)) = embedder {
-                loading.set_embedder(Arc::new(Embedder::load(&dir, &name)?));
+                let embedder = Arc::new(Embedder::load(&dir, &name)?);
                 tracing::info!(embedder = %name, "embedder loaded");
+                if let Some(kc) = knowledge {
+                    loading.set_knowledge(kc.open(embedder.clone())?);
+                }
+                loading.set_embedder(embedder);
             }
-            Ok(())
+            Ok::<_, anyhow::Error>(())
         });
         if let Err(e) = loaded {
             let _ = failed_tx.send(e);
@@ -274,7 +331,7 @@ pub async fn serve(
     });
     tokio::select! {
         r = server => r.map_err(Into::into),
-        Ok(e) = failed_rx => Err(anyhow::Error::new(e).context("loading the model")),
+        Ok(e) = failed_rx => Err(e.context("loading the models and the knowledge base")),
     }
 }
 

@@ -30,3 +30,35 @@ pub fn model_path(name: &str) -> PathBuf {
 pub fn embedder_dir(name: &str) -> PathBuf {
     present(models_dir().join(name), name)
 }
+
+/// The default embedder, loaded once for the whole test binary.
+#[allow(dead_code)]
+pub fn shared_embedder() -> std::sync::Arc<clerk::engine::Embedder> {
+    static EMBEDDER: std::sync::OnceLock<std::sync::Arc<clerk::engine::Embedder>> =
+        std::sync::OnceLock::new();
+    EMBEDDER
+        .get_or_init(|| {
+            let name = clerk::engine::registry::DEFAULT_EMBEDDER;
+            std::sync::Arc::new(
+                clerk::engine::Embedder::load(&embedder_dir(name), name)
+                    .expect("load the embedder"),
+            )
+        })
+        .clone()
+}
+
+/// A fresh folder under the target directory for one test (removed first if a run left it).
+#[allow(dead_code)]
+pub fn scratch_dir(name: &str) -> PathBuf {
+    let dir =
+        PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("create a scratch dir");
+    dir
+}
+
+/// A bundled dataset's folder (fetched by `scripts/fetch-models.sh`).
+#[allow(dead_code)]
+pub fn dataset_dir(name: &str) -> PathBuf {
+    present(models_dir().join(name), name)
+}

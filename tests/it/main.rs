@@ -3,4 +3,5 @@
 mod arch;
 mod common;
 mod engine;
+mod retrieval;
 mod server;

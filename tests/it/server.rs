@@ -2,7 +2,7 @@
 //! by raw HTTP for the error cases, and by the official Python `openai` package.
 
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, OnceLock};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use async_openai::config::OpenAIConfig;
@@ -13,12 +13,12 @@ use async_openai::types::chat::{
 };
 use async_openai::types::completions::CreateCompletionRequestArgs;
 use async_openai::Client;
-use clerk::engine::{ChatMessage, Embedder, Engine, EngineConfig};
+use clerk::engine::{ChatMessage, Engine, EngineConfig};
 use clerk::server::{app, AppState, ServerConfig, ShutdownHandle};
 use futures_util::StreamExt;
 use serde_json::{json, Value};
 
-use crate::common::{embedder_dir, model_path};
+use crate::common::{model_path, shared_embedder};
 
 const MODEL: &str = "smollm2-135m-instruct";
 
@@ -37,16 +37,6 @@ fn load(configure: impl FnOnce(&mut EngineConfig)) -> Engine {
 }
 
 const EMBEDDER: &str = "all-minilm-l6-v2";
-
-fn shared_embedder() -> Arc<Embedder> {
-    static EMBEDDER_: OnceLock<Arc<Embedder>> = OnceLock::new();
-    EMBEDDER_
-        .get_or_init(|| {
-            let dir = embedder_dir(EMBEDDER);
-            Arc::new(Embedder::load(&dir, EMBEDDER).expect("load the embedder"))
-        })
-        .clone()
-}
 
 struct TestServer {
     base: String,
