@@ -137,6 +137,9 @@ impl Vectors {
     ) -> Vec<(usize, f32)> {
         let data = self.data().unwrap_or(&[]);
         let mut best: Vec<(usize, f32)> = Vec::with_capacity(k + 1);
+        if k == 0 {
+            return best;
+        }
         for (i, row) in data.chunks_exact(self.dim).enumerate() {
             let score = dot(row, query);
             if best.len() == k && score <= best[k - 1].1 {
