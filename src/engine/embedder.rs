@@ -12,6 +12,8 @@ use candle_core::{DType, Device, Tensor};
 use serde::Deserialize;
 
 use super::error::{EngineError, Result};
+use std::sync::mpsc;
+
 use half::f16;
 
 use super::model::dot;
@@ -43,11 +45,47 @@ struct Linear {
     k: usize,
 }
 
+/// A second core for one short input: a scoped worker thread that takes half of each layer's
+/// output rows, so a query's latency (streaming every weight once) is split across both cores.
+struct Helper<'env> {
+    jobs: mpsc::Sender<Box<dyn FnOnce() + Send + 'env>>,
+}
+
 impl Linear {
     /// `rows` activation rows in, `rows` output rows out.
-    fn forward(&self, x: &[f32], rows: usize) -> Vec<f32> {
-        let mut out = vec![0f32; rows * self.b.len()];
-        matmul_f16(x, &self.w, &self.b, rows, self.k, &mut out);
+    fn forward<'e>(&'e self, x: &[f32], rows: usize, helper: Option<&Helper<'e>>) -> Vec<f32> {
+        let (n, k) = (self.b.len(), self.k);
+        let mut out = vec![0f32; rows * n];
+        let Some(helper) = helper.filter(|_| rows * n * k >= 1 << 18 && n >= 4) else {
+            matmul_f16(x, &self.w, &self.b, rows, k, &mut out);
+            return out;
+        };
+        let half = (n / 2) & !1;
+        let (w_hi, b_hi) = (&self.w[half * k..], &self.b[half..]);
+        let (tx, rx) = mpsc::channel();
+        let x_copy = x[..rows * k].to_vec();
+        let job = move || {
+            let mut hi = vec![0f32; rows * (n - half)];
+            matmul_f16(&x_copy, w_hi, b_hi, rows, k, &mut hi);
+            let _ = tx.send(hi);
+        };
+        let mut lo = vec![0f32; rows * half];
+        let sent = helper.jobs.send(Box::new(job)).is_ok();
+        matmul_f16(x, &self.w[..half * k], &self.b[..half], rows, k, &mut lo);
+        // Each element is summed the same way on either thread, so the split changes no result.
+        let hi = match rx.recv().ok().filter(|_| sent) {
+            Some(hi) => hi,
+            None => {
+                let mut hi = vec![0f32; rows * (n - half)];
+                matmul_f16(x, w_hi, b_hi, rows, k, &mut hi);
+                hi
+            }
+        };
+        for t in 0..rows {
+            out[t * n..t * n + half].copy_from_slice(&lo[t * half..(t + 1) * half]);
+            out[t * n + half..(t + 1) * n]
+                .copy_from_slice(&hi[t * (n - half)..(t + 1) * (n - half)]);
+        }
         out
     }
 }
@@ -168,10 +206,9 @@ fn gelu_erf(x: f32) -> f32 {
     0.5 * x * (1.0 + erf(x * std::f32::consts::FRAC_1_SQRT_2))
 }
 
-/// Error function to within about 1e-7 (Abramowitz and Stegun 7.1.26 is 1.5e-7; this uses the
-/// W. J. Cody-style rational form through f64 for headroom).
+/// Error function, from Numerical Recipes' Chebyshev fit of erfc (fractional error under
+/// 1.2e-7), which is below f32's own resolution for GELU's purposes.
 fn erf(x: f32) -> f32 {
-    let x = x as f64;
     let t = 1.0 / (1.0 + 0.5 * x.abs());
     let y = 1.0
         - t * (-x * x - 1.265_512_23
@@ -184,7 +221,11 @@ fn erf(x: f32) -> f32 {
                                     + t * (1.488_515_87
                                         + t * (-0.822_152_23 + t * 0.170_872_77)))))))))
             .exp();
-    (if x >= 0.0 { y } else { -y }) as f32
+    if x >= 0.0 {
+        y
+    } else {
+        -y
+    }
 }
 
 struct LayerNorm {
@@ -395,16 +436,34 @@ impl Embedder {
         }
         let run = |batch: &[usize]| -> Result<Vec<(usize, Vec<f32>)>> {
             let seqs: Vec<&[u32]> = batch.iter().map(|&i| inputs[i].as_slice()).collect();
-            Ok(batch.iter().copied().zip(self.forward(&seqs)?).collect())
+            Ok(batch
+                .iter()
+                .copied()
+                .zip(self.forward(&seqs, None)?)
+                .collect())
         };
         let mut done: Vec<(usize, Vec<f32>)> = Vec::with_capacity(inputs.len());
         let threads = std::thread::available_parallelism()
             .map_or(1, |t| t.get())
             .min(2);
-        if threads < 2 || batches.len() < 2 {
+        if threads < 2 {
             for b in &batches {
                 done.extend(run(b)?);
             }
+        } else if batches.len() == 1 {
+            // One short input (a search query): both cores share each layer.
+            let seqs: Vec<&[u32]> = batches[0].iter().map(|&i| inputs[i].as_slice()).collect();
+            let vecs = std::thread::scope(|s| {
+                let (tx, rx) = mpsc::channel::<Box<dyn FnOnce() + Send + '_>>();
+                s.spawn(move || {
+                    for job in rx {
+                        job();
+                    }
+                });
+                let helper = Helper { jobs: tx };
+                self.forward(&seqs, Some(&helper))
+            })?;
+            done.extend(batches[0].iter().copied().zip(vecs));
         } else {
             let (even, odd): (Vec<_>, Vec<_>) =
                 batches.iter().enumerate().partition(|(n, _)| n % 2 == 0);
@@ -430,7 +489,11 @@ impl Embedder {
 
     /// The encoder over several sequences at once without padding: linear layers and norms work
     /// on all their rows together, attention within each sequence.
-    fn forward(&self, batch: &[&[u32]]) -> Result<Vec<Vec<f32>>> {
+    fn forward<'e>(
+        &'e self,
+        batch: &[&[u32]],
+        helper: Option<&Helper<'e>>,
+    ) -> Result<Vec<Vec<f32>>> {
         let h = self.cfg.hidden_size;
         let heads = self.cfg.num_attention_heads;
         let hd = h / heads;
@@ -464,9 +527,9 @@ impl Embedder {
         let mut scores = Vec::new();
         for l in &self.layers {
             let (q, k, v) = (
-                l.q.forward(&x, rows),
-                l.k.forward(&x, rows),
-                l.v.forward(&x, rows),
+                l.q.forward(&x, rows, helper),
+                l.k.forward(&x, rows, helper),
+                l.v.forward(&x, rows, helper),
             );
             let mut start = 0;
             for seq in batch {
@@ -498,16 +561,16 @@ impl Embedder {
                 }
                 start += len;
             }
-            let attn = l.attn_out.forward(&ctx, rows);
+            let attn = l.attn_out.forward(&ctx, rows, helper);
             for (xv, a) in x.iter_mut().zip(&attn) {
                 *xv += a;
             }
             l.attn_norm.apply(&mut x);
-            let mut ff = l.up.forward(&x, rows);
+            let mut ff = l.up.forward(&x, rows, helper);
             for v in ff.iter_mut() {
                 *v = gelu_erf(*v);
             }
-            let down = l.down.forward(&ff, rows);
+            let down = l.down.forward(&ff, rows, helper);
             for (xv, d) in x.iter_mut().zip(&down) {
                 *xv += d;
             }

@@ -439,3 +439,30 @@ async fn knowledge_routes_search_add_list_and_delete() {
     .await;
     assert_eq!((s, b["error"]["code"].as_str()), (404, Some("not_found")));
 }
+
+#[test]
+fn a_texts_vector_is_the_same_alone_and_in_a_large_batch() {
+    // Alone, a short text runs on both cores split by output rows; in a batch of more than
+    // 2,048 tokens, batches run on separate threads without the split. Neither pads.
+    let e = shared_embedder();
+    let text = "Do the hiking boots come in wide sizes?";
+    let alone = e.embed(&[text]).unwrap().remove(0);
+    let filler: Vec<String> = (0..120)
+        .map(|i| {
+            format!(
+                "Filler sentence number {i} about tents, stoves, kettles and the returns policy."
+            )
+        })
+        .collect();
+    let mut batch: Vec<&str> = filler.iter().map(String::as_str).collect();
+    batch.insert(77, text);
+    let tokens: usize = batch.iter().map(|t| e.tokenize(t).unwrap().len()).sum();
+    assert!(
+        tokens > 2048,
+        "the batch must span several internal batches ({tokens} tokens)"
+    );
+    let all = e.embed(&batch).unwrap();
+    assert_eq!(all[77], alone, "bit-identical alone and batched");
+    let norm: f32 = alone.iter().map(|v| v * v).sum();
+    assert!((norm - 1.0).abs() < 1e-5);
+}
