@@ -64,10 +64,14 @@ pub fn resolve_embedder(spec: &str, models_dir: &Path) -> Result<(String, PathBu
         return Ok((name, as_dir.to_path_buf()));
     }
     let Some(m) = read_manifest(models_dir, spec)? else {
+        // `owner/repo`: a sentence-transformers repository on the hub (with the `hub` feature).
+        if spec.split('/').count() == 2 && !as_dir.exists() {
+            return fetch_embedder_from_hub(spec);
+        }
         return Err(EngineError::ModelNotFound {
             name: spec.to_string(),
-            hint: "give a folder with config.json, tokenizer.json and model.safetensors, or the \
-                   name of an embedder manifest in the models folder"
+            hint: "give a folder with config.json, tokenizer.json and model.safetensors, the \
+                   name of an embedder manifest in the models folder, or a hub `owner/repo`"
                 .into(),
         });
     };
@@ -214,6 +218,39 @@ fn fetch_from_hub(repo: &str, file: &str) -> Result<ResolvedModel> {
     })
 }
 
+/// Downloads (or finds in the hub cache) the three files an embedder needs; they land in one
+/// snapshot folder, which is what [`super::Embedder::load`] reads.
+#[cfg(feature = "hub")]
+fn fetch_embedder_from_hub(repo: &str) -> Result<(String, PathBuf)> {
+    let failed = |e: String| EngineError::ModelNotFound {
+        name: repo.to_string(),
+        hint: format!("hub download failed: {e}"),
+    };
+    let api = hf_hub::api::sync::Api::new().map_err(|e| failed(e.to_string()))?;
+    let model = api.model(repo.to_string());
+    let mut dir = None;
+    for file in ["config.json", "tokenizer.json", "model.safetensors"] {
+        let path = model
+            .get(file)
+            .map_err(|e| failed(format!("{file}: {e}")))?;
+        dir = path.parent().map(Path::to_path_buf);
+    }
+    let dir = dir.ok_or_else(|| failed("no snapshot folder".into()))?;
+    let name = repo.rsplit('/').next().unwrap_or(repo).to_lowercase();
+    Ok((name, dir))
+}
+
+#[cfg(not(feature = "hub"))]
+fn fetch_embedder_from_hub(repo: &str) -> Result<(String, PathBuf)> {
+    Err(EngineError::ModelNotFound {
+        name: repo.to_string(),
+        hint: "this build has no hub support; rebuild with `--features hub`, or download the \
+               repository's config.json, tokenizer.json and model.safetensors into a folder and \
+               pass the folder"
+            .into(),
+    })
+}
+
 #[cfg(not(feature = "hub"))]
 fn fetch_from_hub(repo: &str, file: &str) -> Result<ResolvedModel> {
     Err(EngineError::ModelNotFound {
@@ -245,6 +282,18 @@ mod tests {
         assert!(r.chat_template.unwrap().contains("<|im_start|>"));
         let err = resolve_model("nope", &dir).unwrap_err().to_string();
         assert!(err.contains("known: tiny"), "{err}");
+        #[cfg(not(feature = "hub"))]
+        {
+            let err = resolve_embedder(
+                "sentence-transformers/paraphrase-multilingual-MiniLM-L12-v2",
+                &dir,
+            )
+            .unwrap_err()
+            .to_string();
+            assert!(err.contains("--features hub"), "{err}");
+        }
+        let err = resolve_embedder("tiny", &dir).unwrap_err().to_string();
+        assert!(err.contains("not an embedder"), "{err}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -45,8 +45,12 @@ pub enum RetrievalError {
     Index(#[from] tantivy::TantivyError),
     #[error("embedder: {0}")]
     Embedder(#[from] EngineError),
-    #[error("invalid query: {0}")]
-    InvalidQuery(String),
+    /// A search the caller got wrong, naming the parameter.
+    #[error("invalid query: {message}")]
+    InvalidQuery {
+        param: &'static str,
+        message: String,
+    },
     #[error("no document with id `{0}`")]
     NotFound(String),
     #[error("another process is ingesting into {0}; try again when it finishes")]

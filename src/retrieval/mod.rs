@@ -105,26 +105,26 @@ impl Query {
     }
 
     fn validate(&self) -> Result<()> {
+        let bad = |param: &'static str, message: &str| {
+            Err(RetrievalError::InvalidQuery {
+                param,
+                message: message.to_string(),
+            })
+        };
         if self.text.trim().is_empty() {
-            return Err(RetrievalError::InvalidQuery("the query is empty".into()));
+            return bad("q", "the query is empty");
         }
         if self.limit == 0 || self.limit > 100 {
-            return Err(RetrievalError::InvalidQuery(
-                "limit must be 1 to 100".into(),
-            ));
+            return bad("limit", "limit must be 1 to 100");
         }
-        for p in [self.min_price, self.max_price].into_iter().flatten() {
-            if !p.is_finite() || p < 0.0 {
-                return Err(RetrievalError::InvalidQuery(
-                    "prices must be non-negative numbers".into(),
-                ));
+        for (param, p) in [("min_price", self.min_price), ("max_price", self.max_price)] {
+            if p.is_some_and(|p| !p.is_finite() || p < 0.0) {
+                return bad(param, "prices must be non-negative numbers");
             }
         }
         if let (Some(lo), Some(hi)) = (self.min_price, self.max_price) {
             if lo > hi {
-                return Err(RetrievalError::InvalidQuery(
-                    "min_price is above max_price".into(),
-                ));
+                return bad("min_price", "min_price is above max_price");
             }
         }
         Ok(())

@@ -26,7 +26,7 @@ impl From<RetrievalError> for ApiError {
                 param: Some("documents".into()),
                 code: Some("invalid_document"),
             },
-            RetrievalError::InvalidQuery(m) => ApiError::invalid("q", m),
+            RetrievalError::InvalidQuery { param, message } => ApiError::invalid(param, message),
             RetrievalError::NotFound(id) => {
                 ApiError::NotFound(format!("No document with id `{id}`."))
             }

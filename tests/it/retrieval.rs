@@ -117,7 +117,7 @@ fn demo_shop_answers_with_citations_and_filters() {
 
     assert!(matches!(
         k.search(&Query::new("  ")),
-        Err(RetrievalError::InvalidQuery(_))
+        Err(RetrievalError::InvalidQuery { param: "q", .. })
     ));
 }
 
@@ -369,7 +369,11 @@ async fn knowledge_routes_search_add_list_and_delete() {
     for (path, param) in [
         ("/v1/knowledge/search", "q"),
         ("/v1/knowledge/search?q=x&kind=gadget", "kind"),
-        ("/v1/knowledge/search?q=x&limit=0", "q"),
+        ("/v1/knowledge/search?q=x&limit=0", "limit"),
+        (
+            "/v1/knowledge/search?q=x&min_price=9&max_price=3",
+            "min_price",
+        ),
         ("/v1/knowledge/search?q=x&min_price=cheap", "min_price"),
     ] {
         let (s, b) = send(&base, Method::GET, path, None).await;
