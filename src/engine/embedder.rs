@@ -12,7 +12,8 @@ use candle_core::{DType, Device, Tensor};
 use serde::Deserialize;
 
 use super::error::{EngineError, Result};
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Mutex};
 
 use half::f16;
 
@@ -47,8 +48,56 @@ struct Linear {
 
 /// A second core for one short input: a scoped worker thread that takes half of each layer's
 /// output rows, so a query's latency (streaming every weight once) is split across both cores.
+///
+/// The worker spins between jobs instead of sleeping: it lives only for one forward of a few
+/// milliseconds, and a futex wake-up per layer (36 per query) cost more than the split saved.
 struct Helper<'env> {
-    jobs: mpsc::Sender<Box<dyn FnOnce() + Send + 'env>>,
+    job: Mutex<Option<Box<dyn FnOnce() + Send + 'env>>>,
+    /// A job is waiting in `job` or running.
+    busy: AtomicBool,
+    done: AtomicBool,
+}
+
+impl<'env> Helper<'env> {
+    fn new() -> Self {
+        Helper {
+            job: Mutex::new(None),
+            busy: AtomicBool::new(false),
+            done: AtomicBool::new(false),
+        }
+    }
+
+    /// The worker's loop: run jobs until [`Self::finish`].
+    fn serve(&self) {
+        while !self.done.load(Ordering::Acquire) {
+            if self.busy.load(Ordering::Acquire) {
+                let job = self.job.lock().unwrap_or_else(|p| p.into_inner()).take();
+                if let Some(job) = job {
+                    // A job that panics sends no result: the caller computes that half itself,
+                    // and never waits on a flag nobody will clear.
+                    let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job));
+                }
+                self.busy.store(false, Ordering::Release);
+            } else {
+                std::hint::spin_loop();
+            }
+        }
+    }
+
+    fn submit(&self, job: Box<dyn FnOnce() + Send + 'env>) {
+        *self.job.lock().unwrap_or_else(|p| p.into_inner()) = Some(job);
+        self.busy.store(true, Ordering::Release);
+    }
+
+    fn wait(&self) {
+        while self.busy.load(Ordering::Acquire) {
+            std::hint::spin_loop();
+        }
+    }
+
+    fn finish(&self) {
+        self.done.store(true, Ordering::Release);
+    }
 }
 
 impl Linear {
@@ -70,10 +119,11 @@ impl Linear {
             let _ = tx.send(hi);
         };
         let mut lo = vec![0f32; rows * half];
-        let sent = helper.jobs.send(Box::new(job)).is_ok();
+        helper.submit(Box::new(job));
         matmul_f16(x, &self.w[..half * k], &self.b[..half], rows, k, &mut lo);
+        helper.wait();
         // Each element is summed the same way on either thread, so the split changes no result.
-        let hi = match rx.recv().ok().filter(|_| sent) {
+        let hi = match rx.try_recv().ok() {
             Some(hi) => hi,
             None => {
                 let mut hi = vec![0f32; rows * (n - half)];
@@ -453,14 +503,18 @@ impl Embedder {
         } else if batches.len() == 1 {
             // One short input (a search query): both cores share each layer.
             let seqs: Vec<&[u32]> = batches[0].iter().map(|&i| inputs[i].as_slice()).collect();
+            let helper = Helper::new();
             let vecs = std::thread::scope(|s| {
-                let (tx, rx) = mpsc::channel::<Box<dyn FnOnce() + Send + '_>>();
-                s.spawn(move || {
-                    for job in rx {
-                        job();
+                s.spawn(|| helper.serve());
+                // Ends the worker however the forward ends, a panic included, so the scope
+                // never waits on a spinning thread.
+                struct Finish<'a, 'env>(&'a Helper<'env>);
+                impl Drop for Finish<'_, '_> {
+                    fn drop(&mut self) {
+                        self.0.finish();
                     }
-                });
-                let helper = Helper { jobs: tx };
+                }
+                let _finish = Finish(&helper);
                 self.forward(&seqs, Some(&helper))
             })?;
             done.extend(batches[0].iter().copied().zip(vecs));
