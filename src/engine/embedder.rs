@@ -259,22 +259,27 @@ fn gelu_erf(x: f32) -> f32 {
 /// Error function, from Numerical Recipes' Chebyshev fit of erfc (fractional error under
 /// 1.2e-7), which is below f32's own resolution for GELU's purposes.
 fn erf(x: f32) -> f32 {
-    let t = 1.0 / (1.0 + 0.5 * x.abs());
-    let y = 1.0
-        - t * (-x * x - 1.265_512_23
-            + t * (1.000_023_68
-                + t * (0.374_091_96
-                    + t * (0.096_784_18
-                        + t * (-0.186_288_06
-                            + t * (0.278_868_07
-                                + t * (-1.135_203_98
-                                    + t * (1.488_515_87
-                                        + t * (-0.822_152_23 + t * 0.170_872_77)))))))))
-            .exp();
+    // erfc(z) ≈ t·exp(−z² + P(t)), t = 1/(1 + z/2), P's coefficients lowest first.
+    const P: [f32; 10] = [
+        -1.265_512_2,
+        1.000_023_7,
+        0.374_091_96,
+        0.096_784_18,
+        -0.186_288_06,
+        0.278_868_07,
+        -1.135_204,
+        1.488_515_9,
+        -0.822_152_2,
+        0.170_872_77,
+    ];
+    let z = x.abs();
+    let t = 1.0 / (1.0 + 0.5 * z);
+    let poly = P.iter().rev().fold(0.0, |acc, &c| acc * t + c);
+    let erfc = t * (-z * z + poly).exp();
     if x >= 0.0 {
-        y
+        1.0 - erfc
     } else {
-        -y
+        erfc - 1.0
     }
 }
 
@@ -648,5 +653,26 @@ impl Embedder {
             start += seq.len();
         }
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod erf_tests {
+    #[test]
+    fn erf_matches_reference_values() {
+        // Reference values to 7 places.
+        for (x, want) in [
+            (0.0f32, 0.0f32),
+            (0.5, 0.520_499_9),
+            (1.0, 0.842_700_8),
+            (-1.5, -0.966_105_1),
+            (3.0, 0.999_977_9),
+        ] {
+            assert!(
+                (super::erf(x) - want).abs() < 1e-6,
+                "erf({x}) = {}, want {want}",
+                super::erf(x)
+            );
+        }
     }
 }
