@@ -406,11 +406,7 @@ impl Ctx<'_> {
                 .variants
                 .into_iter()
                 .map(|v| Variant {
-                    options: v
-                        .options
-                        .into_iter()
-                        .map(|(k, v)| (k, value_text(&v)))
-                        .collect(),
+                    options: texts(v.options),
                     price: v.price.map(|p| p.0),
                     stock: v.stock,
                     available: v.available,
@@ -425,11 +421,7 @@ impl Ctx<'_> {
                 currency: raw.currency,
                 stock: raw.stock,
                 url: raw.url,
-                attributes: raw
-                    .attributes
-                    .into_iter()
-                    .map(|(k, v)| (k, value_text(&v)))
-                    .collect(),
+                attributes: texts(raw.attributes),
                 variants,
             };
             let source = Source {
@@ -453,11 +445,7 @@ impl Ctx<'_> {
                 .variants
                 .into_values()
                 .map(|v| Variant {
-                    options: v
-                        .options
-                        .into_iter()
-                        .map(|(k, v)| (k, value_text(&v)))
-                        .collect(),
+                    options: texts(v.options),
                     price: Some(v.price.0),
                     stock: None,
                     available: Some(v.available),
@@ -1027,11 +1015,14 @@ fn strip_position(message: &str) -> String {
     }
 }
 
-fn value_text(v: &Value) -> String {
-    match v {
-        Value::String(s) => s.clone(),
-        other => other.to_string(),
-    }
+/// Option and attribute values as text: strings as they are, numbers and the rest as JSON.
+fn texts(map: BTreeMap<String, Value>) -> BTreeMap<String, String> {
+    map.into_iter()
+        .map(|(k, v)| match v {
+            Value::String(s) => (k, s),
+            other => (k, other.to_string()),
+        })
+        .collect()
 }
 
 fn parse_money(s: &str) -> std::result::Result<f64, String> {
