@@ -340,16 +340,18 @@ impl Bm25 {
         let query = BooleanQuery::new(must);
         let searcher = self.reader.searcher();
         let top = searcher.search(&query, &TopDocs::with_limit(limit).order_by_score())?;
-        let mut out = Vec::with_capacity(top.len());
-        for (score, addr) in top {
-            let rows = searcher
-                .segment_reader(addr.segment_ord)
-                .fast_fields()
-                .u64("row")?;
-            if let Some(row) = rows.first(addr.doc_id) {
-                out.push((row as usize, score));
-            }
-        }
-        Ok(out)
+        // One row column per segment, opened once, not once per hit.
+        let columns = searcher
+            .segment_readers()
+            .iter()
+            .map(|r| r.fast_fields().u64("row"))
+            .collect::<tantivy::Result<Vec<_>>>()?;
+        Ok(top
+            .into_iter()
+            .filter_map(|(score, addr)| {
+                let row = columns.get(addr.segment_ord as usize)?.first(addr.doc_id)?;
+                Some((row as usize, score))
+            })
+            .collect())
     }
 }
