@@ -25,3 +25,4 @@ pub mod cli;
 pub mod engine;
 pub mod retrieval;
 pub mod server;
+pub mod shop;

@@ -220,6 +220,8 @@ pub enum EvalCommand {
     /// Recall@1, recall@5 and MRR of BM25, vectors and hybrid search on a labeled question set,
     /// and the calibrated no-answer threshold.
     Retrieval(EvalRetrievalArgs),
+    /// Topic and sentiment accuracy of the offline feedback classifier on a labelled set.
+    Feedback(super::shop::EvalFeedbackArgs),
 }
 
 #[derive(Debug, Clone, Args)]
@@ -239,7 +241,10 @@ pub struct EvalRetrievalArgs {
 }
 
 pub fn eval(cmd: EvalCommand) -> anyhow::Result<()> {
-    let EvalCommand::Retrieval(a) = cmd;
+    let a = match cmd {
+        EvalCommand::Retrieval(a) => a,
+        EvalCommand::Feedback(a) => return super::shop::eval_feedback(a),
+    };
     let text =
         std::fs::read_to_string(&a.set).with_context(|| format!("reading {}", a.set.display()))?;
     let cases =

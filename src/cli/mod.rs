@@ -13,6 +13,7 @@ pub mod chat;
 pub mod generate;
 pub mod knowledge;
 pub mod serve;
+pub mod shop;
 pub mod tokenize;
 
 #[derive(Debug, Parser)]
@@ -44,6 +45,8 @@ pub enum Command {
     Search(knowledge::SearchArgs),
     /// List the documents in the knowledge base, or delete one.
     Documents(knowledge::DocumentsArgs),
+    /// Import a shop's customers, products and orders (tau2 db.json, CSV exports).
+    Import(shop::ImportArgs),
     /// Measure quality on labeled data.
     #[command(subcommand)]
     Eval(knowledge::EvalCommand),
@@ -69,6 +72,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Search(a) => knowledge::search(a),
         Command::Documents(a) => knowledge::documents(a),
         Command::Eval(c) => knowledge::eval(c),
+        Command::Import(a) => shop::import(a),
     }
 }
 

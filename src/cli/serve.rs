@@ -9,6 +9,7 @@ use clap::Args;
 
 use super::ModelArgs;
 use crate::engine::registry::{default_models_dir, resolve_embedder};
+use crate::server::auth::ApiKey;
 use crate::server::{self, ServerConfig};
 
 #[derive(Debug, Clone, Args)]
@@ -25,8 +26,9 @@ pub struct ServeArgs {
     /// Port to listen on (0 picks a free one; the address is printed).
     #[arg(long, env = "CLERK_PORT", default_value_t = 8080)]
     pub port: u16,
-    /// API keys clients must send as `Authorization: Bearer KEY` (repeat, or comma-separate in the
-    /// environment variable).
+    /// API keys clients must send as `Authorization: Bearer KEY`, as `[SCOPE:]KEY` where SCOPE is
+    /// `admin` (the default), `staff` or `widget` (repeat, or comma-separate in the environment
+    /// variable).
     #[arg(
         long = "api-key",
         env = "CLERK_API_KEY",
@@ -53,10 +55,14 @@ pub struct ServeArgs {
     /// Folder holding clerk's stored data (knowledge base, shop database).
     #[arg(long, env = "CLERK_DATA_DIR", default_value = "./clerk-data")]
     pub data_dir: std::path::PathBuf,
-    /// Start with an empty knowledge base instead of the built-in demo shop when the data folder
-    /// has none.
+    /// Start with an empty knowledge base and shop database instead of the built-in demo shop
+    /// when the data folder has none.
     #[arg(long, env = "CLERK_NO_DEMO")]
     pub no_demo: bool,
+    /// The shop's policy as JSON (fields left out keep the defaults, which model tau2's retail
+    /// policy).
+    #[arg(long, env = "CLERK_SHOP_POLICY")]
+    pub shop_policy: Option<std::path::PathBuf>,
     /// Best-passage similarity under which a question counts as unanswerable from the shop's data.
     #[arg(long, env = "CLERK_ANSWER_THRESHOLD", default_value_t = crate::retrieval::DEFAULT_ANSWER_THRESHOLD)]
     pub answer_threshold: f32,
@@ -67,15 +73,12 @@ pub struct ServeArgs {
 
 impl ServeArgs {
     pub fn server_config(&self) -> anyhow::Result<ServerConfig> {
-        let api_keys: Vec<String> = self
+        let api_keys = self
             .api_keys
             .iter()
-            .map(|k| k.trim().to_string())
-            .filter(|k| !k.is_empty())
-            .collect();
-        if api_keys.iter().any(|k| k.len() < 16) {
-            anyhow::bail!("API keys must be at least 16 characters long");
-        }
+            .filter(|k| !k.trim().is_empty())
+            .map(|k| ApiKey::parse(k).map_err(anyhow::Error::msg))
+            .collect::<anyhow::Result<Vec<_>>>()?;
         let cors_origins = self
             .cors_origins
             .iter()
@@ -119,9 +122,20 @@ pub fn run(a: ServeArgs) -> anyhow::Result<()> {
         answer_threshold: a.answer_threshold,
         seed_demo: !a.no_demo,
     });
+    let policy = match &a.shop_policy {
+        Some(p) => crate::shop::Policy::load(p)?,
+        None => crate::shop::Policy::default(),
+    };
+    let shop = Some(server::ShopConfig {
+        data_dir: a.data_dir.clone(),
+        policy,
+        seed_demo: !a.no_demo,
+    });
     let addr = SocketAddr::new(a.host, a.port);
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?
-        .block_on(server::serve(addr, config, engine, embedder, knowledge))
+        .block_on(server::serve(
+            addr, config, engine, embedder, knowledge, shop,
+        ))
 }

@@ -34,3 +34,8 @@ pub fn inputs() -> Vec<Input> {
         })
         .collect()
 }
+
+/// The demo catalogue (`demo/catalog/products.json`), which the demo shop's orders are made of.
+pub fn catalog_json() -> &'static str {
+    FILES[0].1
+}

@@ -1,12 +1,93 @@
-//! API keys: `Authorization: Bearer KEY` on every protected route, when keys are configured.
+//! API keys and their scopes: `Authorization: Bearer KEY` on every protected route, when keys
+//! are configured. A key's scope is `admin` (everything), `staff` (the shop's records and the
+//! knowledge base) or `widget` (a shopper's page: the models, search, and the shop routes of the
+//! one customer its session identified).
 
-use axum::extract::{Request, State};
+use axum::extract::{FromRequestParts, Request, State};
 use axum::http::header;
+use axum::http::request::Parts;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
 use super::error::ApiError;
 use super::AppState;
+
+/// What a key may do; each scope includes the ones before it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Scope {
+    Widget,
+    Staff,
+    Admin,
+}
+
+impl Scope {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scope::Widget => "widget",
+            Scope::Staff => "staff",
+            Scope::Admin => "admin",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiKey {
+    pub key: String,
+    pub scope: Scope,
+}
+
+impl ApiKey {
+    /// `[SCOPE:]KEY`: `widget:…`, `staff:…`, `admin:…`; a bare key is an admin key.
+    pub fn parse(raw: &str) -> Result<Self, String> {
+        let raw = raw.trim();
+        let (scope, key) = match raw.split_once(':') {
+            Some(("admin", k)) => (Scope::Admin, k),
+            Some(("staff", k)) => (Scope::Staff, k),
+            Some(("widget", k)) => (Scope::Widget, k),
+            _ => (Scope::Admin, raw),
+        };
+        if key.len() < 16 {
+            return Err("API keys must be at least 16 characters long".into());
+        }
+        Ok(Self {
+            key: key.to_string(),
+            scope,
+        })
+    }
+}
+
+/// The authenticated caller, put in the request by [`require_key`].
+#[derive(Debug, Clone, Copy)]
+pub struct Caller {
+    pub scope: Scope,
+}
+
+impl Caller {
+    /// Refuses a caller whose key is below `needed`.
+    pub fn require(&self, needed: Scope) -> Result<(), ApiError> {
+        if self.scope >= needed {
+            Ok(())
+        } else {
+            Err(ApiError::Forbidden(format!(
+                "This API key's scope ({}) does not allow this; it needs `{}`.",
+                self.scope.as_str(),
+                needed.as_str()
+            )))
+        }
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
+        parts
+            .extensions
+            .get::<Caller>()
+            .copied()
+            .ok_or_else(|| ApiError::Internal("route outside the key check".into()))
+    }
+}
 
 /// Equal-length comparison that looks at every byte, so response timing does not reveal how much
 /// of a guessed key was right.
@@ -14,9 +95,13 @@ fn same(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-pub async fn require_key(State(state): State<AppState>, req: Request, next: Next) -> Response {
+pub async fn require_key(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
     let keys = &state.config.api_keys;
     if keys.is_empty() {
+        // No keys: a loopback-only development server (see `serve`), open to its own machine.
+        req.extensions_mut().insert(Caller {
+            scope: Scope::Admin,
+        });
         return next.run(req).await;
     }
     let given = req
@@ -28,9 +113,51 @@ pub async fn require_key(State(state): State<AppState>, req: Request, next: Next
                 .or_else(|| v.strip_prefix("bearer "))
         })
         .map(str::trim);
-    match given {
-        None => ApiError::MissingApiKey.into_response(),
-        Some(k) if keys.iter().any(|key| same(key.as_bytes(), k.as_bytes())) => next.run(req).await,
-        Some(_) => ApiError::InvalidApiKey.into_response(),
+    let Some(given) = given else {
+        return ApiError::MissingApiKey.into_response();
+    };
+    // Every key is compared, so timing does not reveal which one matched.
+    let found = keys.iter().fold(None, |found, k| {
+        if same(k.key.as_bytes(), given.as_bytes()) {
+            Some(k.scope)
+        } else {
+            found
+        }
+    });
+    match found {
+        Some(scope) => {
+            req.extensions_mut().insert(Caller { scope });
+            next.run(req).await
+        }
+        None => ApiError::InvalidApiKey.into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_carry_their_scope() {
+        let k = ApiKey::parse("widget:0123456789abcdef").unwrap();
+        assert_eq!(
+            (k.key.as_str(), k.scope),
+            ("0123456789abcdef", Scope::Widget)
+        );
+        assert_eq!(
+            ApiKey::parse("0123456789abcdef").unwrap().scope,
+            Scope::Admin
+        );
+        assert!(ApiKey::parse("staff:short").is_err());
+        assert!(Caller {
+            scope: Scope::Widget
+        }
+        .require(Scope::Staff)
+        .is_err());
+        assert!(Caller {
+            scope: Scope::Admin
+        }
+        .require(Scope::Staff)
+        .is_ok());
     }
 }

@@ -55,6 +55,15 @@ pub enum ApiError {
     /// The request can't run now because of other work on the same data (409).
     #[error("{0}")]
     Conflict(String),
+    /// The key's scope or the shopper's session does not allow this (403).
+    #[error("{0}")]
+    Forbidden(String),
+    /// The shopper could not be identified, or the session is missing or expired (403).
+    #[error("{0}")]
+    NotIdentified(String),
+    /// The shop's policy refuses the action (422); `code` says which rule.
+    #[error("{message}")]
+    Refused { message: String, code: &'static str },
     /// Something broke inside; the detail is logged, never sent.
     #[error("The server had an error while processing your request.")]
     Internal(String),
@@ -82,6 +91,8 @@ impl ApiError {
             ApiError::Loading | ApiError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::Forbidden(_) | ApiError::NotIdentified(_) => StatusCode::FORBIDDEN,
+            ApiError::Refused { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -120,6 +131,9 @@ impl ApiError {
             ApiError::Timeout(_) => Some("timeout"),
             ApiError::ShuttingDown => Some("shutting_down"),
             ApiError::Conflict(_) => Some("conflict"),
+            ApiError::Forbidden(_) => Some("permission_denied"),
+            ApiError::NotIdentified(_) => Some("not_identified"),
+            ApiError::Refused { code, .. } => Some(code),
             ApiError::Internal(_) => Some("internal_error"),
         }
     }

@@ -11,6 +11,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use crate::retrieval::{self, Format, Input, Kind, Knowledge, Mode, RetrievalError};
+use crate::server::auth::{Caller, Scope};
 use crate::server::error::ApiError;
 use crate::server::extract::Json;
 use crate::server::AppState;
@@ -131,8 +132,10 @@ pub enum AddRequest {
 /// Adds or replaces documents; all of them land, or (on any bad one) none.
 pub async fn add(
     State(state): State<AppState>,
+    caller: Caller,
     Json(req): Json<AddRequest>,
 ) -> Result<Response, ApiError> {
+    caller.require(Scope::Staff)?;
     let k = knowledge(&state)?;
     let docs = match req {
         AddRequest::Many { documents } => documents,
@@ -193,8 +196,10 @@ pub async fn add(
 
 pub async fn delete(
     State(state): State<AppState>,
+    caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
+    caller.require(Scope::Staff)?;
     let k = knowledge(&state)?;
     let deleted = id.clone();
     blocking(move || k.delete(&id)).await?;

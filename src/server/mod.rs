@@ -15,6 +15,7 @@ pub mod extract;
 pub mod knowledge;
 pub mod metrics;
 pub mod openai;
+pub mod shop;
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
@@ -34,6 +35,7 @@ use tower_http::cors::CorsLayer;
 
 use crate::engine::{Embedder, Engine, EngineConfig};
 use crate::retrieval::Knowledge;
+use crate::shop::Shop;
 pub use error::ApiError;
 use extract::BodyLimit;
 use metrics::Metrics;
@@ -42,8 +44,9 @@ use std::path::PathBuf;
 /// Settings of the HTTP layer, validated by the CLI.
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
-    /// Accepted API keys; empty means no authentication (allowed on loopback only, see [`serve`]).
-    pub api_keys: Vec<String>,
+    /// Accepted API keys and their scopes; empty means no authentication (allowed on loopback
+    /// only, see [`serve`]).
+    pub api_keys: Vec<auth::ApiKey>,
     /// Origins allowed to call from a browser; empty means no cross-origin access.
     pub cors_origins: Vec<HeaderValue>,
     pub body_limit: usize,
@@ -78,6 +81,8 @@ pub struct AppState {
     expects_embedder: bool,
     /// The shop's knowledge base, opened once the embedder has loaded.
     knowledge: Arc<OnceLock<Knowledge>>,
+    /// The shop's records and actions, when the server keeps a shop database.
+    shop: Arc<OnceLock<Shop>>,
     pub config: Arc<ServerConfig>,
     pub metrics: Arc<Metrics>,
     /// Turns true when streams in flight must end (the shutdown grace is over).
@@ -103,6 +108,7 @@ impl AppState {
             embedder: Arc::new(OnceLock::new()),
             expects_embedder,
             knowledge: Arc::new(OnceLock::new()),
+            shop: Arc::new(OnceLock::new()),
             config: Arc::new(config),
             metrics: Arc::new(Metrics::default()),
             shutdown: rx,
@@ -122,6 +128,14 @@ impl AppState {
 
     pub fn set_knowledge(&self, knowledge: Knowledge) {
         let _ = self.knowledge.set(knowledge);
+    }
+
+    pub fn set_shop(&self, shop: Shop) {
+        let _ = self.shop.set(shop);
+    }
+
+    pub fn shop(&self) -> Option<&Shop> {
+        self.shop.get()
     }
 
     /// The knowledge base, or why there is none.
@@ -194,6 +208,7 @@ pub fn app(state: AppState) -> Router {
             axum::routing::delete(knowledge::delete),
         )
         .route("/metrics", get(metrics_handler))
+        .merge(shop::routes())
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             auth::require_key,
@@ -278,6 +293,36 @@ impl KnowledgeConfig {
     }
 }
 
+/// Where the shop database lives, the policy it enforces, and whether to fill an empty one with
+/// the demo shop's customers and orders.
+#[derive(Debug, Clone)]
+pub struct ShopConfig {
+    pub data_dir: PathBuf,
+    pub policy: crate::shop::Policy,
+    pub seed_demo: bool,
+}
+
+impl ShopConfig {
+    /// Opens (and on first run seeds) the shop database; blocking.
+    pub fn open(&self) -> anyhow::Result<Shop> {
+        let shop = Shop::open(&self.data_dir, self.policy.clone())?;
+        if self.seed_demo && shop.counts()?.customers == 0 {
+            let data = crate::shop::seed::demo_shop(40, crate::shop::unix_now())?;
+            let counts = shop.import(
+                &crate::shop::Ctx::system(crate::shop::Channel::Import),
+                &data,
+                &["demo".to_string()],
+            )?;
+            tracing::info!(
+                customers = counts.customers,
+                orders = counts.orders,
+                "shop database was empty: loaded the demo shop"
+            );
+        }
+        Ok(shop)
+    }
+}
+
 /// Runs the server until Ctrl-C or SIGTERM: binds first, loads the model in the background, then
 /// shuts down gracefully (no new connections; streams in flight get `shutdown_grace` to finish).
 pub async fn serve(
@@ -286,6 +331,7 @@ pub async fn serve(
     engine_config: EngineConfig,
     embedder: Option<(String, PathBuf)>,
     knowledge: Option<KnowledgeConfig>,
+    shop: Option<ShopConfig>,
 ) -> anyhow::Result<()> {
     if config.api_keys.is_empty() && !addr.ip().is_loopback() {
         anyhow::bail!(
@@ -297,6 +343,9 @@ pub async fn serve(
     let local = listener.local_addr()?;
     let grace = config.shutdown_grace;
     let (state, stop) = AppState::new(config, embedder.is_some());
+    if let Some(sc) = shop {
+        state.set_shop(tokio::task::spawn_blocking(move || sc.open()).await??);
+    }
     println!("clerk listening on http://{local}");
 
     let (failed_tx, failed_rx) = tokio::sync::oneshot::channel();
@@ -309,6 +358,11 @@ pub async fn serve(
             if let Some((name, dir)) = embedder {
                 let embedder = Arc::new(Embedder::load(&dir, &name)?);
                 tracing::info!(embedder = %name, "embedder loaded");
+                if let Some(shop) = loading.shop() {
+                    shop.set_classifier(Arc::new(crate::shop::FeedbackClassifier::new(
+                        embedder.clone(),
+                    )?));
+                }
                 if let Some(kc) = knowledge {
                     loading.set_knowledge(kc.open(embedder.clone())?);
                 }

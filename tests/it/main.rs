@@ -5,3 +5,4 @@ mod common;
 mod engine;
 mod retrieval;
 mod server;
+mod shop;

@@ -470,7 +470,7 @@ async fn api_keys_are_required_when_configured() {
     let server = TestServer::start(
         Some(shared_engine()),
         ServerConfig {
-            api_keys: vec![key.into()],
+            api_keys: vec![clerk::server::auth::ApiKey::parse(key).unwrap()],
             ..ServerConfig::default()
         },
     )

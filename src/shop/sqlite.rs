@@ -1,0 +1,1277 @@
+//! The default store: one SQLite file in the data directory (`shop.sqlite`), in WAL mode with
+//! full sync, so a committed write survives a killed process and readers never see half of one.
+//! Migrations are numbered SQL files applied in order, tracked by `PRAGMA user_version`.
+
+use std::path::Path;
+use std::sync::{Mutex, MutexGuard};
+
+use rusqlite::{params, Connection, OptionalExtension, Row, Transaction as SqlTx};
+
+use super::domain::*;
+use super::error::{Result, ShopError};
+use super::records::*;
+use super::service::*;
+use super::store::*;
+
+const MIGRATIONS: &[&str] = &[include_str!("migrations/001_init.sql")];
+
+pub struct SqliteStore {
+    // One connection: SQLite serialises writers anyway, and shop traffic is small next to the
+    // model's. Held only for the length of one statement group, never across an await.
+    conn: Mutex<Connection>,
+}
+
+fn storage(e: impl std::fmt::Display) -> ShopError {
+    ShopError::Storage(e.to_string())
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) `dir/shop.sqlite` and brings its schema up to date.
+    pub fn open(dir: &Path) -> Result<Self> {
+        std::fs::create_dir_all(dir).map_err(storage)?;
+        let conn = Connection::open(dir.join("shop.sqlite"))?;
+        Self::init(conn)
+    }
+
+    /// A private database in memory, for tests and one-off evaluations.
+    pub fn in_memory() -> Result<Self> {
+        Self::init(Connection::open_in_memory()?)
+    }
+
+    fn init(mut conn: Connection) -> Result<Self> {
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+        let version = usize::try_from(version).unwrap_or(usize::MAX);
+        if version > MIGRATIONS.len() {
+            return Err(ShopError::Storage(format!(
+                "the shop database is at schema version {version}, newer than this clerk knows \
+                 ({}); upgrade clerk",
+                MIGRATIONS.len()
+            )));
+        }
+        for (i, sql) in MIGRATIONS.iter().enumerate().skip(version) {
+            let tx = conn.transaction()?;
+            tx.execute_batch(sql)?;
+            tx.pragma_update(None, "user_version", (i + 1) as i64)?;
+            tx.commit()?;
+        }
+        Ok(Self {
+            conn: Mutex::new(conn),
+        })
+    }
+
+    fn conn(&self) -> MutexGuard<'_, Connection> {
+        // A panic while holding the lock leaves no open transaction (rusqlite rolls back on drop),
+        // so the connection is still sound.
+        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+fn json_col<T: serde::de::DeserializeOwned>(row: &Row, idx: usize) -> rusqlite::Result<T> {
+    let text: String = row.get(idx)?;
+    serde_json::from_str(&text).map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(idx, rusqlite::types::Type::Text, Box::new(e))
+    })
+}
+
+fn parsed<T>(idx: usize, r: Result<T>) -> rusqlite::Result<T> {
+    r.map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(idx, rusqlite::types::Type::Text, Box::new(e))
+    })
+}
+
+fn address_at(row: &Row, start: usize) -> rusqlite::Result<Address> {
+    Ok(Address {
+        address1: row.get(start)?,
+        address2: row.get(start + 1)?,
+        city: row.get(start + 2)?,
+        state: row.get(start + 3)?,
+        country: row.get(start + 4)?,
+        zip: row.get(start + 5)?,
+    })
+}
+
+const ADDRESS_COLS: &str = "address1, address2, city, state, country, zip";
+
+fn load_customer(conn: &Connection, id: &CustomerId) -> Result<Option<Customer>> {
+    let row = conn
+        .query_row(
+            &format!(
+                "SELECT id, first_name, last_name, email, phone, erased_at, {ADDRESS_COLS} \
+                 FROM customers WHERE id = ?1"
+            ),
+            [id.as_str()],
+            customer_from_row,
+        )
+        .optional()?;
+    let Some(mut customer) = row else {
+        return Ok(None);
+    };
+    customer.payment_methods = payment_methods(conn, id)?;
+    Ok(Some(customer))
+}
+
+fn customer_from_row(row: &Row) -> rusqlite::Result<Customer> {
+    let id: String = row.get(0)?;
+    let email: Option<String> = row.get(3)?;
+    Ok(Customer {
+        id: parsed(0, CustomerId::parse(&id))?,
+        first_name: row.get(1)?,
+        last_name: row.get(2)?,
+        // An erased customer's email is gone; a malformed imported one reads as none.
+        email: email.and_then(|e| Email::parse(&e).ok()),
+        phone: row.get(4)?,
+        erased_at: row.get(5)?,
+        address: address_at(row, 6)?,
+        payment_methods: Vec::new(),
+    })
+}
+
+fn payment_methods(conn: &Connection, id: &CustomerId) -> Result<Vec<PaymentMethod>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT id, source, brand, last_four, balance FROM payment_methods \
+         WHERE customer_id = ?1 ORDER BY position",
+    )?;
+    let rows = stmt.query_map([id.as_str()], |row| {
+        let id: String = row.get(0)?;
+        let source: String = row.get(1)?;
+        Ok(PaymentMethod {
+            id: parsed(0, PaymentMethodId::parse(&id))?,
+            source: parsed(1, PaymentSource::parse(&source))?,
+            brand: row.get(2)?,
+            last_four: row.get(3)?,
+            balance: row.get::<_, Option<i64>>(4)?.map(Money),
+        })
+    })?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
+fn variant_from_row(row: &Row) -> rusqlite::Result<Variant> {
+    let sku: String = row.get(0)?;
+    let product: String = row.get(1)?;
+    Ok(Variant {
+        sku: parsed(0, Sku::parse(&sku))?,
+        product_id: parsed(1, ProductId::parse(&product))?,
+        options: json_col(row, 2)?,
+        price: Money(row.get(3)?),
+        available: row.get(4)?,
+        stock: row.get(5)?,
+    })
+}
+
+const VARIANT_COLS: &str = "sku, product_id, options, price, available, stock";
+
+fn load_product(conn: &Connection, id: &str) -> Result<Option<Product>> {
+    let head = conn
+        .query_row(
+            "SELECT id, name, category FROM products WHERE id = ?1",
+            [id],
+            |row| {
+                let id: String = row.get(0)?;
+                Ok((
+                    parsed(0, ProductId::parse(&id))?,
+                    row.get::<_, String>(1)?,
+                    row.get::<_, Option<String>>(2)?,
+                ))
+            },
+        )
+        .optional()?;
+    let Some((id, name, category)) = head else {
+        return Ok(None);
+    };
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {VARIANT_COLS} FROM variants WHERE product_id = ?1 ORDER BY sku"
+    ))?;
+    let variants = stmt
+        .query_map([id.as_str()], variant_from_row)?
+        .collect::<rusqlite::Result<_>>()?;
+    Ok(Some(Product {
+        id,
+        name,
+        category,
+        variants,
+    }))
+}
+
+fn load_order(conn: &Connection, id: &OrderId) -> Result<Option<Order>> {
+    let head = conn
+        .query_row(
+            &format!(
+                "SELECT id, customer_id, status, cancel_reason, estimated_delivery, created_at, \
+                 {ADDRESS_COLS} FROM orders WHERE id = ?1"
+            ),
+            [id.as_str()],
+            |row| {
+                let id: String = row.get(0)?;
+                let customer: String = row.get(1)?;
+                let status: String = row.get(2)?;
+                Ok(Order {
+                    id: parsed(0, OrderId::parse(&id))?,
+                    customer_id: parsed(1, CustomerId::parse(&customer))?,
+                    status: parsed(2, OrderStatus::parse(&status))?,
+                    cancel_reason: row.get(3)?,
+                    estimated_delivery: row.get(4)?,
+                    created_at: row.get(5)?,
+                    address: address_at(row, 6)?,
+                    items: Vec::new(),
+                    payments: Vec::new(),
+                    fulfillments: Vec::new(),
+                    returns: Vec::new(),
+                })
+            },
+        )
+        .optional()?;
+    let Some(mut order) = head else {
+        return Ok(None);
+    };
+    let key = id.as_str();
+    let mut stmt = conn.prepare_cached(
+        "SELECT product_id, sku, name, options, price FROM order_items \
+         WHERE order_id = ?1 ORDER BY line",
+    )?;
+    order.items = stmt
+        .query_map([key], |row| {
+            let product: String = row.get(0)?;
+            let sku: String = row.get(1)?;
+            Ok(OrderItem {
+                product_id: parsed(0, ProductId::parse(&product))?,
+                sku: parsed(1, Sku::parse(&sku))?,
+                name: row.get(2)?,
+                options: json_col(row, 3)?,
+                price: Money(row.get(4)?),
+            })
+        })?
+        .collect::<rusqlite::Result<_>>()?;
+    let mut stmt = conn.prepare_cached(
+        "SELECT kind, amount, payment_method_id, at FROM transactions \
+         WHERE order_id = ?1 ORDER BY id",
+    )?;
+    order.payments = stmt
+        .query_map([key], |row| {
+            let kind: String = row.get(0)?;
+            let method: String = row.get(2)?;
+            Ok(Transaction {
+                kind: parsed(0, TransactionKind::parse(&kind))?,
+                amount: Money(row.get(1)?),
+                payment_method_id: parsed(2, PaymentMethodId::parse(&method))?,
+                at: row.get(3)?,
+            })
+        })?
+        .collect::<rusqlite::Result<_>>()?;
+    let mut stmt = conn.prepare_cached(
+        "SELECT carrier, tracking_ids, skus, events FROM fulfillments \
+         WHERE order_id = ?1 ORDER BY id",
+    )?;
+    order.fulfillments = stmt
+        .query_map([key], |row| {
+            Ok(Fulfillment {
+                carrier: row.get(0)?,
+                tracking_ids: json_col(row, 1)?,
+                skus: json_col(row, 2)?,
+                events: json_col(row, 3)?,
+            })
+        })?
+        .collect::<rusqlite::Result<_>>()?;
+    let mut stmt = conn.prepare_cached(
+        "SELECT kind, skus, new_skus, payment_method_id, amount, at FROM returns \
+         WHERE order_id = ?1 ORDER BY id",
+    )?;
+    order.returns = stmt
+        .query_map([key], |row| {
+            let kind: String = row.get(0)?;
+            let method: String = row.get(3)?;
+            Ok(ReturnRequest {
+                kind: ReturnKind::parse(&kind).ok_or_else(|| {
+                    rusqlite::Error::FromSqlConversionFailure(
+                        0,
+                        rusqlite::types::Type::Text,
+                        format!("unknown return kind {kind}").into(),
+                    )
+                })?,
+                skus: json_col(row, 1)?,
+                new_skus: json_col(row, 2)?,
+                payment_method_id: parsed(3, PaymentMethodId::parse(&method))?,
+                amount: Money(row.get(4)?),
+                at: row.get(5)?,
+            })
+        })?
+        .collect::<rusqlite::Result<_>>()?;
+    Ok(Some(order))
+}
+
+fn insert_customer(tx: &SqlTx, c: &Customer) -> Result<()> {
+    let a = &c.address;
+    tx.execute(
+        &format!(
+            "INSERT INTO customers (id, first_name, last_name, email, phone, erased_at, \
+             {ADDRESS_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)"
+        ),
+        params![
+            c.id.as_str(),
+            c.first_name,
+            c.last_name,
+            c.email.as_ref().map(Email::as_str),
+            c.phone,
+            c.erased_at,
+            a.address1,
+            a.address2,
+            a.city,
+            a.state,
+            a.country,
+            a.zip
+        ],
+    )
+    .map_err(|e| duplicate(e, "customer", c.id.as_str()))?;
+    for (i, p) in c.payment_methods.iter().enumerate() {
+        tx.execute(
+            "INSERT INTO payment_methods (id, customer_id, source, brand, last_four, balance, \
+             position) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            params![
+                p.id.as_str(),
+                c.id.as_str(),
+                p.source.as_str(),
+                p.brand,
+                p.last_four,
+                p.balance.map(Money::cents),
+                i as i64
+            ],
+        )
+        .map_err(|e| duplicate(e, "payment method", p.id.as_str()))?;
+    }
+    Ok(())
+}
+
+/// A primary-key clash in an import is the file's fault: say which record.
+fn duplicate(e: rusqlite::Error, kind: &str, id: &str) -> ShopError {
+    match e {
+        rusqlite::Error::SqliteFailure(f, _)
+            if f.code == rusqlite::ErrorCode::ConstraintViolation =>
+        {
+            ShopError::Import {
+                file: "shop".into(),
+                message: format!("{kind} `{id}` already exists or refers to a missing record"),
+            }
+        }
+        e => e.into(),
+    }
+}
+
+fn insert_product(tx: &SqlTx, p: &Product) -> Result<()> {
+    tx.execute(
+        "INSERT INTO products (id, name, category) VALUES (?1, ?2, ?3)",
+        params![p.id.as_str(), p.name, p.category],
+    )
+    .map_err(|e| duplicate(e, "product", p.id.as_str()))?;
+    for v in &p.variants {
+        tx.execute(
+            &format!("INSERT INTO variants ({VARIANT_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6)"),
+            params![
+                v.sku.as_str(),
+                p.id.as_str(),
+                serde_json::to_string(&v.options)?,
+                v.price.cents(),
+                v.available,
+                v.stock
+            ],
+        )
+        .map_err(|e| duplicate(e, "variant", v.sku.as_str()))?;
+    }
+    Ok(())
+}
+
+fn insert_order(tx: &SqlTx, o: &Order, position: i64) -> Result<()> {
+    let a = &o.address;
+    tx.execute(
+        &format!(
+            "INSERT INTO orders (id, customer_id, status, cancel_reason, estimated_delivery, \
+             created_at, position, {ADDRESS_COLS}) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)"
+        ),
+        params![
+            o.id.as_str(),
+            o.customer_id.as_str(),
+            o.status.as_str(),
+            o.cancel_reason,
+            o.estimated_delivery,
+            o.created_at,
+            position,
+            a.address1,
+            a.address2,
+            a.city,
+            a.state,
+            a.country,
+            a.zip
+        ],
+    )
+    .map_err(|e| duplicate(e, "order", o.id.as_str()))?;
+    for (line, item) in o.items.iter().enumerate() {
+        tx.execute(
+            "INSERT INTO order_items (order_id, line, product_id, sku, name, options, price) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            params![
+                o.id.as_str(),
+                line as i64,
+                item.product_id.as_str(),
+                item.sku.as_str(),
+                item.name,
+                serde_json::to_string(&item.options)?,
+                item.price.cents()
+            ],
+        )?;
+    }
+    for t in &o.payments {
+        insert_transaction(tx, &o.id, t)?;
+    }
+    for f in &o.fulfillments {
+        tx.execute(
+            "INSERT INTO fulfillments (order_id, carrier, tracking_ids, skus, events) \
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![
+                o.id.as_str(),
+                f.carrier,
+                serde_json::to_string(&f.tracking_ids)?,
+                serde_json::to_string(&f.skus)?,
+                serde_json::to_string(&f.events)?
+            ],
+        )?;
+    }
+    for r in &o.returns {
+        insert_return(tx, &o.id, r)?;
+    }
+    Ok(())
+}
+
+fn insert_transaction(tx: &SqlTx, order: &OrderId, t: &Transaction) -> Result<()> {
+    tx.execute(
+        "INSERT INTO transactions (order_id, kind, amount, payment_method_id, at) \
+         VALUES (?1, ?2, ?3, ?4, ?5)",
+        params![
+            order.as_str(),
+            t.kind.as_str(),
+            t.amount.cents(),
+            t.payment_method_id.as_str(),
+            t.at
+        ],
+    )?;
+    Ok(())
+}
+
+fn insert_return(tx: &SqlTx, order: &OrderId, r: &ReturnRequest) -> Result<()> {
+    tx.execute(
+        "INSERT INTO returns (order_id, kind, skus, new_skus, payment_method_id, amount, at) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        params![
+            order.as_str(),
+            r.kind.as_str(),
+            serde_json::to_string(&r.skus)?,
+            serde_json::to_string(&r.new_skus)?,
+            r.payment_method_id.as_str(),
+            r.amount.cents(),
+            r.at
+        ],
+    )?;
+    Ok(())
+}
+
+fn insert_audit(tx: &Connection, a: &AuditEntry) -> Result<()> {
+    tx.execute(
+        "INSERT INTO audit (at, actor, channel, action, target, customer_id, detail) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        params![
+            a.at,
+            a.actor,
+            a.channel.as_str(),
+            a.action,
+            a.target,
+            a.customer_id.as_ref().map(CustomerId::as_str),
+            serde_json::to_string(&a.detail)?
+        ],
+    )?;
+    Ok(())
+}
+
+/// Fails the transaction as a conflict when an expected row was not there to update.
+fn expect_one(changed: usize, what: impl FnOnce() -> String) -> Result<()> {
+    if changed == 1 {
+        Ok(())
+    } else {
+        Err(ShopError::Conflict(what()))
+    }
+}
+
+fn apply(tx: &SqlTx, change: &Change, inserted: &mut Vec<i64>) -> Result<()> {
+    match change {
+        Change::OrderStatus { order, from, to } => {
+            let n = tx.execute(
+                "UPDATE orders SET status = ?1 WHERE id = ?2 AND status = ?3",
+                params![to.as_str(), order.as_str(), from.as_str()],
+            )?;
+            expect_one(n, || {
+                format!("order {order} is no longer {from}; nothing was changed")
+            })
+        }
+        Change::CancelReason { order, reason } => {
+            let n = tx.execute(
+                "UPDATE orders SET cancel_reason = ?1 WHERE id = ?2",
+                params![reason, order.as_str()],
+            )?;
+            expect_one(n, || format!("order {order} disappeared"))
+        }
+        Change::OrderAddress { order, address: a } => {
+            let n = tx.execute(
+                "UPDATE orders SET address1 = ?1, address2 = ?2, city = ?3, state = ?4, \
+                 country = ?5, zip = ?6 WHERE id = ?7",
+                params![
+                    a.address1,
+                    a.address2,
+                    a.city,
+                    a.state,
+                    a.country,
+                    a.zip,
+                    order.as_str()
+                ],
+            )?;
+            expect_one(n, || format!("order {order} disappeared"))
+        }
+        Change::ReplaceItem {
+            order,
+            line,
+            from,
+            to,
+        } => {
+            let n = tx.execute(
+                "UPDATE order_items SET sku = ?1, options = ?2, price = ?3 \
+                 WHERE order_id = ?4 AND line = ?5 AND sku = ?6",
+                params![
+                    to.sku.as_str(),
+                    serde_json::to_string(&to.options)?,
+                    to.price.cents(),
+                    order.as_str(),
+                    *line as i64,
+                    from.as_str()
+                ],
+            )?;
+            expect_one(n, || {
+                format!("item {from} of order {order} changed meanwhile")
+            })
+        }
+        Change::Transaction { order, transaction } => insert_transaction(tx, order, transaction),
+        Change::GiftCard { method, delta } => {
+            let n = tx.execute(
+                "UPDATE payment_methods SET balance = balance + ?1 \
+                 WHERE id = ?2 AND source = 'gift_card' AND balance + ?1 >= 0",
+                params![delta.cents(), method.as_str()],
+            )?;
+            expect_one(n, || {
+                format!("gift card {method} no longer has the balance; nothing was changed")
+            })
+        }
+        Change::Return { order, request } => insert_return(tx, order, request),
+        Change::InsertFeedback(f) => {
+            tx.execute(
+                "INSERT INTO feedback (conversation_id, customer_id, text, rating, topic, \
+                 sentiment, confidence, queue, created_at) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                params![
+                    f.conversation_id,
+                    f.customer_id.as_ref().map(CustomerId::as_str),
+                    f.text,
+                    f.rating,
+                    f.topic.as_str(),
+                    f.sentiment.as_str(),
+                    f.confidence,
+                    f.queue,
+                    f.created_at
+                ],
+            )?;
+            inserted.push(tx.last_insert_rowid());
+            Ok(())
+        }
+        Change::InsertComplaint(c) => {
+            tx.execute(
+                "INSERT INTO complaints (customer_id, order_id, conversation_id, text, category, \
+                 severity, resolution, resolution_note, auto_approved, created_at) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                params![
+                    c.customer_id.as_ref().map(CustomerId::as_str),
+                    c.order_id.as_ref().map(OrderId::as_str),
+                    c.conversation_id,
+                    c.text,
+                    c.category.as_str(),
+                    c.severity.as_str(),
+                    serde_json::to_value(c.resolution)?
+                        .as_str()
+                        .unwrap_or("escalation"),
+                    c.resolution_note,
+                    c.auto_approved,
+                    c.created_at
+                ],
+            )?;
+            inserted.push(tx.last_insert_rowid());
+            Ok(())
+        }
+        Change::InsertHandoff(h) => {
+            tx.execute(
+                "INSERT INTO handoffs (conversation_id, customer_id, reason, summary, status, \
+                 claimed_by, created_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                params![
+                    h.conversation_id,
+                    h.customer_id.as_ref().map(CustomerId::as_str),
+                    h.reason,
+                    h.summary,
+                    h.status.as_str(),
+                    h.claimed_by,
+                    h.created_at,
+                    h.updated_at
+                ],
+            )?;
+            inserted.push(tx.last_insert_rowid());
+            Ok(())
+        }
+        Change::HandoffStatus {
+            id,
+            from,
+            to,
+            staff,
+        } => {
+            let allowed: Vec<&str> = from.iter().map(|s| s.as_str()).collect();
+            let current: Option<String> = tx
+                .query_row("SELECT status FROM handoffs WHERE id = ?1", [id], |r| {
+                    r.get(0)
+                })
+                .optional()?;
+            match current {
+                Some(s) if allowed.contains(&s.as_str()) => {}
+                Some(s) => {
+                    return Err(ShopError::Conflict(format!(
+                        "handoff {id} is {s}, so it can't become {to}"
+                    )))
+                }
+                None => return Err(ShopError::not_found("handoff", id)),
+            }
+            tx.execute(
+                "UPDATE handoffs SET status = ?1, claimed_by = COALESCE(?2, claimed_by), \
+                 updated_at = ?3 WHERE id = ?4",
+                params![to.as_str(), staff, unix_now(), id],
+            )?;
+            Ok(())
+        }
+        Change::Conversation(c) => {
+            tx.execute(
+                "INSERT INTO conversations (id, customer_id, channel, human, created_at) \
+                 VALUES (?1, ?2, ?3, ?4, ?5) \
+                 ON CONFLICT(id) DO UPDATE SET customer_id = COALESCE(customer_id, \
+                 excluded.customer_id)",
+                params![
+                    c.id,
+                    c.customer_id.as_ref().map(CustomerId::as_str),
+                    c.channel.as_str(),
+                    c.human,
+                    c.created_at
+                ],
+            )?;
+            Ok(())
+        }
+        Change::Message(m) => {
+            tx.execute(
+                "INSERT INTO messages (conversation_id, role, author, content, created_at) \
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![
+                    m.conversation_id,
+                    m.role.as_str(),
+                    m.author,
+                    m.content,
+                    m.created_at
+                ],
+            )?;
+            inserted.push(tx.last_insert_rowid());
+            Ok(())
+        }
+        Change::ConversationHuman {
+            conversation,
+            human,
+        } => {
+            let n = tx.execute(
+                "UPDATE conversations SET human = ?1 WHERE id = ?2",
+                params![human, conversation],
+            )?;
+            expect_one(n, || format!("conversation {conversation} does not exist"))
+        }
+        Change::EraseCustomer(id) => erase(tx, id),
+        Change::PutToken(t) => {
+            tx.execute(
+                "INSERT INTO tokens (hash, kind, customer_id, payload, created_at, expires_at, \
+                 used_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                params![
+                    t.hash,
+                    t.kind.as_str(),
+                    t.customer_id.as_str(),
+                    serde_json::to_string(&t.payload)?,
+                    t.created_at,
+                    t.expires_at,
+                    t.used_at
+                ],
+            )?;
+            Ok(())
+        }
+    }
+}
+
+/// Blanks every personal field of a customer and of what they wrote; keeps the rows that
+/// accounting needs (orders, items, payments) with their amounts.
+fn erase(tx: &SqlTx, id: &CustomerId) -> Result<()> {
+    let key = id.as_str();
+    let n = tx.execute(
+        "UPDATE customers SET first_name = 'erased', last_name = 'erased', email = NULL, \
+         phone = NULL, address1 = '', address2 = '', city = '', state = '', zip = '', \
+         erased_at = ?2 WHERE id = ?1 AND erased_at IS NULL",
+        params![key, unix_now()],
+    )?;
+    expect_one(n, || {
+        format!("customer {id} does not exist or is already erased")
+    })?;
+    tx.execute(
+        "UPDATE payment_methods SET brand = NULL, last_four = NULL WHERE customer_id = ?1",
+        [key],
+    )?;
+    // Street and city go; the country stays, because tax reports need it.
+    tx.execute(
+        "UPDATE orders SET address1 = '', address2 = '', city = '', state = '', zip = '' \
+         WHERE customer_id = ?1",
+        [key],
+    )?;
+    tx.execute(
+        "UPDATE messages SET content = '[erased]' WHERE conversation_id IN \
+         (SELECT id FROM conversations WHERE customer_id = ?1)",
+        [key],
+    )?;
+    tx.execute(
+        "UPDATE feedback SET text = '[erased]' WHERE customer_id = ?1",
+        [key],
+    )?;
+    tx.execute(
+        "UPDATE complaints SET text = '[erased]' WHERE customer_id = ?1",
+        [key],
+    )?;
+    tx.execute(
+        "UPDATE handoffs SET summary = '[erased]' WHERE customer_id = ?1",
+        [key],
+    )?;
+    tx.execute(
+        "UPDATE tokens SET used_at = COALESCE(used_at, ?2) WHERE customer_id = ?1",
+        params![key, unix_now()],
+    )?;
+    Ok(())
+}
+
+fn feedback_from_row(row: &Row) -> rusqlite::Result<Feedback> {
+    let customer: Option<String> = row.get(2)?;
+    let topic: String = row.get(5)?;
+    let sentiment: String = row.get(6)?;
+    Ok(Feedback {
+        id: row.get(0)?,
+        conversation_id: row.get(1)?,
+        customer_id: customer.and_then(|c| CustomerId::parse(&c).ok()),
+        text: row.get(3)?,
+        rating: row.get(4)?,
+        topic: Topic::parse(&topic).unwrap_or(Topic::Other),
+        sentiment: Sentiment::parse(&sentiment).unwrap_or(Sentiment::Neutral),
+        confidence: row.get(7)?,
+        queue: row.get(8)?,
+        created_at: row.get(9)?,
+    })
+}
+
+const FEEDBACK_COLS: &str = "id, conversation_id, customer_id, text, rating, topic, sentiment, \
+                             confidence, queue, created_at";
+
+fn complaint_from_row(row: &Row) -> rusqlite::Result<Complaint> {
+    let customer: Option<String> = row.get(1)?;
+    let order: Option<String> = row.get(2)?;
+    let category: String = row.get(5)?;
+    let severity: String = row.get(6)?;
+    let resolution: String = row.get(7)?;
+    Ok(Complaint {
+        id: row.get(0)?,
+        customer_id: customer.and_then(|c| CustomerId::parse(&c).ok()),
+        order_id: order.and_then(|o| OrderId::parse(&o).ok()),
+        conversation_id: row.get(3)?,
+        text: row.get(4)?,
+        category: Topic::parse(&category).unwrap_or(Topic::Other),
+        severity: Severity::parse(&severity).unwrap_or(Severity::Medium),
+        resolution: serde_json::from_value(serde_json::Value::String(resolution))
+            .unwrap_or(super::policy::Resolution::Escalation),
+        resolution_note: row.get(8)?,
+        auto_approved: row.get(9)?,
+        created_at: row.get(10)?,
+    })
+}
+
+const COMPLAINT_COLS: &str = "id, customer_id, order_id, conversation_id, text, category, \
+                              severity, resolution, resolution_note, auto_approved, created_at";
+
+fn handoff_from_row(row: &Row) -> rusqlite::Result<Handoff> {
+    let customer: Option<String> = row.get(2)?;
+    let status: String = row.get(5)?;
+    Ok(Handoff {
+        id: row.get(0)?,
+        conversation_id: row.get(1)?,
+        customer_id: customer.and_then(|c| CustomerId::parse(&c).ok()),
+        reason: row.get(3)?,
+        summary: row.get(4)?,
+        status: HandoffStatus::parse(&status).unwrap_or(HandoffStatus::Open),
+        claimed_by: row.get(6)?,
+        created_at: row.get(7)?,
+        updated_at: row.get(8)?,
+    })
+}
+
+const HANDOFF_COLS: &str =
+    "id, conversation_id, customer_id, reason, summary, status, claimed_by, created_at, updated_at";
+
+fn conversation_from_row(row: &Row) -> rusqlite::Result<Conversation> {
+    let customer: Option<String> = row.get(1)?;
+    let channel: String = row.get(2)?;
+    Ok(Conversation {
+        id: row.get(0)?,
+        customer_id: customer.and_then(|c| CustomerId::parse(&c).ok()),
+        channel: Channel::parse(&channel).unwrap_or(Channel::Api),
+        human: row.get(3)?,
+        created_at: row.get(4)?,
+    })
+}
+
+fn message_from_row(row: &Row) -> rusqlite::Result<Message> {
+    let role: String = row.get(2)?;
+    Ok(Message {
+        id: row.get(0)?,
+        conversation_id: row.get(1)?,
+        role: Role::parse(&role).unwrap_or(Role::System),
+        author: row.get(3)?,
+        content: row.get(4)?,
+        created_at: row.get(5)?,
+    })
+}
+
+fn audit_from_row(row: &Row) -> rusqlite::Result<AuditEntry> {
+    let channel: String = row.get(3)?;
+    let customer: Option<String> = row.get(6)?;
+    Ok(AuditEntry {
+        id: row.get(0)?,
+        at: row.get(1)?,
+        actor: row.get(2)?,
+        channel: Channel::parse(&channel).unwrap_or(Channel::Api),
+        action: row.get(4)?,
+        target: row.get(5)?,
+        customer_id: customer.and_then(|c| CustomerId::parse(&c).ok()),
+        detail: json_col(row, 7)?,
+    })
+}
+
+const AUDIT_COLS: &str = "id, at, actor, channel, action, target, customer_id, detail";
+
+/// Numeric keyset cursor; a malformed one is the caller's error.
+fn after_id(page: &Page) -> Result<i64> {
+    match &page.after {
+        None => Ok(0),
+        Some(s) => s.parse().map_err(|_| ShopError::Invalid {
+            field: "after",
+            message: format!("`{s}` is not an id from a previous page"),
+        }),
+    }
+}
+
+impl ShopStore for SqliteStore {
+    fn counts(&self) -> Result<ShopCounts> {
+        let conn = self.conn();
+        let one = |sql: &str| -> Result<i64> { Ok(conn.query_row(sql, [], |r| r.get(0))?) };
+        Ok(ShopCounts {
+            customers: one("SELECT count(*) FROM customers")? as u64,
+            payment_methods: one("SELECT count(*) FROM payment_methods")? as u64,
+            products: one("SELECT count(*) FROM products")? as u64,
+            variants: one("SELECT count(*) FROM variants")? as u64,
+            orders: one("SELECT count(*) FROM orders")? as u64,
+            order_items: one("SELECT count(*) FROM order_items")? as u64,
+            payments: one("SELECT count(*) FROM transactions WHERE kind = 'payment'")? as u64,
+            refunds: one("SELECT count(*) FROM transactions WHERE kind = 'refund'")? as u64,
+            item_total: Money(one("SELECT coalesce(sum(price), 0) FROM order_items")?),
+            paid_total: Money(one(
+                "SELECT coalesce(sum(amount), 0) FROM transactions WHERE kind = 'payment'",
+            )?),
+            refunded_total: Money(one(
+                "SELECT coalesce(sum(amount), 0) FROM transactions WHERE kind = 'refund'",
+            )?),
+            gift_card_balance: Money(one(
+                "SELECT coalesce(sum(balance), 0) FROM payment_methods",
+            )?),
+        })
+    }
+
+    fn customer(&self, id: &CustomerId) -> Result<Option<Customer>> {
+        load_customer(&self.conn(), id)
+    }
+
+    fn customers_by_email(&self, email: &Email) -> Result<Vec<CustomerId>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(
+            "SELECT id FROM customers WHERE email = ?1 AND erased_at IS NULL ORDER BY id",
+        )?;
+        let ids = stmt
+            .query_map([email.as_str()], |r| {
+                let id: String = r.get(0)?;
+                parsed(0, CustomerId::parse(&id))
+            })?
+            .collect::<rusqlite::Result<_>>()?;
+        Ok(ids)
+    }
+
+    fn customers_by_name_zip(&self, first: &str, last: &str, zip: &str) -> Result<Vec<CustomerId>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(
+            "SELECT id FROM customers WHERE lower(first_name) = lower(?1) \
+             AND lower(last_name) = lower(?2) AND zip = ?3 AND erased_at IS NULL ORDER BY id",
+        )?;
+        let ids = stmt
+            .query_map(params![first.trim(), last.trim(), zip.trim()], |r| {
+                let id: String = r.get(0)?;
+                parsed(0, CustomerId::parse(&id))
+            })?
+            .collect::<rusqlite::Result<_>>()?;
+        Ok(ids)
+    }
+
+    fn list_customers(&self, page: &Page) -> Result<Vec<Customer>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(&format!(
+            "SELECT id, first_name, last_name, email, phone, erased_at, {ADDRESS_COLS} \
+             FROM customers WHERE id > ?1 ORDER BY id LIMIT ?2"
+        ))?;
+        let mut customers: Vec<Customer> = stmt
+            .query_map(
+                params![page.after.as_deref().unwrap_or(""), page.limit as i64],
+                customer_from_row,
+            )?
+            .collect::<rusqlite::Result<_>>()?;
+        for c in &mut customers {
+            c.payment_methods = payment_methods(&conn, &c.id)?;
+        }
+        Ok(customers)
+    }
+
+    fn order(&self, id: &OrderId) -> Result<Option<Order>> {
+        load_order(&self.conn(), id)
+    }
+
+    fn list_orders(&self, filter: &OrderFilter, page: &Page) -> Result<Vec<OrderSummary>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(
+            "SELECT o.id, o.customer_id, o.status, \
+               (SELECT coalesce(sum(price), 0) FROM order_items i WHERE i.order_id = o.id), \
+               (SELECT count(*) FROM order_items i WHERE i.order_id = o.id) \
+             FROM orders o WHERE o.id > ?1 AND (?2 IS NULL OR o.customer_id = ?2) \
+               AND (?3 IS NULL OR o.status = ?3) ORDER BY o.id LIMIT ?4",
+        )?;
+        let rows = stmt
+            .query_map(
+                params![
+                    page.after.as_deref().unwrap_or(""),
+                    filter.customer.as_ref().map(CustomerId::as_str),
+                    filter.status.map(OrderStatus::as_str),
+                    page.limit as i64
+                ],
+                |row| {
+                    let id: String = row.get(0)?;
+                    let customer: String = row.get(1)?;
+                    let status: String = row.get(2)?;
+                    Ok(OrderSummary {
+                        id: parsed(0, OrderId::parse(&id))?,
+                        customer_id: parsed(1, CustomerId::parse(&customer))?,
+                        status: parsed(2, OrderStatus::parse(&status))?,
+                        total: Money(row.get(3)?),
+                        items: row.get::<_, i64>(4)? as usize,
+                    })
+                },
+            )?
+            .collect::<rusqlite::Result<_>>()?;
+        Ok(rows)
+    }
+
+    fn product(&self, id: &ProductId) -> Result<Option<Product>> {
+        load_product(&self.conn(), id.as_str())
+    }
+
+    fn products(&self) -> Result<Vec<Product>> {
+        let conn = self.conn();
+        let ids: Vec<String> = conn
+            .prepare_cached("SELECT id FROM products ORDER BY id")?
+            .query_map([], |r| r.get(0))?
+            .collect::<rusqlite::Result<_>>()?;
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            out.extend(load_product(&conn, &id)?);
+        }
+        Ok(out)
+    }
+
+    fn variant(&self, sku: &Sku) -> Result<Option<Variant>> {
+        Ok(self
+            .conn()
+            .query_row(
+                &format!("SELECT {VARIANT_COLS} FROM variants WHERE sku = ?1"),
+                [sku.as_str()],
+                variant_from_row,
+            )
+            .optional()?)
+    }
+
+    fn co_purchased(&self, products: &[ProductId]) -> Result<Vec<(ProductId, u32)>> {
+        let conn = self.conn();
+        let ids = serde_json::to_string(&products)?;
+        let mut stmt = conn.prepare_cached(
+            "SELECT b.product_id, count(DISTINCT b.order_id) AS n FROM order_items a \
+             JOIN order_items b ON a.order_id = b.order_id AND a.product_id <> b.product_id \
+             WHERE a.product_id IN (SELECT value FROM json_each(?1)) \
+             GROUP BY b.product_id ORDER BY n DESC, b.product_id LIMIT 50",
+        )?;
+        let rows = stmt
+            .query_map([ids], |r| {
+                let id: String = r.get(0)?;
+                Ok((
+                    parsed(0, ProductId::parse(&id))?,
+                    r.get::<_, i64>(1)? as u32,
+                ))
+            })?
+            .collect::<rusqlite::Result<_>>()?;
+        Ok(rows)
+    }
+
+    fn import(&self, data: &ShopData, audit: AuditEntry) -> Result<ShopCounts> {
+        {
+            let mut conn = self.conn();
+            let tx = conn.transaction()?;
+            let start: i64 = tx.query_row(
+                "SELECT coalesce(max(position) + 1, 0) FROM orders",
+                [],
+                |r| r.get(0),
+            )?;
+            for p in &data.products {
+                insert_product(&tx, p)?;
+            }
+            for c in &data.customers {
+                insert_customer(&tx, c)?;
+            }
+            for (i, o) in data.orders.iter().enumerate() {
+                insert_order(&tx, o, start + i as i64)?;
+            }
+            insert_audit(&tx, &audit)?;
+            tx.commit()?;
+        }
+        self.counts()
+    }
+
+    fn commit(&self, write: Write) -> Result<Vec<i64>> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        if let Some(hash) = &write.consume_token {
+            let n = tx.execute(
+                "UPDATE tokens SET used_at = ?1 WHERE hash = ?2 AND kind = 'confirmation' \
+                 AND used_at IS NULL AND expires_at > ?1",
+                params![unix_now(), hash],
+            )?;
+            if n != 1 {
+                return Err(ShopError::Confirmation(
+                    "this confirmation was already used or has expired; ask for a new summary",
+                ));
+            }
+        }
+        let mut inserted = Vec::new();
+        for change in &write.changes {
+            apply(&tx, change, &mut inserted)?;
+        }
+        insert_audit(&tx, &write.audit)?;
+        tx.commit()?;
+        Ok(inserted)
+    }
+
+    fn record(&self, audit: AuditEntry) -> Result<()> {
+        insert_audit(&self.conn(), &audit)
+    }
+
+    fn audit(&self, filter: &AuditFilter, page: &Page) -> Result<Vec<AuditEntry>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(&format!(
+            "SELECT {AUDIT_COLS} FROM audit WHERE id > ?1 AND (?2 IS NULL OR customer_id = ?2) \
+             AND (?3 IS NULL OR target = ?3) ORDER BY id LIMIT ?4"
+        ))?;
+        let rows = stmt
+            .query_map(
+                params![
+                    after_id(page)?,
+                    filter.customer.as_ref().map(CustomerId::as_str),
+                    filter.target,
+                    page.limit as i64
+                ],
+                audit_from_row,
+            )?
+            .collect::<rusqlite::Result<_>>()?;
+        Ok(rows)
+    }
+
+    fn token(&self, hash: &str) -> Result<Option<StoredToken>> {
+        Ok(self
+            .conn()
+            .query_row(
+                "SELECT hash, kind, customer_id, payload, created_at, expires_at, used_at \
+                 FROM tokens WHERE hash = ?1",
+                [hash],
+                |row| {
+                    let kind: String = row.get(1)?;
+                    let customer: String = row.get(2)?;
+                    Ok(StoredToken {
+                        hash: row.get(0)?,
+                        kind: TokenKind::parse(&kind).unwrap_or(TokenKind::Session),
+                        customer_id: parsed(2, CustomerId::parse(&customer))?,
+                        payload: json_col(row, 3)?,
+                        created_at: row.get(4)?,
+                        expires_at: row.get(5)?,
+                        used_at: row.get(6)?,
+                    })
+                },
+            )
+            .optional()?)
+    }
+
+    fn feedback(&self, queue: Option<&str>, page: &Page) -> Result<Vec<Feedback>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(&format!(
+            "SELECT {FEEDBACK_COLS} FROM feedback WHERE id > ?1 AND (?2 IS NULL OR queue = ?2) \
+             ORDER BY id LIMIT ?3"
+        ))?;
+        let rows = stmt
+            .query_map(
+                params![after_id(page)?, queue, page.limit as i64],
+                feedback_from_row,
+            )?
+            .collect::<rusqlite::Result<_>>()?;
+        Ok(rows)
+    }
+
+    fn complaints(&self, page: &Page) -> Result<Vec<Complaint>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(&format!(
+            "SELECT {COMPLAINT_COLS} FROM complaints WHERE id > ?1 ORDER BY id LIMIT ?2"
+        ))?;
+        let rows = stmt
+            .query_map(
+                params![after_id(page)?, page.limit as i64],
+                complaint_from_row,
+            )?
+            .collect::<rusqlite::Result<_>>()?;
+        Ok(rows)
+    }
+
+    fn handoff(&self, id: i64) -> Result<Option<Handoff>> {
+        Ok(self
+            .conn()
+            .query_row(
+                &format!("SELECT {HANDOFF_COLS} FROM handoffs WHERE id = ?1"),
+                [id],
+                handoff_from_row,
+            )
+            .optional()?)
+    }
+
+    fn handoffs(&self, status: Option<HandoffStatus>, page: &Page) -> Result<Vec<Handoff>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(&format!(
+            "SELECT {HANDOFF_COLS} FROM handoffs WHERE id > ?1 AND (?2 IS NULL OR status = ?2) \
+             ORDER BY id LIMIT ?3"
+        ))?;
+        let rows = stmt
+            .query_map(
+                params![
+                    after_id(page)?,
+                    status.map(HandoffStatus::as_str),
+                    page.limit as i64
+                ],
+                handoff_from_row,
+            )?
+            .collect::<rusqlite::Result<_>>()?;
+        Ok(rows)
+    }
+
+    fn conversation(&self, id: &str) -> Result<Option<Conversation>> {
+        Ok(self
+            .conn()
+            .query_row(
+                "SELECT id, customer_id, channel, human, created_at FROM conversations \
+                 WHERE id = ?1",
+                [id],
+                conversation_from_row,
+            )
+            .optional()?)
+    }
+
+    fn messages(&self, conversation: &str, after: i64) -> Result<Vec<Message>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(
+            "SELECT id, conversation_id, role, author, content, created_at FROM messages \
+             WHERE conversation_id = ?1 AND id > ?2 ORDER BY id",
+        )?;
+        let rows = stmt
+            .query_map(params![conversation, after], message_from_row)?
+            .collect::<rusqlite::Result<_>>()?;
+        Ok(rows)
+    }
+
+    fn customer_records(&self, id: &CustomerId) -> Result<CustomerRecords> {
+        let conn = self.conn();
+        let key = id.as_str();
+        let mut out = CustomerRecords::default();
+        out.feedback = conn
+            .prepare_cached(&format!(
+                "SELECT {FEEDBACK_COLS} FROM feedback WHERE customer_id = ?1 ORDER BY id"
+            ))?
+            .query_map([key], feedback_from_row)?
+            .collect::<rusqlite::Result<_>>()?;
+        out.complaints = conn
+            .prepare_cached(&format!(
+                "SELECT {COMPLAINT_COLS} FROM complaints WHERE customer_id = ?1 ORDER BY id"
+            ))?
+            .query_map([key], complaint_from_row)?
+            .collect::<rusqlite::Result<_>>()?;
+        out.handoffs = conn
+            .prepare_cached(&format!(
+                "SELECT {HANDOFF_COLS} FROM handoffs WHERE customer_id = ?1 ORDER BY id"
+            ))?
+            .query_map([key], handoff_from_row)?
+            .collect::<rusqlite::Result<_>>()?;
+        let conversations: Vec<Conversation> = conn
+            .prepare_cached(
+                "SELECT id, customer_id, channel, human, created_at FROM conversations \
+                 WHERE customer_id = ?1 ORDER BY created_at, id",
+            )?
+            .query_map([key], conversation_from_row)?
+            .collect::<rusqlite::Result<_>>()?;
+        for c in conversations {
+            let messages = conn
+                .prepare_cached(
+                    "SELECT id, conversation_id, role, author, content, created_at FROM messages \
+                     WHERE conversation_id = ?1 ORDER BY id",
+                )?
+                .query_map([c.id.as_str()], message_from_row)?
+                .collect::<rusqlite::Result<_>>()?;
+            out.conversations.push((c, messages));
+        }
+        out.audit = conn
+            .prepare_cached(&format!(
+                "SELECT {AUDIT_COLS} FROM audit WHERE customer_id = ?1 ORDER BY id"
+            ))?
+            .query_map([key], audit_from_row)?
+            .collect::<rusqlite::Result<_>>()?;
+        Ok(out)
+    }
+}
