@@ -1,7 +1,8 @@
 //! clerk: a self-hosted AI customer-service engine for online shops.
 //!
 //! The crate is a map of concerns, with dependencies pointing one way
-//! (`cli` → `server` → `assistant` → `shop`, `retrieval`, `engine`):
+//! (`cli` → `server` → `assistant` → `shop` → `retrieval` → `engine`; `shop` uses the knowledge base
+//! for recommendations and the embedder for its feedback classifier):
 //!
 //! - [`engine`]: everything that turns tokens into tokens. GGUF loading, tokenizers built from GGUF
 //!   metadata, chat templates, the quantized kernels, the transformer forward, sampling, the KV and
@@ -13,13 +14,17 @@
 //!   (tantivy BM25 index with a CJK-aware tokenizer, memory-mapped vector file) switched
 //!   atomically; hybrid search fused by reciprocal rank; the labeled-set evaluation; the built-in
 //!   demo shop. Handle: [`retrieval::Knowledge`].
-//! - [`server`]: the HTTP layer. OpenAI-compatible routes (chat, legacy completions, embeddings, models), the knowledge routes, health
-//!   and Prometheus metrics, API keys, CORS and limits, and the one mapping from errors to
+//! - [`shop`]: the shop's records and the actions clerk may take on them. Domain types parsed at
+//!   the boundary, the [`shop::ShopStore`] trait and its SQLite implementation, the merchant's
+//!   policy, identity, order actions confirmed by one-use tokens, feedback classification,
+//!   complaints, handoffs, privacy export and erasure, recommendations, imports and the demo seed.
+//!   Handle: [`shop::Shop`].
+//! - [`server`]: the HTTP layer. OpenAI-compatible routes (chat, legacy completions, embeddings, models), the knowledge and shop routes, health
+//!   and Prometheus metrics, API keys with scopes, CORS and limits, and the one mapping from errors to
 //!   OpenAI-shaped responses. Handlers get a `Clone` [`server::AppState`] of handles.
 //! - [`cli`]: one file per subcommand of the `clerk` binary; `main.rs` only parses and calls in.
 //!
-//! Later modules (`shop`, `assistant`) are described in
-//! `../shared/notes/architecture.md` until they exist.
+//! The `assistant` module, the next to come, is described in `../shared/notes/architecture.md`.
 
 pub mod cli;
 pub mod engine;

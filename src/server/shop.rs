@@ -375,7 +375,11 @@ async fn list_orders(
 ) -> Result<Response, ApiError> {
     let shop = shop(&state)?;
     let p = params(q)?;
-    let page = page(&p)?;
+    let mut page = page(&p)?;
+    // Order ids start with `#`, which a query string must escape; `after=W123` works too.
+    if let Some(after) = &page.after {
+        page.after = Some(OrderId::parse(after)?.to_string());
+    }
     let status = p.get("status").map(|s| OrderStatus::parse(s)).transpose()?;
     let customer = p
         .get("customer_id")
