@@ -260,15 +260,15 @@ async fn me(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let shop = shop(&state)?;
+    let ctx = ctx(caller, &headers);
     let token = session_token(&headers).ok_or_else(|| {
         ApiError::NotIdentified(format!(
             "Send the session from /v1/shop/identify in `{SESSION_HEADER}`."
         ))
     })?;
-    let _ = caller;
     let (profile, orders) = blocking(move || {
         let who = shop.session(&token)?;
-        Ok((shop.profile(&who)?, shop.orders_of(&who)?))
+        shop.account(&ctx, &who)
     })
     .await?;
     Ok(axum::Json(json!({ "customer": profile, "orders": orders })).into_response())
@@ -297,7 +297,7 @@ async fn get_customer(
     let ctx = ctx(caller, &headers);
     let (profile, orders) = blocking(move || {
         let who = acting_for(&shop, &ctx, caller, &headers, &id)?;
-        Ok((shop.profile(&who)?, shop.orders_of(&who)?))
+        shop.account(&ctx, &who)
     })
     .await?;
     Ok(axum::Json(json!({ "customer": profile, "orders": orders })).into_response())

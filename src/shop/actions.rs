@@ -402,6 +402,19 @@ impl Shop {
             .ok_or_else(|| ShopError::not_found("customer", &who.customer))
     }
 
+    /// A customer's profile and order list, as the shopper or staff asks for it (audited).
+    pub fn account(&self, ctx: &Ctx, who: &Identified) -> Result<(Customer, Vec<OrderSummary>)> {
+        let profile = self.profile(who)?;
+        let orders = self.orders_of(who)?;
+        self.store.record(ctx.audit(
+            "account",
+            format!("customer:{}", who.customer),
+            Some(&who.customer),
+            json!({}),
+        ))?;
+        Ok((profile, orders))
+    }
+
     pub fn orders_of(&self, who: &Identified) -> Result<Vec<OrderSummary>> {
         self.store.list_orders(
             &OrderFilter {

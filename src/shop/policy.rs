@@ -69,7 +69,8 @@ pub enum Resolution {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Policy {
-    /// For each action, the order statuses that allow it.
+    /// For each action, the order statuses that allow it; an action a file leaves out is not
+    /// allowed in any status.
     pub allowed: BTreeMap<ActionKind, Vec<OrderStatus>>,
     /// Reasons a shopper may give for a cancellation (matched case-insensitively).
     pub cancel_reasons: Vec<String>,

@@ -26,6 +26,9 @@ pub struct Recommendation {
     pub score: f32,
 }
 
+/// Cosine similarity a product needs to the conversation or to a bought product to be suggested.
+const MIN_SIMILARITY: f32 = 0.3;
+
 fn in_stock_price(p: &Product) -> Option<Money> {
     p.variants
         .iter()
@@ -94,6 +97,9 @@ impl Shop {
             Ok(results
                 .hits
                 .into_iter()
+                // Rank alone would recommend something for any text at all; a product has to be
+                // about as close as a passage that can answer a question.
+                .filter(|h| h.similarity >= MIN_SIMILARITY)
                 .filter_map(|h| h.product.and_then(|p| ProductId::parse(&p.product_id).ok()))
                 .collect())
         };

@@ -1230,20 +1230,19 @@ impl ShopStore for SqliteStore {
     fn customer_records(&self, id: &CustomerId) -> Result<CustomerRecords> {
         let conn = self.conn();
         let key = id.as_str();
-        let mut out = CustomerRecords::default();
-        out.feedback = conn
+        let feedback = conn
             .prepare_cached(&format!(
                 "SELECT {FEEDBACK_COLS} FROM feedback WHERE customer_id = ?1 ORDER BY id"
             ))?
             .query_map([key], feedback_from_row)?
             .collect::<rusqlite::Result<_>>()?;
-        out.complaints = conn
+        let complaints = conn
             .prepare_cached(&format!(
                 "SELECT {COMPLAINT_COLS} FROM complaints WHERE customer_id = ?1 ORDER BY id"
             ))?
             .query_map([key], complaint_from_row)?
             .collect::<rusqlite::Result<_>>()?;
-        out.handoffs = conn
+        let handoffs = conn
             .prepare_cached(&format!(
                 "SELECT {HANDOFF_COLS} FROM handoffs WHERE customer_id = ?1 ORDER BY id"
             ))?
@@ -1256,6 +1255,7 @@ impl ShopStore for SqliteStore {
             )?
             .query_map([key], conversation_from_row)?
             .collect::<rusqlite::Result<_>>()?;
+        let mut with_messages = Vec::with_capacity(conversations.len());
         for c in conversations {
             let messages = conn
                 .prepare_cached(
@@ -1264,14 +1264,20 @@ impl ShopStore for SqliteStore {
                 )?
                 .query_map([c.id.as_str()], message_from_row)?
                 .collect::<rusqlite::Result<_>>()?;
-            out.conversations.push((c, messages));
+            with_messages.push((c, messages));
         }
-        out.audit = conn
+        let audit = conn
             .prepare_cached(&format!(
                 "SELECT {AUDIT_COLS} FROM audit WHERE customer_id = ?1 ORDER BY id"
             ))?
             .query_map([key], audit_from_row)?
             .collect::<rusqlite::Result<_>>()?;
-        Ok(out)
+        Ok(CustomerRecords {
+            feedback,
+            complaints,
+            handoffs,
+            conversations: with_messages,
+            audit,
+        })
     }
 }

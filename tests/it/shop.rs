@@ -783,6 +783,25 @@ fn complaints_handoffs_and_privacy() {
     assert_eq!(c.resolution, Resolution::Escalation);
     assert!(!c.auto_approved);
 
+    // Without the severe words, the policy's automatic resolution (a discount code) applies.
+    let mild = shop
+        .complaint(
+            &ctx,
+            Some(&who),
+            &About::default(),
+            "The box was a bit scuffed",
+        )
+        .unwrap();
+    assert_eq!(
+        (mild.resolution, mild.auto_approved),
+        (Resolution::DiscountCode, true)
+    );
+    assert!(
+        mild.resolution_note.contains("10%"),
+        "{}",
+        mild.resolution_note
+    );
+
     // A complaint about someone else's order is refused as not found.
     let bob = shop
         .identify(
@@ -847,7 +866,7 @@ fn complaints_handoffs_and_privacy() {
     let export = shop.export_customer(&staff, &who).unwrap();
     assert_eq!(export["customer"]["email"], "alice_1@example.com");
     assert_eq!(export["orders"].as_array().unwrap().len(), 1);
-    assert_eq!(export["complaints"].as_array().unwrap().len(), 1);
+    assert_eq!(export["complaints"].as_array().unwrap().len(), 2);
     assert_eq!(
         export["conversations"][0]["messages"]
             .as_array()
@@ -1279,4 +1298,133 @@ fn csv_exports_import_and_a_bad_row_refuses_the_whole_batch() {
         (order.total, order.order.status),
         (Money(5075), OrderStatus::Delivered)
     );
+}
+
+#[test]
+fn a_merchant_policy_changes_what_is_allowed() {
+    let policy: Policy = serde_json::from_str(
+        r#"{"allowed": {"cancel": ["pending", "processed"], "return": ["delivered"]},
+            "cancel_reasons": ["changed my mind"], "refund_to_any_gift_card": false}"#,
+    )
+    .unwrap();
+    let orders = vec![
+        order(90, "alice_1", OrderStatus::Processed, "credit_card_1"),
+        order(91, "alice_1", OrderStatus::Delivered, "credit_card_1"),
+        order(92, "alice_1", OrderStatus::Pending, "credit_card_1"),
+    ];
+    let shop = fixture("shop-custom-policy", orders, policy);
+    let who = alice(&shop);
+    let ctx = Ctx::shopper(Channel::Assistant);
+    let id = |n: u64| OrderId::parse(&format!("#W{n}")).unwrap();
+    let cancel = OrderAction::Cancel {
+        order_id: id(90),
+        reason: "Changed my mind".into(),
+    };
+    let c = shop.prepare(&ctx, &who, &cancel).unwrap();
+    assert_eq!(
+        shop.confirm(&ctx, &who, &cancel, &c.token)
+            .unwrap()
+            .order
+            .status,
+        OrderStatus::Cancelled
+    );
+    // Actions the file leaves out are not allowed at all.
+    let err = shop
+        .prepare(&ctx, &who, &action(ActionKind::ModifyAddress, &id(92)))
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            ShopError::Refused {
+                code: Refusal::Status,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    // No refunds to gift cards other than the original method.
+    let ret = OrderAction::Return {
+        order_id: id(91),
+        item_ids: vec![Sku::parse("mug-white").unwrap()],
+        payment_method_id: PaymentMethodId::parse("gift_card_1").unwrap(),
+    };
+    let err = shop.prepare(&ctx, &who, &ret).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            ShopError::Refused {
+                code: Refusal::PaymentMethod,
+                ..
+            }
+        ),
+        "{err}"
+    );
+}
+
+#[test]
+fn demo_shop_recommendations_come_from_the_catalogue_and_history() {
+    let dir = scratch_dir("shop-demo-recommend");
+    let knowledge = clerk::retrieval::Knowledge::open(&dir, shared_embedder(), 0.32).unwrap();
+    knowledge.ingest(clerk::retrieval::demo::inputs()).unwrap();
+    let shop = Shop::open(&dir, Policy::default()).unwrap();
+    let data = seed::demo_shop(40, unix_now()).unwrap();
+    shop.import(&Ctx::system(Channel::Import), &data, &["demo".into()])
+        .unwrap();
+    let ctx = Ctx::staff("dana", Channel::Console);
+    let jacket = ProductId::parse("hp-ridgeline-rain-jacket").unwrap();
+    let mut checked = 0;
+    for c in &data.customers {
+        let who = shop.for_staff(&ctx, &c.id).unwrap();
+        let owned: Vec<ProductId> = data
+            .orders
+            .iter()
+            .filter(|o| o.customer_id == c.id)
+            .flat_map(|o| o.items.iter().map(|i| i.product_id.clone()))
+            .collect();
+        let recs = shop
+            .recommend(
+                &ctx,
+                &who,
+                "a waterproof rain jacket for hiking",
+                Some(&knowledge),
+                5,
+            )
+            .unwrap();
+        assert!(!recs.is_empty(), "{}", c.id);
+        for r in &recs {
+            assert!(
+                !owned.contains(&r.product_id),
+                "{} already owns {}",
+                c.id,
+                r.product_id
+            );
+            let p = shop.store().product(&r.product_id).unwrap().unwrap();
+            assert!(p
+                .variants
+                .iter()
+                .any(|v| v.available && v.stock.is_none_or(|s| s > 0)));
+            assert!(!r.reason.is_empty());
+        }
+        if !owned.contains(&jacket) {
+            assert_eq!(recs[0].product_id, jacket, "{recs:?}");
+            checked += 1;
+        }
+        // From history alone, each suggestion names something they bought.
+        let recs = shop.recommend(&ctx, &who, "", Some(&knowledge), 5).unwrap();
+        let names: Vec<&str> = data
+            .orders
+            .iter()
+            .filter(|o| o.customer_id == c.id)
+            .flat_map(|o| o.items.iter().map(|i| i.name.as_str()))
+            .collect();
+        for r in &recs {
+            assert!(
+                names.iter().any(|n| r.reason.contains(n)),
+                "{}: {}",
+                c.id,
+                r.reason
+            );
+        }
+    }
+    assert!(checked > 20, "only {checked} customers without the jacket");
 }
