@@ -214,8 +214,10 @@ pub fn parse_tau2(file: &str, text: &str) -> Result<ShopData> {
     Ok(data)
 }
 
-/// One CSV row as header → value, with the row's line for errors.
-fn csv_rows(file: &str, text: &str) -> Result<(Vec<String>, Vec<(u64, HashMap<String, String>)>)> {
+/// A CSV row as header → value, with its line for errors.
+type CsvRow = (u64, HashMap<String, String>);
+
+fn csv_rows(file: &str, text: &str) -> Result<(Vec<String>, Vec<CsvRow>)> {
     let mut reader = csv::ReaderBuilder::new()
         .trim(csv::Trim::All)
         .from_reader(text.as_bytes());
@@ -263,10 +265,7 @@ fn csv_address(row: &HashMap<String, String>) -> Address {
 
 /// Customers CSV: `id, first_name, last_name, email, phone, address1, address2, city, state,
 /// country, zip`.
-fn parse_customers_csv(
-    file: &str,
-    rows: &[(u64, HashMap<String, String>)],
-) -> Result<Vec<Customer>> {
+fn parse_customers_csv(file: &str, rows: &[CsvRow]) -> Result<Vec<Customer>> {
     rows.iter()
         .map(|(line, row)| {
             let rec = format!("line {line}");
@@ -290,7 +289,7 @@ fn parse_customers_csv(
 
 /// Orders CSV, one row per item: `order_id, customer_id, status, product_id, item_id, name,
 /// price, payment_method_id`, and the shipping address columns. The payment is the items' sum.
-fn parse_orders_csv(file: &str, rows: &[(u64, HashMap<String, String>)]) -> Result<Vec<Order>> {
+fn parse_orders_csv(file: &str, rows: &[CsvRow]) -> Result<Vec<Order>> {
     let mut orders: Vec<Order> = Vec::new();
     let mut index: HashMap<OrderId, usize> = HashMap::new();
     let mut methods: HashMap<OrderId, PaymentMethodId> = HashMap::new();
