@@ -159,6 +159,7 @@ pub fn parse_tau2(file: &str, text: &str) -> Result<ShopData> {
             email: Some(at(file, &rec, Email::parse(&u.email))?),
             phone: None,
             address: u.address,
+            saved_addresses: Vec::new(),
             payment_methods: methods,
             erased_at: None,
         });
@@ -280,6 +281,7 @@ fn parse_customers_csv(file: &str, rows: &[CsvRow]) -> Result<Vec<Customer>> {
                 )?),
                 phone: Some(opt(row, "phone")).filter(|p| !p.is_empty()),
                 address: csv_address(row),
+                saved_addresses: Vec::new(),
                 payment_methods: Vec::new(),
                 erased_at: None,
             })

@@ -69,11 +69,23 @@ pub struct Customer {
     pub email: Option<Email>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub phone: Option<String>,
+    /// The default shipping address.
     pub address: Address,
+    /// Other addresses the customer saved ("work", "parents").
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub saved_addresses: Vec<SavedAddress>,
     pub payment_methods: Vec<PaymentMethod>,
     /// When the customer was erased; their orders stay, anonymised.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub erased_at: Option<i64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SavedAddress {
+    #[serde(default)]
+    pub label: String,
+    #[serde(flatten)]
+    pub address: Address,
 }
 
 impl Customer {

@@ -366,6 +366,18 @@ pub fn demo_shop(customers: usize, now: i64) -> Result<ShopData> {
             });
             order_no += 1;
         }
+        let saved_addresses = if n % 3 == 1 {
+            vec![SavedAddress {
+                label: "work".into(),
+                address: Address {
+                    address1: format!("{} Commerce Plaza", 100 + rng.below(800)),
+                    address2: format!("Floor {}", 1 + rng.below(20)),
+                    ..address.clone()
+                },
+            }]
+        } else {
+            Vec::new()
+        };
         data.customers.push(Customer {
             id,
             first_name: first.into(),
@@ -378,6 +390,7 @@ pub fn demo_shop(customers: usize, now: i64) -> Result<ShopData> {
             ))?),
             phone: Some(format!("+1-555-{:04}", rng.below(10_000))),
             address,
+            saved_addresses,
             payment_methods: methods,
             erased_at: None,
         });

@@ -13,7 +13,10 @@ use super::records::*;
 use super::service::*;
 use super::store::*;
 
-const MIGRATIONS: &[&str] = &[include_str!("migrations/001_init.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("migrations/001_init.sql"),
+    include_str!("migrations/002_saved_addresses.sql"),
+];
 
 pub struct SqliteStore {
     // One connection: SQLite serialises writers anyway, and shop traffic is small next to the
@@ -111,6 +114,7 @@ fn load_customer(conn: &Connection, id: &CustomerId) -> Result<Option<Customer>>
         return Ok(None);
     };
     customer.payment_methods = payment_methods(conn, id)?;
+    customer.saved_addresses = saved_addresses(conn, id)?;
     Ok(Some(customer))
 }
 
@@ -126,8 +130,22 @@ fn customer_from_row(row: &Row) -> rusqlite::Result<Customer> {
         phone: row.get(4)?,
         erased_at: row.get(5)?,
         address: address_at(row, 6)?,
+        saved_addresses: Vec::new(),
         payment_methods: Vec::new(),
     })
+}
+
+fn saved_addresses(conn: &Connection, id: &CustomerId) -> Result<Vec<SavedAddress>> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT label, {ADDRESS_COLS} FROM addresses WHERE customer_id = ?1 ORDER BY position"
+    ))?;
+    let rows = stmt.query_map([id.as_str()], |row| {
+        Ok(SavedAddress {
+            label: row.get(0)?,
+            address: address_at(row, 1)?,
+        })
+    })?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
 }
 
 fn payment_methods(conn: &Connection, id: &CustomerId) -> Result<Vec<PaymentMethod>> {
@@ -325,6 +343,26 @@ fn insert_customer(tx: &SqlTx, c: &Customer) -> Result<()> {
         ],
     )
     .map_err(|e| duplicate(e, "customer", c.id.as_str()))?;
+    for (i, s) in c.saved_addresses.iter().enumerate() {
+        let a = &s.address;
+        tx.execute(
+            &format!(
+                "INSERT INTO addresses (customer_id, position, label, {ADDRESS_COLS}) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"
+            ),
+            params![
+                c.id.as_str(),
+                i as i64,
+                s.label,
+                a.address1,
+                a.address2,
+                a.city,
+                a.state,
+                a.country,
+                a.zip
+            ],
+        )?;
+    }
     for (i, p) in c.payment_methods.iter().enumerate() {
         tx.execute(
             "INSERT INTO payment_methods (id, customer_id, source, brand, last_four, balance, \
@@ -737,6 +775,7 @@ fn erase(tx: &SqlTx, id: &CustomerId) -> Result<()> {
         "UPDATE payment_methods SET brand = NULL, last_four = NULL WHERE customer_id = ?1",
         [key],
     )?;
+    tx.execute("DELETE FROM addresses WHERE customer_id = ?1", [key])?;
     // Street and city go; the country stays, because tax reports need it.
     tx.execute(
         "UPDATE orders SET address1 = '', address2 = '', city = '', state = '', zip = '' \
@@ -957,6 +996,7 @@ impl ShopStore for SqliteStore {
             .collect::<rusqlite::Result<_>>()?;
         for c in &mut customers {
             c.payment_methods = payment_methods(&conn, &c.id)?;
+            c.saved_addresses = saved_addresses(&conn, &c.id)?;
         }
         Ok(customers)
     }
@@ -1279,5 +1319,53 @@ impl ShopStore for SqliteStore {
             conversations: with_messages,
             audit,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_older_database_is_migrated_in_place_and_a_newer_one_refused() {
+        let dir = std::env::temp_dir().join(format!("clerk-migrate-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        {
+            let conn = Connection::open(dir.join("shop.sqlite")).unwrap();
+            conn.execute_batch(MIGRATIONS[0]).unwrap();
+            conn.pragma_update(None, "user_version", 1i64).unwrap();
+            conn.execute(
+                "INSERT INTO customers (id, first_name, last_name, email) \
+                 VALUES ('old_1', 'Olga', 'Old', 'olga@example.com')",
+                [],
+            )
+            .unwrap();
+        }
+        let store = SqliteStore::open(&dir).unwrap();
+        let c = store
+            .customer(&CustomerId::parse("old_1").unwrap())
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (c.first_name.as_str(), c.saved_addresses.len()),
+            ("Olga", 0)
+        );
+        let version: i64 = store
+            .conn()
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .unwrap();
+        assert_eq!(version as usize, MIGRATIONS.len());
+        store
+            .conn()
+            .pragma_update(None, "user_version", 99i64)
+            .unwrap();
+        drop(store);
+        let err = SqliteStore::open(&dir)
+            .err()
+            .expect("a newer schema is refused")
+            .to_string();
+        assert!(err.contains("newer"), "{err}");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

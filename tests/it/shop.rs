@@ -150,6 +150,10 @@ fn customer(id: &str, first: &str, last: &str, zip: &str, methods: Vec<PaymentMe
         email: Some(Email::parse(&format!("{id}@example.com")).unwrap()),
         phone: None,
         address: address("1 Main St", zip),
+        saved_addresses: vec![SavedAddress {
+            label: "work".into(),
+            address: address("200 Office Park", zip),
+        }],
         payment_methods: methods,
         erased_at: None,
     }
@@ -865,6 +869,11 @@ fn complaints_handoffs_and_privacy() {
     // Export holds everything; erase removes the personal parts and keeps the accounting.
     let export = shop.export_customer(&staff, &who).unwrap();
     assert_eq!(export["customer"]["email"], "alice_1@example.com");
+    assert_eq!(export["customer"]["saved_addresses"][0]["label"], "work");
+    assert_eq!(
+        export["customer"]["saved_addresses"][0]["address1"],
+        "200 Office Park"
+    );
     assert_eq!(export["orders"].as_array().unwrap().len(), 1);
     assert_eq!(export["complaints"].as_array().unwrap().len(), 2);
     assert_eq!(
@@ -879,7 +888,7 @@ fn complaints_handoffs_and_privacy() {
     let before = shop.counts().unwrap();
     shop.erase_customer(&staff, &who).unwrap();
     let after = shop.store().customer(who.customer_id()).unwrap().unwrap();
-    assert!(after.email.is_none() && after.erased_at.is_some());
+    assert!(after.email.is_none() && after.erased_at.is_some() && after.saved_addresses.is_empty());
     assert_eq!(after.first_name, "erased");
     let o = shop
         .store()
