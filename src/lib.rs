@@ -22,11 +22,13 @@
 //! - [`server`]: the HTTP layer. OpenAI-compatible routes (chat, legacy completions, embeddings, models), the knowledge and shop routes, health
 //!   and Prometheus metrics, API keys with scopes, CORS and limits, and the one mapping from errors to
 //!   OpenAI-shaped responses. Handlers get a `Clone` [`server::AppState`] of handles.
+//! - [`clock`]: Unix time and UTC calendar dates, shared by templates, the server and the shop.
 //! - [`cli`]: one file per subcommand of the `clerk` binary; `main.rs` only parses and calls in.
 //!
 //! The `assistant` module, the next to come, is described in `../shared/notes/architecture.md`.
 
 pub mod cli;
+pub mod clock;
 pub mod engine;
 pub mod retrieval;
 pub mod server;

@@ -112,7 +112,7 @@ impl AppState {
             config: Arc::new(config),
             metrics: Arc::new(Metrics::default()),
             shutdown: rx,
-            started: openai::run::unix_now(),
+            started: crate::clock::unix_now().max(0) as u64,
         };
         (state, ShutdownHandle(tx))
     }

@@ -156,6 +156,19 @@ fn widget_identity(
     shop.session(&token).map(Some)
 }
 
+/// For what a shopper may also send anonymously (feedback, a handoff): the widget's shopper when
+/// it sends a session, else nobody in particular.
+fn shopper_if_known(
+    shop: &Shop,
+    caller: Caller,
+    headers: &HeaderMap,
+) -> Result<Option<Identified>, ShopError> {
+    match session_token(headers) {
+        Some(t) if caller.scope == Scope::Widget => shop.session(&t).map(Some),
+        _ => Ok(None),
+    }
+}
+
 /// The customer a route names, as the caller may act for them: staff for anyone, a widget only
 /// for its own session's customer (anyone else reads as not found).
 fn acting_for(
@@ -479,11 +492,7 @@ async fn add_feedback(
     let shop = shop(&state)?;
     let ctx = ctx(caller, &headers);
     let f = blocking(move || {
-        // A widget's feedback is tied to its shopper when the session says who that is.
-        let who = match session_token(&headers) {
-            Some(t) if caller.scope == Scope::Widget => Some(shop.session(&t)?),
-            _ => None,
-        };
+        let who = shopper_if_known(&shop, caller, &headers)?;
         let about = About {
             conversation_id: body.conversation_id,
             order_id: None,
@@ -569,10 +578,7 @@ async fn open_handoff(
     let shop = shop(&state)?;
     let ctx = ctx(caller, &headers);
     let h = blocking(move || {
-        let who = match session_token(&headers) {
-            Some(t) if caller.scope == Scope::Widget => Some(shop.session(&t)?),
-            _ => None,
-        };
+        let who = shopper_if_known(&shop, caller, &headers)?;
         shop.open_handoff(
             &ctx,
             who.as_ref(),

@@ -75,12 +75,6 @@ pub fn random_id(prefix: &str) -> String {
     out
 }
 
-pub fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
-
 /// One prompt's engine requests: `plan.n` choices, each with its own seed so they differ.
 fn submit(engine: &Engine, prompt: Vec<u32>, plan: &Plan) -> Result<Vec<Generation>, ApiError> {
     (0..plan.n)
@@ -129,7 +123,7 @@ impl Envelope {
     fn new(prefix: &str, model: &str) -> Self {
         Self {
             id: random_id(prefix),
-            created: unix_now(),
+            created: crate::clock::unix_now().max(0) as u64,
             model: model.to_string(),
         }
     }
