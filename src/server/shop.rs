@@ -229,18 +229,26 @@ fn page(p: &HashMap<String, String>) -> Result<Page, ApiError> {
     })
 }
 
-/// An OpenAI-style list; `id` gives each row's cursor.
-fn list<T: Serialize>(mut rows: Vec<T>, page: &Page, id: impl Fn(&T) -> String) -> Response {
-    let has_more = rows.len() >= page.limit;
-    rows.truncate(page.limit - 1);
+/// Loads one page on a blocking thread and answers it as an OpenAI-style list; `id` gives each
+/// row's cursor.
+async fn paged<T: Serialize + Send + 'static>(
+    page: Page,
+    load: impl FnOnce(&Page) -> Result<Vec<T>, ShopError> + Send + 'static,
+    id: impl Fn(&T) -> String,
+) -> Result<Response, ApiError> {
+    let limit = page.limit;
+    let mut rows = blocking(move || load(&page)).await?;
+    // `page` asked for one row more than the caller did: its presence means another page.
+    let has_more = rows.len() >= limit;
+    rows.truncate(limit - 1);
     let last_id = rows.last().map(&id);
-    axum::Json(json!({
+    Ok(axum::Json(json!({
         "object": "list",
         "data": rows,
         "has_more": has_more,
         "last_id": last_id,
     }))
-    .into_response()
+    .into_response())
 }
 
 async fn identify(
@@ -295,9 +303,12 @@ async fn list_customers(
     caller.require(Scope::Staff)?;
     let shop = shop(&state)?;
     let page = page(&params(q)?)?;
-    let p = page.clone();
-    let rows = blocking(move || shop.store().list_customers(&p)).await?;
-    Ok(list(rows, &page, |c| c.id.to_string()))
+    paged(
+        page,
+        move |pg| shop.store().list_customers(pg),
+        |c| c.id.to_string(),
+    )
+    .await
 }
 
 async fn get_customer(
@@ -398,18 +409,16 @@ async fn list_orders(
         .get("customer_id")
         .map(|c| CustomerId::parse(c))
         .transpose()?;
-    let pg = page.clone();
-    let rows = blocking(move || {
+    let load = move |pg: &Page| {
         let customer = match widget_identity(&shop, caller, &headers)? {
             // A widget lists its own customer's orders, whatever it asks for.
             Some(who) => Some(who.customer_id().clone()),
             None => customer,
         };
         shop.store()
-            .list_orders(&OrderFilter { customer, status }, &pg)
-    })
-    .await?;
-    Ok(list(rows, &page, |o| o.id.to_string()))
+            .list_orders(&OrderFilter { customer, status }, pg)
+    };
+    paged(page, load, |o| o.id.to_string()).await
 }
 
 async fn get_order(
@@ -512,10 +521,13 @@ async fn list_feedback(
     let shop = shop(&state)?;
     let p = params(q)?;
     let page = page(&p)?;
-    let pg = page.clone();
     let queue = p.get("queue").cloned();
-    let rows = blocking(move || shop.store().feedback(queue.as_deref(), &pg)).await?;
-    Ok(list(rows, &page, |f| f.id.to_string()))
+    paged(
+        page,
+        move |pg| shop.store().feedback(queue.as_deref(), pg),
+        |f| f.id.to_string(),
+    )
+    .await
 }
 
 #[derive(Deserialize)]
@@ -556,9 +568,12 @@ async fn list_complaints(
     caller.require(Scope::Staff)?;
     let shop = shop(&state)?;
     let page = page(&params(q)?)?;
-    let pg = page.clone();
-    let rows = blocking(move || shop.store().complaints(&pg)).await?;
-    Ok(list(rows, &page, |c| c.id.to_string()))
+    paged(
+        page,
+        move |pg| shop.store().complaints(pg),
+        |c| c.id.to_string(),
+    )
+    .await
 }
 
 #[derive(Deserialize)]
@@ -606,9 +621,12 @@ async fn list_handoffs(
             ApiError::invalid("status", "status must be open, claimed or closed")
         })?),
     };
-    let pg = page.clone();
-    let rows = blocking(move || shop.store().handoffs(status, &pg)).await?;
-    Ok(list(rows, &page, |h| h.id.to_string()))
+    paged(
+        page,
+        move |pg| shop.store().handoffs(status, pg),
+        |h| h.id.to_string(),
+    )
+    .await
 }
 
 #[derive(Deserialize, Default)]
@@ -703,7 +721,10 @@ async fn audit(
             .transpose()?,
         target: p.get("target").cloned(),
     };
-    let pg = page.clone();
-    let rows = blocking(move || shop.store().audit(&filter, &pg)).await?;
-    Ok(list(rows, &page, |a| a.id.to_string()))
+    paged(
+        page,
+        move |pg| shop.store().audit(&filter, pg),
+        |a| a.id.to_string(),
+    )
+    .await
 }

@@ -12,6 +12,7 @@ use super::actions::{Actor, Ctx, Identified};
 use super::domain::*;
 use super::error::{Result, ShopError};
 use super::policy::Resolution;
+use super::records::AuditEntry;
 use super::service::*;
 use super::store::{Change, Write};
 use super::Shop;
@@ -287,17 +288,15 @@ impl Shop {
             queue: self.policy.queue_for(topic.as_str()),
             created_at: unix_now(),
         };
-        let ids = self.store.commit(Write {
-            changes: vec![Change::InsertFeedback(f.clone())],
-            audit: ctx.audit(
+        f.id = self.insert(
+            vec![Change::InsertFeedback(f.clone())],
+            ctx.audit(
                 "feedback",
                 "feedback",
                 f.customer_id.as_ref(),
                 json!({ "topic": topic, "sentiment": sentiment, "queue": f.queue }),
             ),
-            consume_token: None,
-        })?;
-        f.id = ids.first().copied().unwrap_or_default();
+        )?;
         Ok(f)
     }
 
@@ -372,9 +371,9 @@ impl Shop {
             auto_approved,
             created_at: unix_now(),
         };
-        let ids = self.store.commit(Write {
-            changes: vec![Change::InsertComplaint(c.clone())],
-            audit: ctx.audit(
+        c.id = self.insert(
+            vec![Change::InsertComplaint(c.clone())],
+            ctx.audit(
                 "complaint",
                 c.order_id
                     .as_ref()
@@ -383,9 +382,7 @@ impl Shop {
                 json!({ "category": category, "severity": severity, "resolution": resolution,
                         "auto_approved": auto_approved }),
             ),
-            consume_token: None,
-        })?;
-        c.id = ids.first().copied().unwrap_or_default();
+        )?;
         Ok(c)
     }
 
@@ -453,17 +450,15 @@ impl Shop {
             content: check_text("content", content, 16_000)?,
             created_at: unix_now(),
         };
-        let ids = self.store.commit(Write {
-            changes: vec![Change::Message(m.clone())],
-            audit: ctx.audit(
+        m.id = self.insert(
+            vec![Change::Message(m.clone())],
+            ctx.audit(
                 "message",
                 format!("conversation:{}", conv.id),
                 conv.customer_id.as_ref(),
                 json!({ "role": role }),
             ),
-            consume_token: None,
-        })?;
-        m.id = ids.first().copied().unwrap_or_default();
+        )?;
         Ok(m)
     }
 
@@ -489,24 +484,34 @@ impl Shop {
             created_at: now,
             updated_at: now,
         };
-        let ids = self.store.commit(Write {
-            changes: vec![
+        h.id = self.insert(
+            vec![
                 Change::InsertHandoff(h.clone()),
                 Change::ConversationHuman {
                     conversation: conv.id.clone(),
                     human: true,
                 },
             ],
-            audit: ctx.audit(
+            ctx.audit(
                 "handoff_open",
                 format!("conversation:{}", conv.id),
                 conv.customer_id.as_ref(),
                 json!({ "reason": h.reason }),
             ),
+        )?;
+        Ok(h)
+    }
+
+    /// Commits one write that inserts a row, and returns the new row's id.
+    fn insert(&self, changes: Vec<Change>, audit: AuditEntry) -> Result<i64> {
+        let ids = self.store.commit(Write {
+            changes,
+            audit,
             consume_token: None,
         })?;
-        h.id = ids.first().copied().unwrap_or_default();
-        Ok(h)
+        ids.first()
+            .copied()
+            .ok_or_else(|| ShopError::Storage("an insert returned no row id".into()))
     }
 
     fn staff_name(ctx: &Ctx) -> Result<String> {

@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use super::domain::OrderStatus;
 use super::error::{Refusal, Result, ShopError};
+use super::records::string_kind;
 
 /// The actions that change an order, each gated by the statuses the policy lists for it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -56,15 +57,12 @@ impl ActionKind {
     }
 }
 
-/// Complaint resolutions the policy can propose.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Resolution {
-    Refund,
-    Replacement,
-    DiscountCode,
-    Escalation,
-}
+string_kind!(Resolution {
+    Refund => "refund",
+    Replacement => "replacement",
+    DiscountCode => "discount_code",
+    Escalation => "escalation",
+});
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]

@@ -73,6 +73,20 @@ impl SqliteStore {
     }
 }
 
+/// Every row of a cached statement, mapped by `f`.
+fn all<T>(
+    conn: &Connection,
+    sql: &str,
+    params: impl rusqlite::Params,
+    f: impl FnMut(&Row) -> rusqlite::Result<T>,
+) -> Result<Vec<T>> {
+    let mut stmt = conn.prepare_cached(sql)?;
+    let rows = stmt
+        .query_map(params, f)?
+        .collect::<rusqlite::Result<_>>()?;
+    Ok(rows)
+}
+
 fn json_col<T: serde::de::DeserializeOwned>(row: &Row, idx: usize) -> rusqlite::Result<T> {
     let text: String = row.get(idx)?;
     serde_json::from_str(&text).map_err(|e| {
@@ -136,35 +150,39 @@ fn customer_from_row(row: &Row) -> rusqlite::Result<Customer> {
 }
 
 fn saved_addresses(conn: &Connection, id: &CustomerId) -> Result<Vec<SavedAddress>> {
-    let mut stmt = conn.prepare_cached(&format!(
-        "SELECT label, {ADDRESS_COLS} FROM addresses WHERE customer_id = ?1 ORDER BY position"
-    ))?;
-    let rows = stmt.query_map([id.as_str()], |row| {
-        Ok(SavedAddress {
-            label: row.get(0)?,
-            address: address_at(row, 1)?,
-        })
-    })?;
-    Ok(rows.collect::<rusqlite::Result<_>>()?)
+    all(
+        conn,
+        &format!(
+            "SELECT label, {ADDRESS_COLS} FROM addresses WHERE customer_id = ?1 ORDER BY position"
+        ),
+        [id.as_str()],
+        |row| {
+            Ok(SavedAddress {
+                label: row.get(0)?,
+                address: address_at(row, 1)?,
+            })
+        },
+    )
 }
 
 fn payment_methods(conn: &Connection, id: &CustomerId) -> Result<Vec<PaymentMethod>> {
-    let mut stmt = conn.prepare_cached(
+    all(
+        conn,
         "SELECT id, source, brand, last_four, balance FROM payment_methods \
          WHERE customer_id = ?1 ORDER BY position",
-    )?;
-    let rows = stmt.query_map([id.as_str()], |row| {
-        let id: String = row.get(0)?;
-        let source: String = row.get(1)?;
-        Ok(PaymentMethod {
-            id: parsed(0, PaymentMethodId::parse(&id))?,
-            source: parsed(1, PaymentSource::parse(&source))?,
-            brand: row.get(2)?,
-            last_four: row.get(3)?,
-            balance: row.get::<_, Option<i64>>(4)?.map(Money),
-        })
-    })?;
-    Ok(rows.collect::<rusqlite::Result<_>>()?)
+        [id.as_str()],
+        |row| {
+            let id: String = row.get(0)?;
+            let source: String = row.get(1)?;
+            Ok(PaymentMethod {
+                id: parsed(0, PaymentMethodId::parse(&id))?,
+                source: parsed(1, PaymentSource::parse(&source))?,
+                brand: row.get(2)?,
+                last_four: row.get(3)?,
+                balance: row.get::<_, Option<i64>>(4)?.map(Money),
+            })
+        },
+    )
 }
 
 fn variant_from_row(row: &Row) -> rusqlite::Result<Variant> {
@@ -200,12 +218,12 @@ fn load_product(conn: &Connection, id: &str) -> Result<Option<Product>> {
     let Some((id, name, category)) = head else {
         return Ok(None);
     };
-    let mut stmt = conn.prepare_cached(&format!(
-        "SELECT {VARIANT_COLS} FROM variants WHERE product_id = ?1 ORDER BY sku"
-    ))?;
-    let variants = stmt
-        .query_map([id.as_str()], variant_from_row)?
-        .collect::<rusqlite::Result<_>>()?;
+    let variants = all(
+        conn,
+        &format!("SELECT {VARIANT_COLS} FROM variants WHERE product_id = ?1 ORDER BY sku"),
+        [id.as_str()],
+        variant_from_row,
+    )?;
     Ok(Some(Product {
         id,
         name,
@@ -246,12 +264,12 @@ fn load_order(conn: &Connection, id: &OrderId) -> Result<Option<Order>> {
         return Ok(None);
     };
     let key = id.as_str();
-    let mut stmt = conn.prepare_cached(
+    order.items = all(
+        conn,
         "SELECT product_id, sku, name, options, price FROM order_items \
          WHERE order_id = ?1 ORDER BY line",
-    )?;
-    order.items = stmt
-        .query_map([key], |row| {
+        [key],
+        |row| {
             let product: String = row.get(0)?;
             let sku: String = row.get(1)?;
             Ok(OrderItem {
@@ -261,14 +279,14 @@ fn load_order(conn: &Connection, id: &OrderId) -> Result<Option<Order>> {
                 options: json_col(row, 3)?,
                 price: Money(row.get(4)?),
             })
-        })?
-        .collect::<rusqlite::Result<_>>()?;
-    let mut stmt = conn.prepare_cached(
+        },
+    )?;
+    order.payments = all(
+        conn,
         "SELECT kind, amount, payment_method_id, at FROM transactions \
          WHERE order_id = ?1 ORDER BY id",
-    )?;
-    order.payments = stmt
-        .query_map([key], |row| {
+        [key],
+        |row| {
             let kind: String = row.get(0)?;
             let method: String = row.get(2)?;
             Ok(Transaction {
@@ -277,28 +295,28 @@ fn load_order(conn: &Connection, id: &OrderId) -> Result<Option<Order>> {
                 payment_method_id: parsed(2, PaymentMethodId::parse(&method))?,
                 at: row.get(3)?,
             })
-        })?
-        .collect::<rusqlite::Result<_>>()?;
-    let mut stmt = conn.prepare_cached(
+        },
+    )?;
+    order.fulfillments = all(
+        conn,
         "SELECT carrier, tracking_ids, skus, events FROM fulfillments \
          WHERE order_id = ?1 ORDER BY id",
-    )?;
-    order.fulfillments = stmt
-        .query_map([key], |row| {
+        [key],
+        |row| {
             Ok(Fulfillment {
                 carrier: row.get(0)?,
                 tracking_ids: json_col(row, 1)?,
                 skus: json_col(row, 2)?,
                 events: json_col(row, 3)?,
             })
-        })?
-        .collect::<rusqlite::Result<_>>()?;
-    let mut stmt = conn.prepare_cached(
+        },
+    )?;
+    order.returns = all(
+        conn,
         "SELECT kind, skus, new_skus, payment_method_id, amount, at FROM returns \
          WHERE order_id = ?1 ORDER BY id",
-    )?;
-    order.returns = stmt
-        .query_map([key], |row| {
+        [key],
+        |row| {
             let kind: String = row.get(0)?;
             let method: String = row.get(3)?;
             Ok(ReturnRequest {
@@ -315,8 +333,8 @@ fn load_order(conn: &Connection, id: &OrderId) -> Result<Option<Order>> {
                 amount: Money(row.get(4)?),
                 at: row.get(5)?,
             })
-        })?
-        .collect::<rusqlite::Result<_>>()?;
+        },
+    )?;
     Ok(Some(order))
 }
 
@@ -640,9 +658,7 @@ fn apply(tx: &SqlTx, change: &Change, inserted: &mut Vec<i64>) -> Result<()> {
                     c.text,
                     c.category.as_str(),
                     c.severity.as_str(),
-                    serde_json::to_value(c.resolution)?
-                        .as_str()
-                        .unwrap_or("escalation"),
+                    c.resolution.as_str(),
                     c.resolution_note,
                     c.auto_approved,
                     c.created_at
@@ -841,7 +857,7 @@ fn complaint_from_row(row: &Row) -> rusqlite::Result<Complaint> {
         text: row.get(4)?,
         category: Topic::parse(&category).unwrap_or(Topic::Other),
         severity: Severity::parse(&severity).unwrap_or(Severity::Medium),
-        resolution: serde_json::from_value(serde_json::Value::String(resolution))
+        resolution: super::policy::Resolution::parse(&resolution)
             .unwrap_or(super::policy::Resolution::Escalation),
         resolution_note: row.get(8)?,
         auto_approved: row.get(9)?,
@@ -955,45 +971,44 @@ impl ShopStore for SqliteStore {
 
     fn customers_by_email(&self, email: &Email) -> Result<Vec<CustomerId>> {
         let conn = self.conn();
-        let mut stmt = conn.prepare_cached(
+        let ids = all(
+            &conn,
             "SELECT id FROM customers WHERE email = ?1 AND erased_at IS NULL ORDER BY id",
-        )?;
-        let ids = stmt
-            .query_map([email.as_str()], |r| {
+            [email.as_str()],
+            |r| {
                 let id: String = r.get(0)?;
                 parsed(0, CustomerId::parse(&id))
-            })?
-            .collect::<rusqlite::Result<_>>()?;
+            },
+        )?;
         Ok(ids)
     }
 
     fn customers_by_name_zip(&self, first: &str, last: &str, zip: &str) -> Result<Vec<CustomerId>> {
         let conn = self.conn();
-        let mut stmt = conn.prepare_cached(
+        let ids = all(
+            &conn,
             "SELECT id FROM customers WHERE lower(first_name) = lower(?1) \
              AND lower(last_name) = lower(?2) AND zip = ?3 AND erased_at IS NULL ORDER BY id",
-        )?;
-        let ids = stmt
-            .query_map(params![first.trim(), last.trim(), zip.trim()], |r| {
+            params![first.trim(), last.trim(), zip.trim()],
+            |r| {
                 let id: String = r.get(0)?;
                 parsed(0, CustomerId::parse(&id))
-            })?
-            .collect::<rusqlite::Result<_>>()?;
+            },
+        )?;
         Ok(ids)
     }
 
     fn list_customers(&self, page: &Page) -> Result<Vec<Customer>> {
         let conn = self.conn();
-        let mut stmt = conn.prepare_cached(&format!(
-            "SELECT id, first_name, last_name, email, phone, erased_at, {ADDRESS_COLS} \
+        let mut customers: Vec<Customer> = all(
+            &conn,
+            &format!(
+                "SELECT id, first_name, last_name, email, phone, erased_at, {ADDRESS_COLS} \
              FROM customers WHERE id > ?1 ORDER BY id LIMIT ?2"
-        ))?;
-        let mut customers: Vec<Customer> = stmt
-            .query_map(
-                params![page.after.as_deref().unwrap_or(""), page.limit as i64],
-                customer_from_row,
-            )?
-            .collect::<rusqlite::Result<_>>()?;
+            ),
+            params![page.after.as_deref().unwrap_or(""), page.limit as i64],
+            customer_from_row,
+        )?;
         for c in &mut customers {
             c.payment_methods = payment_methods(&conn, &c.id)?;
             c.saved_addresses = saved_addresses(&conn, &c.id)?;
@@ -1007,35 +1022,32 @@ impl ShopStore for SqliteStore {
 
     fn list_orders(&self, filter: &OrderFilter, page: &Page) -> Result<Vec<OrderSummary>> {
         let conn = self.conn();
-        let mut stmt = conn.prepare_cached(
+        let rows = all(
+            &conn,
             "SELECT o.id, o.customer_id, o.status, \
                (SELECT coalesce(sum(price), 0) FROM order_items i WHERE i.order_id = o.id), \
                (SELECT count(*) FROM order_items i WHERE i.order_id = o.id) \
              FROM orders o WHERE o.id > ?1 AND (?2 IS NULL OR o.customer_id = ?2) \
                AND (?3 IS NULL OR o.status = ?3) ORDER BY o.id LIMIT ?4",
+            params![
+                page.after.as_deref().unwrap_or(""),
+                filter.customer.as_ref().map(CustomerId::as_str),
+                filter.status.map(OrderStatus::as_str),
+                page.limit as i64
+            ],
+            |row| {
+                let id: String = row.get(0)?;
+                let customer: String = row.get(1)?;
+                let status: String = row.get(2)?;
+                Ok(OrderSummary {
+                    id: parsed(0, OrderId::parse(&id))?,
+                    customer_id: parsed(1, CustomerId::parse(&customer))?,
+                    status: parsed(2, OrderStatus::parse(&status))?,
+                    total: Money(row.get(3)?),
+                    items: row.get::<_, i64>(4)? as usize,
+                })
+            },
         )?;
-        let rows = stmt
-            .query_map(
-                params![
-                    page.after.as_deref().unwrap_or(""),
-                    filter.customer.as_ref().map(CustomerId::as_str),
-                    filter.status.map(OrderStatus::as_str),
-                    page.limit as i64
-                ],
-                |row| {
-                    let id: String = row.get(0)?;
-                    let customer: String = row.get(1)?;
-                    let status: String = row.get(2)?;
-                    Ok(OrderSummary {
-                        id: parsed(0, OrderId::parse(&id))?,
-                        customer_id: parsed(1, CustomerId::parse(&customer))?,
-                        status: parsed(2, OrderStatus::parse(&status))?,
-                        total: Money(row.get(3)?),
-                        items: row.get::<_, i64>(4)? as usize,
-                    })
-                },
-            )?
-            .collect::<rusqlite::Result<_>>()?;
         Ok(rows)
     }
 
@@ -1045,10 +1057,9 @@ impl ShopStore for SqliteStore {
 
     fn products(&self) -> Result<Vec<Product>> {
         let conn = self.conn();
-        let ids: Vec<String> = conn
-            .prepare_cached("SELECT id FROM products ORDER BY id")?
-            .query_map([], |r| r.get(0))?
-            .collect::<rusqlite::Result<_>>()?;
+        let ids: Vec<String> = all(&conn, "SELECT id FROM products ORDER BY id", [], |r| {
+            r.get(0)
+        })?;
         let mut out = Vec::with_capacity(ids.len());
         for id in ids {
             out.extend(load_product(&conn, &id)?);
@@ -1070,21 +1081,21 @@ impl ShopStore for SqliteStore {
     fn co_purchased(&self, products: &[ProductId]) -> Result<Vec<(ProductId, u32)>> {
         let conn = self.conn();
         let ids = serde_json::to_string(&products)?;
-        let mut stmt = conn.prepare_cached(
+        let rows = all(
+            &conn,
             "SELECT b.product_id, count(DISTINCT b.order_id) AS n FROM order_items a \
              JOIN order_items b ON a.order_id = b.order_id AND a.product_id <> b.product_id \
              WHERE a.product_id IN (SELECT value FROM json_each(?1)) \
              GROUP BY b.product_id ORDER BY n DESC, b.product_id LIMIT 50",
-        )?;
-        let rows = stmt
-            .query_map([ids], |r| {
+            [ids],
+            |r| {
                 let id: String = r.get(0)?;
                 Ok((
                     parsed(0, ProductId::parse(&id))?,
                     r.get::<_, i64>(1)? as u32,
                 ))
-            })?
-            .collect::<rusqlite::Result<_>>()?;
+            },
+        )?;
         Ok(rows)
     }
 
@@ -1142,21 +1153,20 @@ impl ShopStore for SqliteStore {
 
     fn audit(&self, filter: &AuditFilter, page: &Page) -> Result<Vec<AuditEntry>> {
         let conn = self.conn();
-        let mut stmt = conn.prepare_cached(&format!(
+        let rows = all(
+            &conn,
+            &format!(
             "SELECT {AUDIT_COLS} FROM audit WHERE id > ?1 AND (?2 IS NULL OR customer_id = ?2) \
              AND (?3 IS NULL OR target = ?3) ORDER BY id LIMIT ?4"
-        ))?;
-        let rows = stmt
-            .query_map(
-                params![
-                    after_id(page)?,
-                    filter.customer.as_ref().map(CustomerId::as_str),
-                    filter.target,
-                    page.limit as i64
-                ],
-                audit_from_row,
-            )?
-            .collect::<rusqlite::Result<_>>()?;
+        ),
+            params![
+                after_id(page)?,
+                filter.customer.as_ref().map(CustomerId::as_str),
+                filter.target,
+                page.limit as i64
+            ],
+            audit_from_row,
+        )?;
         Ok(rows)
     }
 
@@ -1186,30 +1196,26 @@ impl ShopStore for SqliteStore {
 
     fn feedback(&self, queue: Option<&str>, page: &Page) -> Result<Vec<Feedback>> {
         let conn = self.conn();
-        let mut stmt = conn.prepare_cached(&format!(
+        let rows = all(
+            &conn,
+            &format!(
             "SELECT {FEEDBACK_COLS} FROM feedback WHERE id > ?1 AND (?2 IS NULL OR queue = ?2) \
              ORDER BY id LIMIT ?3"
-        ))?;
-        let rows = stmt
-            .query_map(
-                params![after_id(page)?, queue, page.limit as i64],
-                feedback_from_row,
-            )?
-            .collect::<rusqlite::Result<_>>()?;
+        ),
+            params![after_id(page)?, queue, page.limit as i64],
+            feedback_from_row,
+        )?;
         Ok(rows)
     }
 
     fn complaints(&self, page: &Page) -> Result<Vec<Complaint>> {
         let conn = self.conn();
-        let mut stmt = conn.prepare_cached(&format!(
-            "SELECT {COMPLAINT_COLS} FROM complaints WHERE id > ?1 ORDER BY id LIMIT ?2"
-        ))?;
-        let rows = stmt
-            .query_map(
-                params![after_id(page)?, page.limit as i64],
-                complaint_from_row,
-            )?
-            .collect::<rusqlite::Result<_>>()?;
+        let rows = all(
+            &conn,
+            &format!("SELECT {COMPLAINT_COLS} FROM complaints WHERE id > ?1 ORDER BY id LIMIT ?2"),
+            params![after_id(page)?, page.limit as i64],
+            complaint_from_row,
+        )?;
         Ok(rows)
     }
 
@@ -1226,20 +1232,19 @@ impl ShopStore for SqliteStore {
 
     fn handoffs(&self, status: Option<HandoffStatus>, page: &Page) -> Result<Vec<Handoff>> {
         let conn = self.conn();
-        let mut stmt = conn.prepare_cached(&format!(
+        let rows = all(
+            &conn,
+            &format!(
             "SELECT {HANDOFF_COLS} FROM handoffs WHERE id > ?1 AND (?2 IS NULL OR status = ?2) \
              ORDER BY id LIMIT ?3"
-        ))?;
-        let rows = stmt
-            .query_map(
-                params![
-                    after_id(page)?,
-                    status.map(HandoffStatus::as_str),
-                    page.limit as i64
-                ],
-                handoff_from_row,
-            )?
-            .collect::<rusqlite::Result<_>>()?;
+        ),
+            params![
+                after_id(page)?,
+                status.map(HandoffStatus::as_str),
+                page.limit as i64
+            ],
+            handoff_from_row,
+        )?;
         Ok(rows)
     }
 
@@ -1257,61 +1262,61 @@ impl ShopStore for SqliteStore {
 
     fn messages(&self, conversation: &str, after: i64) -> Result<Vec<Message>> {
         let conn = self.conn();
-        let mut stmt = conn.prepare_cached(
+        let rows = all(
+            &conn,
             "SELECT id, conversation_id, role, author, content, created_at FROM messages \
              WHERE conversation_id = ?1 AND id > ?2 ORDER BY id",
+            params![conversation, after],
+            message_from_row,
         )?;
-        let rows = stmt
-            .query_map(params![conversation, after], message_from_row)?
-            .collect::<rusqlite::Result<_>>()?;
         Ok(rows)
     }
 
     fn customer_records(&self, id: &CustomerId) -> Result<CustomerRecords> {
         let conn = self.conn();
         let key = id.as_str();
-        let feedback = conn
-            .prepare_cached(&format!(
-                "SELECT {FEEDBACK_COLS} FROM feedback WHERE customer_id = ?1 ORDER BY id"
-            ))?
-            .query_map([key], feedback_from_row)?
-            .collect::<rusqlite::Result<_>>()?;
-        let complaints = conn
-            .prepare_cached(&format!(
-                "SELECT {COMPLAINT_COLS} FROM complaints WHERE customer_id = ?1 ORDER BY id"
-            ))?
-            .query_map([key], complaint_from_row)?
-            .collect::<rusqlite::Result<_>>()?;
-        let handoffs = conn
-            .prepare_cached(&format!(
-                "SELECT {HANDOFF_COLS} FROM handoffs WHERE customer_id = ?1 ORDER BY id"
-            ))?
-            .query_map([key], handoff_from_row)?
-            .collect::<rusqlite::Result<_>>()?;
-        let conversations: Vec<Conversation> = conn
-            .prepare_cached(
-                "SELECT id, customer_id, channel, human, created_at FROM conversations \
+        let feedback = all(
+            &conn,
+            &format!("SELECT {FEEDBACK_COLS} FROM feedback WHERE customer_id = ?1 ORDER BY id"),
+            [key],
+            feedback_from_row,
+        )?;
+        let complaints = all(
+            &conn,
+            &format!("SELECT {COMPLAINT_COLS} FROM complaints WHERE customer_id = ?1 ORDER BY id"),
+            [key],
+            complaint_from_row,
+        )?;
+        let handoffs = all(
+            &conn,
+            &format!("SELECT {HANDOFF_COLS} FROM handoffs WHERE customer_id = ?1 ORDER BY id"),
+            [key],
+            handoff_from_row,
+        )?;
+        let conversations: Vec<Conversation> = all(
+            &conn,
+            "SELECT id, customer_id, channel, human, created_at FROM conversations \
                  WHERE customer_id = ?1 ORDER BY created_at, id",
-            )?
-            .query_map([key], conversation_from_row)?
-            .collect::<rusqlite::Result<_>>()?;
+            [key],
+            conversation_from_row,
+        )?;
         let mut with_messages = Vec::with_capacity(conversations.len());
         for c in conversations {
-            let messages = conn
-                .prepare_cached(
-                    "SELECT id, conversation_id, role, author, content, created_at FROM messages \
+            let messages = all(
+                &conn,
+                "SELECT id, conversation_id, role, author, content, created_at FROM messages \
                      WHERE conversation_id = ?1 ORDER BY id",
-                )?
-                .query_map([c.id.as_str()], message_from_row)?
-                .collect::<rusqlite::Result<_>>()?;
+                [c.id.as_str()],
+                message_from_row,
+            )?;
             with_messages.push((c, messages));
         }
-        let audit = conn
-            .prepare_cached(&format!(
-                "SELECT {AUDIT_COLS} FROM audit WHERE customer_id = ?1 ORDER BY id"
-            ))?
-            .query_map([key], audit_from_row)?
-            .collect::<rusqlite::Result<_>>()?;
+        let audit = all(
+            &conn,
+            &format!("SELECT {AUDIT_COLS} FROM audit WHERE customer_id = ?1 ORDER BY id"),
+            [key],
+            audit_from_row,
+        )?;
         Ok(CustomerRecords {
             feedback,
             complaints,
