@@ -25,8 +25,13 @@
 //! - [`clock`]: Unix time and UTC calendar dates, shared by templates, the server and the shop.
 //! - [`cli`]: one file per subcommand of the `clerk` binary; `main.rs` only parses and calls in.
 //!
-//! The `assistant` module, the next to come, is described in `../shared/notes/architecture.md`.
+//! - [`assistant`]: the shop's customer-service agent, served as the model `clerk`. Server-side
+//!   conversation state (identity, the change waiting for a yes), language detection, the offline
+//!   intent classifier and exact extraction, the flows over the shop's actions, answers quoted from
+//!   the knowledge base with their sources, handoffs, and the scripted-conversation evaluation.
+//!   Phrases come from `prompts/<lang>/`. Handle: [`assistant::Assistant`].
 
+pub mod assistant;
 pub mod cli;
 pub mod clock;
 pub mod engine;

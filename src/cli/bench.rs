@@ -35,6 +35,13 @@ pub struct BenchArgs {
     /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,
+    /// Measure the assistant (the model `clerk`) instead: time to first token and whole answers
+    /// for FAQ questions, streamed over loopback HTTP, on the demo shop in --data-dir.
+    #[arg(long)]
+    pub assistant: bool,
+    /// Folder for the assistant benchmark's shop and knowledge base (filled with the demo shop).
+    #[arg(long, env = "CLERK_DATA_DIR", default_value = "./clerk-data")]
+    pub data_dir: std::path::PathBuf,
 }
 
 #[derive(Debug, Serialize)]
@@ -267,6 +274,34 @@ pub fn measure(a: &BenchArgs) -> anyhow::Result<BenchReport> {
 }
 
 pub fn run(a: BenchArgs) -> anyhow::Result<()> {
+    if a.assistant {
+        let models = a
+            .model
+            .models_dir
+            .clone()
+            .unwrap_or_else(crate::engine::registry::default_models_dir);
+        let (name, dir) = crate::engine::registry::resolve_embedder(
+            crate::engine::registry::DEFAULT_EMBEDDER,
+            &models,
+        )?;
+        let embedder = std::sync::Arc::new(crate::engine::Embedder::load(&dir, &name)?);
+        let assistant = super::assistant::open_assistant(
+            &a.data_dir,
+            embedder,
+            crate::retrieval::DEFAULT_ANSWER_THRESHOLD,
+            "Harbor & Pine",
+        )?;
+        let r = super::assistant::bench(assistant, a.repetitions.max(1))?;
+        if a.json {
+            println!("{}", serde_json::to_string_pretty(&r)?);
+        } else {
+            println!(
+                "assistant, {} FAQ questions x {}: time to first token p50 {:.1} ms, p90 {:.1} ms; whole answer p50 {:.1} ms, p90 {:.1} ms",
+                r.questions, r.repetitions, r.ttft_ms_p50, r.ttft_ms_p90, r.answer_ms_p50, r.answer_ms_p90
+            );
+        }
+        return Ok(());
+    }
     let r = measure(&a)?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&r)?);

@@ -16,9 +16,39 @@ pub struct ChatArgs {
     /// A system message to start the conversation with.
     #[arg(long)]
     pub system: Option<String>,
+    /// Folder of the shop the assistant serves (filled with the demo shop on first use); used
+    /// when no --model is given.
+    #[arg(long, env = "CLERK_DATA_DIR", default_value = "./clerk-data")]
+    pub data_dir: std::path::PathBuf,
+}
+
+/// Whether the command line (or the environment) names a model; without one, `clerk chat` talks
+/// to the shop assistant.
+fn model_named() -> bool {
+    std::env::var_os("CLERK_MODEL").is_some()
+        || std::env::args().any(|a| a == "--model" || a.starts_with("--model="))
 }
 
 pub fn run(a: ChatArgs) -> anyhow::Result<()> {
+    if !model_named() || a.model.model == "clerk" {
+        let models = a
+            .model
+            .models_dir
+            .clone()
+            .unwrap_or_else(crate::engine::registry::default_models_dir);
+        let (name, dir) = crate::engine::registry::resolve_embedder(
+            crate::engine::registry::DEFAULT_EMBEDDER,
+            &models,
+        )?;
+        let embedder = std::sync::Arc::new(crate::engine::Embedder::load(&dir, &name)?);
+        let assistant = super::assistant::open_assistant(
+            &a.data_dir,
+            embedder,
+            crate::retrieval::DEFAULT_ANSWER_THRESHOLD,
+            "Harbor & Pine",
+        )?;
+        return super::assistant::chat(assistant);
+    }
     let engine = a.model.load()?;
     let mut history: Vec<ChatMessage> = a
         .system

@@ -222,6 +222,10 @@ pub enum EvalCommand {
     Retrieval(EvalRetrievalArgs),
     /// Topic and sentiment accuracy of the offline feedback classifier on a labelled set.
     Feedback(super::shop::EvalFeedbackArgs),
+    /// Accuracy of the assistant's offline intent classifier on a labelled set.
+    Intents(super::assistant::EvalIntentsArgs),
+    /// Replays scripted conversations (YAML) against the assistant on a fresh demo shop each.
+    Conversations(super::assistant::EvalConversationsArgs),
 }
 
 #[derive(Debug, Clone, Args)]
@@ -244,6 +248,8 @@ pub fn eval(cmd: EvalCommand) -> anyhow::Result<()> {
     let a = match cmd {
         EvalCommand::Retrieval(a) => a,
         EvalCommand::Feedback(a) => return super::shop::eval_feedback(a),
+        EvalCommand::Intents(a) => return super::assistant::eval_intents(a),
+        EvalCommand::Conversations(a) => return super::assistant::eval_conversations(a),
     };
     let text =
         std::fs::read_to_string(&a.set).with_context(|| format!("reading {}", a.set.display()))?;

@@ -8,6 +8,7 @@ use clap::{Args, Parser, Subcommand};
 use crate::engine::registry::{default_models_dir, resolve_model, DEFAULT_MODEL};
 use crate::engine::{Device, Engine, EngineConfig, SamplingParams};
 
+pub mod assistant;
 pub mod bench;
 pub mod chat;
 pub mod generate;

@@ -63,6 +63,9 @@ pub struct ServeArgs {
     /// policy).
     #[arg(long, env = "CLERK_SHOP_POLICY")]
     pub shop_policy: Option<std::path::PathBuf>,
+    /// The shop's name, as the assistant (the model `clerk`) introduces it.
+    #[arg(long, env = "CLERK_SHOP_NAME", default_value = "Harbor & Pine")]
+    pub shop_name: String,
     /// Best-passage similarity under which a question counts as unanswerable from the shop's data.
     #[arg(long, env = "CLERK_ANSWER_THRESHOLD", default_value_t = crate::retrieval::DEFAULT_ANSWER_THRESHOLD)]
     pub answer_threshold: f32,
@@ -127,6 +130,7 @@ pub fn run(a: ServeArgs) -> anyhow::Result<()> {
         None => crate::shop::Policy::default(),
     };
     let shop = Some(server::ShopConfig {
+        name: a.shop_name.clone(),
         data_dir: a.data_dir.clone(),
         policy,
         seed_demo: !a.no_demo,

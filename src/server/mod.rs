@@ -33,6 +33,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tower_http::cors::CorsLayer;
 
+use crate::assistant::{Assistant, IntentClassifier, Prompts};
 use crate::engine::{Embedder, Engine, EngineConfig};
 use crate::retrieval::Knowledge;
 use crate::shop::Shop;
@@ -83,6 +84,8 @@ pub struct AppState {
     knowledge: Arc<OnceLock<Knowledge>>,
     /// The shop's records and actions, when the server keeps a shop database.
     shop: Arc<OnceLock<Shop>>,
+    /// The model `clerk`, once the shop, the knowledge base and the embedder are all there.
+    assistant: Arc<OnceLock<Assistant>>,
     pub config: Arc<ServerConfig>,
     pub metrics: Arc<Metrics>,
     /// Turns true when streams in flight must end (the shutdown grace is over).
@@ -109,6 +112,7 @@ impl AppState {
             expects_embedder,
             knowledge: Arc::new(OnceLock::new()),
             shop: Arc::new(OnceLock::new()),
+            assistant: Arc::new(OnceLock::new()),
             config: Arc::new(config),
             metrics: Arc::new(Metrics::default()),
             shutdown: rx,
@@ -136,6 +140,21 @@ impl AppState {
 
     pub fn shop(&self) -> Option<&Shop> {
         self.shop.get()
+    }
+
+    pub fn set_assistant(&self, assistant: Assistant) {
+        let _ = self.assistant.set(assistant);
+    }
+
+    /// The assistant, or why there is none.
+    pub fn assistant(&self) -> Result<&Assistant, ApiError> {
+        match self.assistant.get() {
+            Some(a) => Ok(a),
+            None if !self.ready() => Err(ApiError::Loading),
+            None => Err(ApiError::ModelNotFound(
+                "clerk (this server runs without a shop database or knowledge base)".into(),
+            )),
+        }
     }
 
     /// The knowledge base, or why there is none.
@@ -180,7 +199,11 @@ impl AppState {
     pub fn model_ids(&self) -> Vec<String> {
         let chat = self.engine.get().map(|e| e.info().name.clone());
         let embed = self.embedder.get().map(|e| e.name().to_string());
-        chat.into_iter().chain(embed).collect()
+        let clerk = self
+            .assistant
+            .get()
+            .map(|_| openai::assistant::MODEL.to_string());
+        clerk.into_iter().chain(chat).chain(embed).collect()
     }
 
     pub fn record_prompt(&self, tokens: usize) {
@@ -298,6 +321,8 @@ impl KnowledgeConfig {
 #[derive(Debug, Clone)]
 pub struct ShopConfig {
     pub data_dir: PathBuf,
+    /// The shop's name, as the assistant introduces it.
+    pub name: String,
     pub policy: crate::shop::Policy,
     pub seed_demo: bool,
 }
@@ -343,6 +368,7 @@ pub async fn serve(
     let local = listener.local_addr()?;
     let grace = config.shutdown_grace;
     let (state, stop) = AppState::new(config, embedder.is_some());
+    let shop_name = shop.as_ref().map_or_else(String::new, |s| s.name.clone());
     if let Some(sc) = shop {
         state.set_shop(tokio::task::spawn_blocking(move || sc.open()).await??);
     }
@@ -364,7 +390,17 @@ pub async fn serve(
                     )?));
                 }
                 if let Some(kc) = knowledge {
-                    loading.set_knowledge(kc.open(embedder.clone())?);
+                    let k = kc.open(embedder.clone())?;
+                    if let Some(shop) = loading.shop() {
+                        loading.set_assistant(Assistant::new(
+                            shop.clone(),
+                            k.clone(),
+                            Arc::new(IntentClassifier::new(embedder.clone())?),
+                            Arc::new(Prompts::builtin()?),
+                            shop_name.clone(),
+                        ));
+                    }
+                    loading.set_knowledge(k);
                 }
                 loading.set_embedder(embedder);
             }

@@ -228,7 +228,7 @@ struct Plan {
     changes: Vec<Change>,
 }
 
-pub(crate) fn random_token() -> String {
+pub fn random_token() -> String {
     let mut bytes = [0u8; 24];
     // The OS generator does not fail on any platform clerk runs on; if it ever did, a token
     // of zeros would be guessable, so refuse to go on.

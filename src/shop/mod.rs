@@ -37,7 +37,7 @@ pub use actions::{
     Actor, Confirmation, Ctx, Identified, IdentifyBy, ItemChange, OrderAction, OrderDetails,
     Outcome, Summary,
 };
-pub use care::FeedbackClassifier;
+pub use care::{cosine, FeedbackClassifier};
 pub use domain::*;
 pub use error::{Refusal, ShopError};
 pub use policy::{ActionKind, Policy};

@@ -1,6 +1,7 @@
 //! clerk's integration tests: one binary, one module per area, shared helpers in `common`.
 
 mod arch;
+mod assistant;
 mod common;
 mod engine;
 mod retrieval;

@@ -1,6 +1,7 @@
 //! `POST /v1/chat/completions`.
 
 use axum::extract::State;
+use axum::http::HeaderMap;
 use axum::response::Response;
 use serde_json::{json, Value};
 
@@ -14,8 +15,12 @@ use super::types::ChatCompletionRequest;
 
 pub async fn handler(
     State(state): State<AppState>,
+    headers: HeaderMap,
     Json(req): Json<ChatCompletionRequest>,
 ) -> Result<Response, ApiError> {
+    if req.model == super::assistant::MODEL {
+        return super::assistant::handle(state, headers, req).await;
+    }
     let engine = state.engine(&req.model)?;
     req.check_unsupported()?;
     let plan = req.sampling.plan(req.logprobs()?, state.config.max_n)?;

@@ -158,6 +158,8 @@ pub struct ChatCompletionRequest {
     pub tool_choice: Option<serde_json::Value>,
     pub parallel_tool_calls: Option<bool>,
     pub response_format: Option<ResponseFormat>,
+    /// OpenAI's free-form metadata; the model `clerk` reads `conversation_id` from it.
+    pub metadata: Option<serde_json::Map<String, serde_json::Value>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -367,4 +369,14 @@ pub enum Prompt {
     Texts(Vec<String>),
     Tokens(Vec<u32>),
     TokenLists(Vec<Vec<u32>>),
+}
+
+impl InMessage {
+    /// The message's text (a string, or its text parts joined).
+    pub fn text(&self) -> Result<String, ApiError> {
+        match &self.content {
+            Some(c) => c.text("messages.content"),
+            None => Ok(String::new()),
+        }
+    }
 }

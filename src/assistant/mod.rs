@@ -1,0 +1,191 @@
+//! The shop's customer-service agent, served as the model `clerk`.
+//!
+//! A turn is `(conversation id, the shopper's new message)`. Everything else the assistant knows
+//! (who the shopper proved to be, which change waits for a yes, the language, what it is still
+//! asking for) lives on the server in [`Assistant`]'s conversation state, never in the history a
+//! client sends, so a forged earlier message changes nothing.
+//!
+//! - `lang`: which language a message is in (English, Chinese, Spanish).
+//! - `prompts`: the fixed phrases and word lists per language, from `prompts/<lang>/`.
+//! - `intent`: the offline intent classifier (nearest labelled examples by embedding).
+//! - `extract`: exact extraction of order ids, emails, addresses, payment kinds, yes and no.
+//! - `turn`: the flows: identity first, one action at a time, confirm before any change,
+//!   grounded answers with sources, handoff to staff.
+//! - `eval`: scripted conversations (YAML) replayed against a fresh demo shop.
+//!
+//! Every fact in a reply (price, stock, status, policy text) is copied from the shop's records or
+//! its documents into a phrase; the default model writes none of them.
+
+pub mod eval;
+pub mod extract;
+pub mod intent;
+pub mod lang;
+pub mod prompts;
+mod turn;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use serde::Serialize;
+
+use crate::engine::EngineError;
+use crate::retrieval::{Knowledge, RetrievalError};
+use crate::shop::{Shop, ShopError};
+
+pub use intent::{Intent, IntentClassifier};
+pub use lang::Lang;
+pub use prompts::Prompts;
+use turn::State;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AssistantError {
+    #[error("invalid {field}: {message}")]
+    Invalid {
+        field: &'static str,
+        message: String,
+    },
+    #[error(transparent)]
+    Shop(#[from] ShopError),
+    #[error(transparent)]
+    Retrieval(#[from] RetrievalError),
+    #[error("embedding: {0}")]
+    Embedding(#[from] EngineError),
+    #[error("prompts: {0}")]
+    Prompts(String),
+    #[error("data: {0}")]
+    Data(String),
+}
+
+/// A passage or record an answer rests on, numbered as the text cites it (`[1]`).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Source {
+    pub n: usize,
+    pub document_id: String,
+    pub title: String,
+    pub kind: String,
+    /// Where in the document: a heading, a row, a product.
+    pub locator: String,
+}
+
+/// What the assistant says in one turn, and what the turn did.
+#[derive(Debug, Clone, Serialize)]
+pub struct Reply {
+    pub conversation_id: String,
+    /// Empty when the assistant stays silent (staff hold the conversation).
+    pub text: String,
+    pub language: Lang,
+    /// What the message was understood to ask; none when it only answered a question of ours.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub intent: Option<Intent>,
+    pub sources: Vec<Source>,
+    /// The open handoff, when staff hold (or were just given) the conversation.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub handoff: Option<i64>,
+    pub silent: bool,
+    pub verified: bool,
+    /// A change waits for the shopper's yes.
+    pub awaiting_confirmation: bool,
+    /// The stored assistant message, for thumbs up or down.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub message_id: Option<i64>,
+}
+
+/// Cheap to clone: the shop, the knowledge base, the classifier, the phrases, and the
+/// conversations' state.
+#[derive(Clone)]
+pub struct Assistant {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    shop: Shop,
+    knowledge: Knowledge,
+    intents: Arc<IntentClassifier>,
+    prompts: Arc<Prompts>,
+    shop_name: String,
+    /// One lock per conversation, so two conversations never wait for each other and two
+    /// requests on one conversation take turns.
+    conversations: Mutex<HashMap<String, Arc<Mutex<State>>>>,
+}
+
+/// Conversations kept in memory at most; the least recently used are forgotten (their shopper
+/// verifies again).
+const MAX_CONVERSATIONS: usize = 10_000;
+
+impl Assistant {
+    pub fn new(
+        shop: Shop,
+        knowledge: Knowledge,
+        intents: Arc<IntentClassifier>,
+        prompts: Arc<Prompts>,
+        shop_name: impl Into<String>,
+    ) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                shop,
+                knowledge,
+                intents,
+                prompts,
+                shop_name: shop_name.into(),
+                conversations: Mutex::new(HashMap::new()),
+            }),
+        }
+    }
+
+    pub fn shop(&self) -> &Shop {
+        &self.inner.shop
+    }
+
+    pub fn prompts(&self) -> &Prompts {
+        &self.inner.prompts
+    }
+
+    /// A new conversation id: unguessable, since holding it is holding the conversation.
+    pub fn new_conversation_id() -> String {
+        format!("conv-{}", crate::shop::actions::random_token())
+    }
+
+    /// One turn. Blocking (embedding, SQLite): call it off the async runtime.
+    pub fn turn(&self, conversation: Option<&str>, text: &str) -> Result<Reply, AssistantError> {
+        let id = match conversation {
+            Some(id) => id.trim().to_string(),
+            None => Self::new_conversation_id(),
+        };
+        let text = text.trim();
+        if text.is_empty() {
+            return Err(AssistantError::Invalid {
+                field: "messages",
+                message: "the last user message is empty".into(),
+            });
+        }
+        if text.chars().count() > 4000 {
+            return Err(AssistantError::Invalid {
+                field: "messages",
+                message: "the last user message is longer than 4000 characters".into(),
+            });
+        }
+        let state = {
+            let mut map = self
+                .inner
+                .conversations
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            if map.len() >= MAX_CONVERSATIONS && !map.contains_key(&id) {
+                // Forget the idlest: state that nobody holds and that was used longest ago.
+                if let Some(oldest) = map
+                    .iter()
+                    .filter(|(_, s)| Arc::strong_count(s) == 1)
+                    .min_by_key(|(_, s)| s.lock().map(|s| s.last_used).unwrap_or(0))
+                    .map(|(k, _)| k.clone())
+                {
+                    map.remove(&oldest);
+                }
+            }
+            map.entry(id.clone())
+                .or_insert_with(|| Arc::new(Mutex::new(State::default())))
+                .clone()
+        };
+        let mut state = state.lock().unwrap_or_else(|e| e.into_inner());
+        turn::Turn::new(&self.inner, &id, &mut state).run(text)
+    }
+}

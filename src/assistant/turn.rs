@@ -1,0 +1,1393 @@
+//! One turn of a conversation: understand the message, run the flow it belongs to, and say the
+//! result in the shopper's language. Identity and pending confirmations come from [`State`]
+//! only; the shop's actions enforce the policy again whatever this module asks.
+
+use crate::retrieval::{Hit, Kind, Query};
+use crate::shop::{
+    ActionKind, Channel, Confirmation, Ctx, Identified, IdentifyBy, ItemChange, Money, Order,
+    OrderAction, OrderId, OrderStatus, PaymentMethodId, Refusal, Role, ShopError, Sku, Summary,
+};
+
+use super::extract::{self, Details};
+use super::intent::Intent;
+use super::lang::{self, Lang};
+use super::prompts::Words;
+use super::{AssistantError, Inner, Reply, Source};
+
+/// A change stated to the shopper, waiting for their yes in the next turn.
+#[derive(Debug, Clone)]
+struct Pending {
+    action: OrderAction,
+    token: String,
+}
+
+/// An account request waiting for a detail the shopper has not given yet.
+#[derive(Debug, Clone)]
+struct Task {
+    intent: Intent,
+    order: Option<OrderId>,
+    /// Everything the shopper wrote for this request, so details given over several turns add up.
+    text: String,
+}
+
+/// What the server keeps about one conversation.
+#[derive(Debug, Default)]
+pub(super) struct State {
+    lang: Lang,
+    who: Option<Identified>,
+    name: Option<String>,
+    pending: Option<Pending>,
+    task: Option<Task>,
+    /// Consecutive questions the shop's data could not answer.
+    unanswered: u8,
+    /// The last staff message already shown to the shopper.
+    staff_seen: i64,
+    /// The shopper's recent messages, for a handoff summary.
+    recent: Vec<String>,
+    pub(super) last_used: i64,
+}
+
+/// Words that try to rewrite the rules or pull out the instructions.
+const INJECTION: &[&str] = &[
+    "ignore previous",
+    "ignore all",
+    "ignore the above",
+    "ignore your",
+    "disregard",
+    "system prompt",
+    "your instructions",
+    "your prompt",
+    "developer mode",
+    "you are now",
+    "jailbreak",
+    "act as admin",
+    "as an admin",
+    "as admin",
+    "i am the admin",
+    "i'm the admin",
+    "i am an administrator",
+    "override",
+    "sudo",
+    "system:",
+    "[system]",
+    "verified as",
+    "is verified",
+    "already verified",
+    "忽略",
+    "系统提示",
+    "你的指令",
+    "管理员",
+    "ignora las instrucciones",
+    "ignora todas",
+    "instrucciones del sistema",
+    "tus instrucciones",
+    "como administrador",
+];
+
+/// Protected attributes: the assistant gives no opinion on them, whatever the question.
+const PROTECTED: &[&str] = &[
+    "race",
+    "racist",
+    "religion",
+    "religious",
+    "muslim",
+    "christian",
+    "jewish",
+    "jews",
+    "hindu",
+    "ethnic",
+    "gender",
+    "gay",
+    "lesbian",
+    "transgender",
+    "disabled",
+    "immigrant",
+    "black people",
+    "white people",
+    "asian people",
+    "women are",
+    "men are",
+    "种族",
+    "宗教",
+    "性别",
+    "raza",
+    "religión",
+    "género",
+    "inmigrantes",
+];
+
+/// Words that make a message a severe complaint (the shop's complaint classifier escalates them).
+const SEVERE: &[&str] = &[
+    "fraud",
+    "lawyer",
+    "sue",
+    "police",
+    "injured",
+    "injury",
+    "caught fire",
+    "on fire",
+    "burned",
+    "unsafe",
+    "dangerous",
+    "起火",
+    "烫伤",
+    "受伤",
+    "欺诈",
+    "律师",
+    "报警",
+    "fraude",
+    "abogado",
+    "denuncia",
+    "incendio",
+    "quemadura",
+    "peligroso",
+];
+
+/// The message without order ids and email addresses.
+fn strip_details(text: &str) -> String {
+    text.split_whitespace()
+        .filter(|w| !w.contains('@') && extract::order_ids(w).is_empty())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn contains_any(text: &str, list: &[&str]) -> bool {
+    let t = text.to_lowercase();
+    list.iter().any(|w| {
+        if w.is_ascii() && !w.contains(' ') {
+            t.split(|c: char| !c.is_alphanumeric() && c != '\'')
+                .any(|x| x == *w)
+        } else {
+            t.contains(w)
+        }
+    })
+}
+
+pub(super) struct Turn<'a> {
+    inner: &'a Inner,
+    id: &'a str,
+    state: &'a mut State,
+    ctx: Ctx,
+    lang: Lang,
+    out: Vec<String>,
+    sources: Vec<Source>,
+    intent: Option<Intent>,
+    handoff: Option<i64>,
+}
+
+type R<T> = Result<T, AssistantError>;
+
+impl<'a> Turn<'a> {
+    pub(super) fn new(inner: &'a Inner, id: &'a str, state: &'a mut State) -> Self {
+        let lang = state.lang;
+        Turn {
+            inner,
+            id,
+            state,
+            ctx: Ctx::shopper(Channel::Assistant),
+            lang,
+            out: Vec::new(),
+            sources: Vec::new(),
+            intent: None,
+            handoff: None,
+        }
+    }
+
+    fn say(&mut self, key: &str, values: &[(&str, &str)]) {
+        let s = self.inner.prompts.say(self.lang, key, values);
+        self.out.push(s);
+    }
+
+    /// Word lists of every language: a bare "ok" or "sí" counts whatever the conversation's.
+    fn all_words(&self) -> Vec<&'a Words> {
+        let inner: &'a Inner = self.inner;
+        Lang::ALL.iter().map(|l| inner.prompts.words(*l)).collect()
+    }
+
+    pub(super) fn run(mut self, text: &str) -> R<Reply> {
+        self.state.last_used = crate::clock::unix_now();
+        let shop = &self.inner.shop;
+        let conv = shop.ensure_conversation(&self.ctx, self.id, self.state.who.as_ref())?;
+        if let Some(l) = lang::detect(text) {
+            self.lang = l;
+            self.state.lang = l;
+        }
+        shop.append_message(&self.ctx, self.id, Role::Shopper, text)?;
+        self.state.recent.push(text.to_string());
+        if self.state.recent.len() > 6 {
+            self.state.recent.remove(0);
+        }
+        // Staff replies reach the shopper first, whoever holds the conversation now.
+        self.deliver_staff_messages()?;
+        if conv.human {
+            self.handoff = self.open_handoff_id()?;
+            return self.finish();
+        }
+        self.understand_and_act(text)?;
+        self.finish()
+    }
+
+    fn deliver_staff_messages(&mut self) -> R<()> {
+        let messages = self
+            .inner
+            .shop
+            .store()
+            .messages(self.id, self.state.staff_seen)?;
+        for m in messages {
+            self.state.staff_seen = self.state.staff_seen.max(m.id);
+            if m.role == Role::Staff {
+                let name = m.author.clone().unwrap_or_default();
+                self.say("staff_says", &[("name", &name), ("text", &m.content)]);
+            }
+        }
+        Ok(())
+    }
+
+    fn open_handoff_id(&self) -> R<Option<i64>> {
+        let open = self
+            .inner
+            .shop
+            .store()
+            .handoffs(None, &crate::shop::store::Page::first(1000))?;
+        Ok(open
+            .into_iter()
+            .filter(|h| {
+                h.conversation_id == self.id
+                    && h.status != crate::shop::service::HandoffStatus::Closed
+            })
+            .map(|h| h.id)
+            .next_back())
+    }
+
+    fn finish(self) -> R<Reply> {
+        let mut text = self.out.join(" ");
+        if !self.sources.is_empty() {
+            let list: Vec<String> = self
+                .sources
+                .iter()
+                .map(|s| format!("[{}] {} ({})", s.n, s.title, s.document_id))
+                .collect();
+            let label = self.inner.prompts.say(self.lang, "sources", &[]);
+            text.push_str(&format!("\n\n{label}: {}", list.join("; ")));
+        }
+        let silent = text.trim().is_empty();
+        let message_id = if silent {
+            None
+        } else {
+            let m = self
+                .inner
+                .shop
+                .append_message(&self.ctx, self.id, Role::Assistant, &text)?;
+            self.state.staff_seen = self.state.staff_seen.max(m.id);
+            Some(m.id)
+        };
+        Ok(Reply {
+            conversation_id: self.id.to_string(),
+            text,
+            language: self.lang,
+            intent: self.intent,
+            sources: self.sources,
+            handoff: self.handoff,
+            silent,
+            verified: self.state.who.is_some(),
+            awaiting_confirmation: self.state.pending.is_some(),
+            message_id,
+        })
+    }
+
+    fn understand_and_act(&mut self, text: &str) -> R<()> {
+        let words = self.all_words();
+        // A change waits for a yes: only an explicit yes in this very next message makes it.
+        if let Some(p) = self.state.pending.take() {
+            if extract::is_yes(text, &words) {
+                return self.confirm(p);
+            }
+            if extract::is_no(text, &words) {
+                self.say("declined", &[]);
+                return Ok(());
+            }
+            self.say("not_confirmed", &[]);
+        }
+        if contains_any(text, INJECTION) {
+            self.intent = Some(Intent::OutOfScope);
+            self.state.task = None;
+            self.say("injection", &[]);
+            return Ok(());
+        }
+        if contains_any(text, PROTECTED) {
+            self.intent = Some(Intent::OutOfScope);
+            self.say("protected", &[]);
+            return Ok(());
+        }
+        let details = Details::of(text);
+        let gave_identity = !details.emails.is_empty() || details.name_zip.is_some();
+        if self.state.who.is_none() && gave_identity {
+            if !self.identify(&details)? {
+                self.say("identify_failed", &[]);
+                return Ok(());
+            }
+        }
+        // Classified without the ids and emails, which say who and which, not what.
+        let stripped = strip_details(text);
+        if stripped.chars().filter(|c| c.is_alphabetic()).count() < 2 && self.state.task.is_none() {
+            // Only an email or an order id: the shopper introduced themselves.
+            if self.state.who.is_some() && gave_identity {
+                let name = self.state.name.clone().unwrap_or_default();
+                self.say("identified", &[("name", &name)]);
+            } else {
+                let shop = self.inner.shop_name.clone();
+                self.say("greeting", &[("shop", &shop)]);
+            }
+            return Ok(());
+        }
+        let mut classified = self.inner.intents.classify(&stripped)?;
+        let cues = self.inner.intents.cue_counts(&stripped);
+        let cued = |i: Intent| cues.iter().any(|(c, _)| *c == i);
+        if contains_any(text, SEVERE) {
+            // Danger, fraud and legal threats are complaints whatever else the message says.
+            classified.intent = Intent::Complaint;
+        } else if !details.order_ids.is_empty()
+            && !classified.intent.needs_identity()
+            && stripped.split_whitespace().count() <= 4
+            && self.state.task.is_none()
+        {
+            // "What about #W1000012?": a bare order id asks about that order.
+            classified.intent = Intent::OrderStatus;
+        } else if classified.intent.needs_identity()
+            && !cued(classified.intent)
+            && details.order_ids.is_empty()
+            && classified.confidence < 0.6
+            && self.state.task.is_none()
+        {
+            // An account request the words don't support is more likely a question about the
+            // shop than a request to act on an order; a question is answered, or not, harmlessly.
+            classified.intent = Intent::Question;
+        }
+        // A message that only carries details (an email, an order id, an address, "all") goes
+        // on with the request that asked for them.
+        let task = self.state.task.clone();
+        let intent = match &task {
+            Some(t)
+                if self.continues(text, &details, t, classified.intent, classified.confidence) =>
+            {
+                t.intent
+            }
+            _ => classified.intent,
+        };
+        let continuing = task.as_ref().is_some_and(|t| t.intent == intent);
+        if task.is_some() && !continuing {
+            self.state.task = None;
+        }
+        if !continuing || self.intent.is_none() {
+            self.intent = (!continuing).then_some(intent);
+        }
+        if intent.needs_identity() {
+            let mut t = if continuing {
+                task.unwrap_or(Task {
+                    intent,
+                    order: None,
+                    text: String::new(),
+                })
+            } else {
+                Task {
+                    intent,
+                    order: None,
+                    text: String::new(),
+                }
+            };
+            t.text.push('\n');
+            t.text.push_str(text);
+            if let Some(o) = details.order_ids.first() {
+                t.order = Some(o.clone());
+            }
+            return self.account_request(t, &details);
+        }
+        self.state.task = None;
+        match intent {
+            Intent::Question => self.answer(text),
+            Intent::Recommendation => self.recommend(text),
+            Intent::Feedback => self.feedback(text, &details),
+            Intent::Complaint => self.complaint(text, &details),
+            Intent::Human => self.handoff("the shopper asked for a person"),
+            Intent::SmallTalk => {
+                let w = self.inner.prompts.words(self.lang).clone();
+                let shop = self.inner.shop_name.clone();
+                if extract::mentions(text, &w.thanks) {
+                    self.say("thanks", &[]);
+                } else if extract::mentions(text, &w.goodbye) {
+                    self.say("goodbye", &[("shop", &shop)]);
+                } else if gave_identity && self.state.who.is_some() {
+                    let name = self.state.name.clone().unwrap_or_default();
+                    self.say("identified", &[("name", &name)]);
+                } else {
+                    self.say("greeting", &[("shop", &shop)]);
+                }
+                Ok(())
+            }
+            Intent::OutOfScope => {
+                let shop = self.inner.shop_name.clone();
+                self.say("out_of_scope", &[("shop", &shop)]);
+                Ok(())
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Whether a message goes on with the waiting request rather than starting another.
+    fn continues(
+        &self,
+        text: &str,
+        d: &Details,
+        t: &Task,
+        intent: Intent,
+        confidence: f32,
+    ) -> bool {
+        if intent == t.intent {
+            return true;
+        }
+        let cued = self
+            .inner
+            .intents
+            .cue_counts(text)
+            .iter()
+            .any(|(i, _)| *i == intent);
+        let w = self.inner.prompts.words(self.lang);
+        let gives_detail = !d.emails.is_empty()
+            || d.name_zip.is_some()
+            || !d.order_ids.is_empty()
+            || d.address.is_some()
+            || d.payment.is_some()
+            || extract::mentions(text, &w.all_items)
+            || extract::mentions(text, &w.mistake);
+        let short = text.split_whitespace().count() <= 6 || text.chars().count() <= 20;
+        // We asked something: the answer goes on with the request, unless the message clearly
+        // asks for something else.
+        gives_detail && (short || confidence < 0.6) || (!cued && confidence < 0.7)
+    }
+
+    fn identify(&mut self, d: &Details) -> R<bool> {
+        let shop = &self.inner.shop;
+        let attempts: Vec<IdentifyBy> = match (d.order_ids.first(), d.emails.first()) {
+            // The email proves who they are; the order is then looked up among their own, so
+            // someone else's reads as not found rather than as a failed check.
+            (Some(o), Some(e)) => vec![
+                IdentifyBy::OrderAndEmail {
+                    order_id: o.clone(),
+                    email: e.clone(),
+                },
+                IdentifyBy::Email { email: e.clone() },
+            ],
+            (None, Some(e)) => vec![IdentifyBy::Email { email: e.clone() }],
+            _ => Vec::new(),
+        }
+        .into_iter()
+        .chain(d.name_zip.iter().map(|(f, l, z)| IdentifyBy::NameAndZip {
+            first_name: f.clone(),
+            last_name: l.clone(),
+            zip: z.clone(),
+        }))
+        .collect();
+        for by in attempts {
+            match shop.identify(&self.ctx, &by) {
+                Ok(who) => {
+                    let profile = shop.profile(&who)?;
+                    self.state.name = Some(profile.first_name.clone());
+                    // The conversation now belongs to this customer.
+                    shop.ensure_conversation(&self.ctx, self.id, Some(&who))?;
+                    self.state.who = Some(who);
+                    return Ok(true);
+                }
+                Err(
+                    ShopError::NotFound { .. } | ShopError::NotIdentified | ShopError::Ambiguous,
+                ) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(false)
+    }
+
+    // ----- account requests -----
+
+    fn account_request(&mut self, mut t: Task, d: &Details) -> R<()> {
+        let Some(who) = self.state.who.clone() else {
+            self.state.task = Some(t);
+            self.say("ask_identity", &[]);
+            return Ok(());
+        };
+        let shop = &self.inner.shop;
+        let orders = shop.orders_of(&who)?;
+        if orders.is_empty() {
+            self.state.task = None;
+            self.say("no_orders", &[]);
+            return Ok(());
+        }
+        let order_id = match t.order.clone() {
+            Some(o) => o,
+            None => {
+                let kind = action_kind(t.intent);
+                let fits: Vec<_> = orders
+                    .iter()
+                    .filter(|o| {
+                        kind.is_none_or(|k| shop.policy().check_status(k, o.status).is_ok())
+                    })
+                    .collect();
+                let list = orders
+                    .iter()
+                    .map(|o| format!("{} ({})", o.id, o.status))
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                if t.intent == Intent::OrderStatus {
+                    self.state.task = None;
+                    self.say("orders_list", &[("orders", &list)]);
+                    return Ok(());
+                }
+                if fits.len() == 1 {
+                    fits[0].id.clone()
+                } else {
+                    self.state.task = Some(t);
+                    self.say("ask_order", &[("orders", &list)]);
+                    return Ok(());
+                }
+            }
+        };
+        t.order = Some(order_id.clone());
+        let order = match shop.order_status(&self.ctx, &who, &order_id) {
+            Ok(o) => o,
+            Err(ShopError::NotFound { .. }) => {
+                self.state.task = None;
+                self.say("order_not_found", &[("order", order_id.as_str())]);
+                return Ok(());
+            }
+            Err(e) => return Err(e.into()),
+        };
+        if t.intent == Intent::OrderStatus {
+            self.state.task = None;
+            self.order_status(
+                &order.order,
+                order.total,
+                order.estimated_delivery_date.as_deref(),
+            );
+            return Ok(());
+        }
+        // "Change the size" means changing a pending order's items, or exchanging a delivered
+        // one's: the order's status decides which, not the shopper's choice of words.
+        let status = order.order.status;
+        let allows = |k: ActionKind| shop.policy().check_status(k, status).is_ok();
+        if t.intent == Intent::Exchange && !allows(ActionKind::Exchange) {
+            t.intent = Intent::ChangeItems;
+        } else if t.intent == Intent::ChangeItems
+            && !allows(ActionKind::ModifyItems)
+            && allows(ActionKind::Exchange)
+        {
+            t.intent = Intent::Exchange;
+        }
+        if self
+            .intent
+            .is_some_and(|i| matches!(i, Intent::Exchange | Intent::ChangeItems))
+        {
+            self.intent = Some(t.intent);
+        }
+        let kind = action_kind(t.intent).unwrap_or(ActionKind::Cancel);
+        if let Err(e) = shop.policy().check_status(kind, order.order.status) {
+            self.state.task = None;
+            return self.refused(&order.order, kind, e);
+        }
+        match self.build_action(&t, &order.order, d)? {
+            Some(action) => {
+                self.state.task = None;
+                match shop.prepare(&self.ctx, &who, &action) {
+                    Ok(c) => self.ask_confirmation(action, c),
+                    Err(e @ ShopError::Refused { .. }) => self.refused(&order.order, kind, e),
+                    Err(e) => Err(e.into()),
+                }
+            }
+            None => {
+                self.state.task = Some(t);
+                Ok(())
+            }
+        }
+    }
+
+    fn order_status(&mut self, order: &Order, total: Money, delivery: Option<&str>) {
+        let items = items_text(order, None);
+        self.say(
+            "order_status",
+            &[
+                ("order", order.id.as_str()),
+                ("status", order.status.as_str()),
+                ("items", &items),
+                ("total", &total.to_string()),
+            ],
+        );
+        let tracking: Vec<String> = order
+            .fulfillments
+            .iter()
+            .flat_map(|f| {
+                f.tracking_ids.iter().map(move |t| match &f.carrier {
+                    Some(c) => format!("{t} ({c})"),
+                    None => t.clone(),
+                })
+            })
+            .collect();
+        if !tracking.is_empty() {
+            self.say("order_tracking", &[("tracking", &tracking.join(", "))]);
+        }
+        if let Some(d) = delivery {
+            if matches!(
+                order.status,
+                OrderStatus::Pending | OrderStatus::PendingItemsModified | OrderStatus::Processed
+            ) {
+                self.say("order_delivery", &[("date", d)]);
+            }
+        }
+    }
+
+    /// The action a request asks for, once every detail is known; otherwise asks for the
+    /// missing one and returns `None`.
+    fn build_action(&mut self, t: &Task, order: &Order, d: &Details) -> R<Option<OrderAction>> {
+        let order_id = order.id.clone();
+        let original = order.original_payment().cloned();
+        let words = self.inner.prompts.words(self.lang).clone();
+        Ok(match t.intent {
+            Intent::Cancel => {
+                let mistake = self
+                    .all_words()
+                    .iter()
+                    .any(|w| extract::mentions(&t.text, &w.mistake));
+                let reasons = &self.inner.shop.policy().cancel_reasons;
+                let wanted = if mistake {
+                    "ordered by mistake"
+                } else {
+                    "no longer needed"
+                };
+                let reason = reasons
+                    .iter()
+                    .find(|r| r.as_str() == wanted)
+                    .or(reasons.first())
+                    .cloned()
+                    .unwrap_or_else(|| wanted.to_string());
+                Some(OrderAction::Cancel { order_id, reason })
+            }
+            Intent::ChangeAddress => {
+                match d.address.clone().or_else(|| Details::of(&t.text).address) {
+                    Some(address) => Some(OrderAction::ModifyAddress { order_id, address }),
+                    None => {
+                        self.say("ask_address", &[("order", order.id.as_str())]);
+                        None
+                    }
+                }
+            }
+            Intent::ChangePayment => {
+                let who = self.state.who.clone();
+                let customer = match &who {
+                    Some(w) => self.inner.shop.profile(w)?,
+                    None => return Ok(None),
+                };
+                let source = d.payment.or_else(|| Details::of(&t.text).payment);
+                let matching: Vec<_> = customer
+                    .payment_methods
+                    .iter()
+                    .filter(|m| Some(m.source) == source && Some(&m.id) != original.as_ref())
+                    .collect();
+                if matching.len() == 1 {
+                    Some(OrderAction::ModifyPayment {
+                        order_id,
+                        payment_method_id: matching[0].id.clone(),
+                    })
+                } else {
+                    let methods = customer
+                        .payment_methods
+                        .iter()
+                        .map(|m| m.describe())
+                        .collect::<Vec<_>>()
+                        .join(", ");
+                    self.say(
+                        "ask_payment",
+                        &[("order", order.id.as_str()), ("methods", &methods)],
+                    );
+                    None
+                }
+            }
+            Intent::Return => {
+                let Some(payment) = original else {
+                    return Ok(None);
+                };
+                let lines = self.pick_items(order, &t.text, &words);
+                if lines.is_empty() {
+                    let items = items_text(order, None);
+                    self.say(
+                        "ask_items",
+                        &[("order", order.id.as_str()), ("items", &items)],
+                    );
+                    None
+                } else {
+                    Some(OrderAction::Return {
+                        order_id,
+                        item_ids: lines.iter().map(|&i| order.items[i].sku.clone()).collect(),
+                        payment_method_id: payment,
+                    })
+                }
+            }
+            Intent::Exchange | Intent::ChangeItems => {
+                let Some(payment) = original else {
+                    return Ok(None);
+                };
+                let lines = self.pick_items(order, &t.text, &words);
+                let [line] = lines[..] else {
+                    let items = items_text(order, None);
+                    self.say(
+                        "ask_items",
+                        &[("order", order.id.as_str()), ("items", &items)],
+                    );
+                    return Ok(None);
+                };
+                match self.pick_variant(order, line, &t.text)? {
+                    Some(new) => {
+                        let items = vec![ItemChange {
+                            item_id: order.items[line].sku.clone(),
+                            new_item_id: new,
+                        }];
+                        Some(if t.intent == Intent::Exchange {
+                            OrderAction::Exchange {
+                                order_id,
+                                items,
+                                payment_method_id: payment,
+                            }
+                        } else {
+                            OrderAction::ModifyItems {
+                                order_id,
+                                items,
+                                payment_method_id: payment,
+                            }
+                        })
+                    }
+                    None => None,
+                }
+            }
+            _ => None,
+        })
+    }
+
+    /// Order lines the text names: every line for "all", the only line of a one-item order,
+    /// else the lines whose product name shares the most words with the text.
+    fn pick_items(&self, order: &Order, text: &str, words: &Words) -> Vec<usize> {
+        if order.items.len() == 1 {
+            return vec![0];
+        }
+        if extract::mentions(text, &words.all_items) {
+            return (0..order.items.len()).collect();
+        }
+        let lower = text.to_lowercase();
+        let text_words: Vec<&str> = lower
+            .split(|c: char| !c.is_alphanumeric())
+            .filter(|w| w.len() >= 3)
+            .collect();
+        let scores: Vec<usize> = order
+            .items
+            .iter()
+            .map(|item| {
+                item.name
+                    .to_lowercase()
+                    .split(|c: char| !c.is_alphanumeric())
+                    .filter(|w| w.len() >= 3)
+                    .filter(|w| {
+                        text_words
+                            .iter()
+                            .any(|t| t == w || t.trim_end_matches('s') == w.trim_end_matches('s'))
+                    })
+                    .count()
+            })
+            .collect();
+        let best = scores.iter().copied().max().unwrap_or(0);
+        if best == 0 {
+            return Vec::new();
+        }
+        (0..order.items.len())
+            .filter(|&i| scores[i] == best)
+            .collect()
+    }
+
+    /// The available variant of the same product whose options the text names, when exactly
+    /// one fits best.
+    fn pick_variant(&mut self, order: &Order, line: usize, text: &str) -> R<Option<Sku>> {
+        let item = &order.items[line];
+        let product = self.inner.shop.store().product(&item.product_id)?;
+        let Some(product) = product else {
+            return Ok(None);
+        };
+        let lower = format!(
+            " {} ",
+            text.to_lowercase()
+                .replace([',', '.', '!', '?', '，', '。'], " ")
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                .join(" ")
+        );
+        let candidates: Vec<_> = product
+            .variants
+            .iter()
+            .filter(|v| v.sku != item.sku && v.available && v.stock.is_none_or(|s| s > 0))
+            .collect();
+        // Each option the text names counts most; among equals, the variant that keeps more of
+        // the item's other options (a new colour in the same size) wins.
+        let score = |v: &crate::shop::Variant| {
+            let named = v
+                .options
+                .iter()
+                .filter(|(k, val)| {
+                    item.options.get(*k) != Some(*val)
+                        && lower.contains(&format!(" {} ", val.to_lowercase()))
+                })
+                .count();
+            if named == 0 {
+                return 0;
+            }
+            let kept = v
+                .options
+                .iter()
+                .filter(|(k, val)| item.options.get(*k) == Some(*val))
+                .count();
+            named * 10 + kept
+        };
+        let best = candidates.iter().map(|v| score(v)).max().unwrap_or(0);
+        let top: Vec<_> = candidates
+            .iter()
+            .filter(|v| best > 0 && score(v) == best)
+            .collect();
+        if let [one] = top[..] {
+            return Ok(Some(one.sku.clone()));
+        }
+        let name = format!(
+            "{} ({})",
+            item.name,
+            crate::shop::records::describe_options(&item.options)
+        );
+        let options = candidates
+            .iter()
+            .map(|v| v.describe_options())
+            .collect::<Vec<_>>()
+            .join("; ");
+        let key = if best == 0 && top.is_empty() && !candidates.is_empty() {
+            "ask_variant"
+        } else {
+            "no_variant"
+        };
+        let key = if candidates.is_empty() {
+            "no_variant"
+        } else {
+            key
+        };
+        self.say(key, &[("item", &name), ("options", &options)]);
+        Ok(None)
+    }
+
+    fn ask_confirmation(&mut self, action: OrderAction, c: Confirmation) -> R<()> {
+        let summary = self.summary_text(&action, &c.summary)?;
+        self.say("confirm_prompt", &[("summary", &summary)]);
+        self.state.pending = Some(Pending {
+            action,
+            token: c.token,
+        });
+        Ok(())
+    }
+
+    fn confirm(&mut self, p: Pending) -> R<()> {
+        let Some(who) = self.state.who.clone() else {
+            return Ok(());
+        };
+        match self
+            .inner
+            .shop
+            .confirm(&self.ctx, &who, &p.action, &p.token)
+        {
+            Ok(outcome) => {
+                let summary = self.summary_text(&p.action, &outcome.summary)?;
+                self.say(
+                    "done",
+                    &[
+                        ("summary", &summary),
+                        ("order", outcome.order.id.as_str()),
+                        ("status", outcome.order.status.as_str()),
+                    ],
+                );
+            }
+            Err(ShopError::Confirmation(_) | ShopError::Conflict(_)) => {
+                self.say("confirm_expired", &[]);
+            }
+            Err(e @ ShopError::Refused { .. }) => {
+                let order = self.inner.shop.store().order(p.action.order_id())?;
+                match order {
+                    Some(o) => self.refused(&o, p.action.kind(), e)?,
+                    None => self.say("confirm_expired", &[]),
+                }
+            }
+            Err(e) => return Err(e.into()),
+        }
+        Ok(())
+    }
+
+    /// What an action does, in the shopper's language: the shop's own sentences in English,
+    /// sentences from `prompts/` filled with the same facts otherwise.
+    fn summary_text(&self, action: &OrderAction, s: &Summary) -> R<String> {
+        if self.lang == Lang::En {
+            return Ok(s.text());
+        }
+        let p = &self.inner.prompts;
+        let l = self.lang;
+        let order = s.order_id.as_str();
+        let mut out = vec![match action {
+            OrderAction::Cancel { reason, .. } => {
+                p.say(l, "act_cancel", &[("order", order), ("reason", reason)])
+            }
+            OrderAction::ModifyAddress { address, .. } => p.say(
+                l,
+                "act_modify_address",
+                &[("order", order), ("address", &address.one_line())],
+            ),
+            OrderAction::ModifyPayment {
+                payment_method_id, ..
+            } => {
+                let method = self.method_name(payment_method_id)?;
+                p.say(
+                    l,
+                    "act_modify_payment",
+                    &[("order", order), ("method", &method)],
+                )
+            }
+            OrderAction::ModifyItems { items, .. } | OrderAction::Exchange { items, .. } => {
+                let changes = self.changes_text(items)?;
+                let key = if matches!(action, OrderAction::Exchange { .. }) {
+                    "act_exchange"
+                } else {
+                    "act_modify_items"
+                };
+                p.say(l, key, &[("order", order), ("changes", &changes)])
+            }
+            OrderAction::Return { item_ids, .. } => {
+                let names = self.sku_names(item_ids)?;
+                p.say(l, "act_return", &[("order", order), ("items", &names)])
+            }
+        }];
+        if let Some(r) = s.refund {
+            out.push(p.say(l, "refund_line", &[("amount", &r.to_string())]));
+        }
+        if let Some(c) = s.charge {
+            out.push(p.say(l, "charge_line", &[("amount", &c.to_string())]));
+        }
+        out.push(p.say(l, "status_line", &[("status", s.new_status.as_str())]));
+        Ok(out.join(" "))
+    }
+
+    fn method_name(&self, id: &PaymentMethodId) -> R<String> {
+        let Some(who) = &self.state.who else {
+            return Ok(id.to_string());
+        };
+        let c = self.inner.shop.profile(who)?;
+        Ok(c.payment_method(id)
+            .map_or_else(|| id.to_string(), |m| m.describe()))
+    }
+
+    fn sku_names(&self, skus: &[Sku]) -> R<String> {
+        let mut names = Vec::new();
+        for sku in skus {
+            names.push(self.variant_name(sku)?);
+        }
+        Ok(names.join(", "))
+    }
+
+    fn variant_name(&self, sku: &Sku) -> R<String> {
+        let store = self.inner.shop.store();
+        let Some(v) = store.variant(sku)? else {
+            return Ok(sku.to_string());
+        };
+        let name = store
+            .product(&v.product_id)?
+            .map_or_else(|| v.product_id.to_string(), |p| p.name);
+        Ok(format!("{name} ({})", v.describe_options()))
+    }
+
+    fn changes_text(&self, items: &[ItemChange]) -> R<String> {
+        let mut out = Vec::new();
+        for c in items {
+            out.push(format!(
+                "{} → {}",
+                self.variant_name(&c.item_id)?,
+                self.variant_name(&c.new_item_id)?
+            ));
+        }
+        Ok(out.join(", "))
+    }
+
+    fn refused(&mut self, order: &Order, kind: ActionKind, e: ShopError) -> R<()> {
+        match e {
+            ShopError::Refused { code, message } => {
+                let reason = if self.lang == Lang::En || code != Refusal::Status {
+                    message
+                } else {
+                    let allowed = self
+                        .inner
+                        .shop
+                        .policy()
+                        .allowed
+                        .get(&kind)
+                        .map(|s| s.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(" / "))
+                        .unwrap_or_default();
+                    self.inner.prompts.say(
+                        self.lang,
+                        "refused_status",
+                        &[
+                            ("order", order.id.as_str()),
+                            ("status", order.status.as_str()),
+                            ("allowed", &allowed),
+                        ],
+                    )
+                };
+                self.say("refused", &[("reason", &reason)]);
+                let what = self.inner.prompts.say(self.lang, "what_else", &[]);
+                self.say("instead", &[("options", &what)]);
+                Ok(())
+            }
+            e => Err(e.into()),
+        }
+    }
+
+    // ----- knowledge -----
+
+    fn answer(&mut self, text: &str) -> R<()> {
+        let mut q = Query::new(text);
+        q.limit = 5;
+        let results = self.inner.knowledge.search(&q)?;
+        let best = results.hits.first().map_or(0.0, |h| h.similarity);
+        if !results.answerable || results.hits.is_empty() {
+            return self.no_answer();
+        }
+        // A passage in the shopper's language wins over a slightly closer one in another.
+        let hit = results
+            .hits
+            .iter()
+            .find(|h| {
+                h.similarity >= results.threshold
+                    && h.similarity >= best - 0.15
+                    && lang::detect(&h.passage) == Some(self.lang)
+            })
+            .unwrap_or(&results.hits[0])
+            .clone();
+        if self.lang == Lang::Zh
+            && !shares_cjk_word(text, &format!("{} {}", hit.title, hit.passage))
+        {
+            // The embedder reads Chinese poorly and finds every Chinese passage somewhat close;
+            // an answer must at least share a word with the question.
+            return self.no_answer();
+        }
+        if hit.kind == Kind::Product
+            && !names_product(text, &hit.title)
+            && hit.similarity < PRODUCT_SIMILARITY
+        {
+            // A product that merely shares a theme ("kayaks" and sandals made for kayaking)
+            // is no answer to whether the shop sells something.
+            return self.no_answer();
+        }
+        self.state.unanswered = 0;
+        let n = self.cite(&hit);
+        if hit.kind == Kind::Product {
+            let line = self.product_line(&hit);
+            self.out.push(format!("{line} [{n}]"));
+        } else {
+            self.out
+                .push(format!("{} [{n}]", clip_sentences(&hit.passage, 700)));
+        }
+        Ok(())
+    }
+
+    fn product_line(&self, hit: &Hit) -> String {
+        let p = &self.inner.prompts;
+        let l = self.lang;
+        let Some(f) = &hit.product else {
+            return clip_sentences(&hit.passage, 500);
+        };
+        let money =
+            |x: f64| Money::from_decimal(x).map_or_else(|_| format!("{x:.2}"), |m| m.to_string());
+        let price = if (f.price_max - f.price_min).abs() < 0.005 {
+            money(f.price_min)
+        } else {
+            p.say(
+                l,
+                "price_range",
+                &[("low", &money(f.price_min)), ("high", &money(f.price_max))],
+            )
+        };
+        let stock = match (f.in_stock, f.stock) {
+            (false, _) => p.say(l, "out_of_stock", &[]),
+            (true, Some(n)) => p.say(l, "in_stock_count", &[("count", &n.to_string())]),
+            (true, None) => p.say(l, "in_stock", &[]),
+        };
+        let mut out = p.say(
+            l,
+            "product_line",
+            &[("name", &hit.title), ("price", &price), ("stock", &stock)],
+        );
+        out.push(' ');
+        out.push_str(&clip_sentences(&hit.passage, 500));
+        out
+    }
+
+    fn cite(&mut self, hit: &Hit) -> usize {
+        if let Some(s) = self
+            .sources
+            .iter()
+            .find(|s| s.document_id == hit.document_id && s.locator == hit.source.locator)
+        {
+            return s.n;
+        }
+        let n = self.sources.len() + 1;
+        self.sources.push(Source {
+            n,
+            document_id: hit.document_id.clone(),
+            title: hit.title.clone(),
+            kind: hit.kind.as_str().to_string(),
+            locator: hit.source.locator.clone(),
+        });
+        n
+    }
+
+    fn no_answer(&mut self) -> R<()> {
+        self.state.unanswered += 1;
+        if self.state.unanswered >= 2 {
+            self.state.unanswered = 0;
+            return self.handoff("two questions in a row had no answer in the shop's data");
+        }
+        self.say("no_answer", &[]);
+        Ok(())
+    }
+
+    fn recommend(&mut self, text: &str) -> R<()> {
+        let mut picks: Vec<(String, String)> = Vec::new();
+        if let Some(who) = self.state.who.clone() {
+            for r in
+                self.inner
+                    .shop
+                    .recommend(&self.ctx, &who, text, Some(&self.inner.knowledge), 3)?
+            {
+                picks.push((r.name, r.price_from.to_string()));
+            }
+        }
+        if picks.is_empty() {
+            let mut q = Query::new(text);
+            q.kind = Some(Kind::Product);
+            q.in_stock = true;
+            q.limit = 3;
+            let results = self.inner.knowledge.search(&q)?;
+            for hit in results
+                .hits
+                .iter()
+                .filter(|h| h.similarity >= results.threshold * 0.8)
+            {
+                let n = self.cite(hit);
+                let price = hit.product.as_ref().map_or_else(String::new, |f| {
+                    Money::from_decimal(f.price_min)
+                        .map_or_else(|_| String::new(), |m| m.to_string())
+                });
+                picks.push((format!("{} [{n}]", hit.title), price));
+            }
+        }
+        if picks.is_empty() {
+            self.say("recommend_none", &[]);
+        } else {
+            let list = picks
+                .iter()
+                .map(|(name, price)| {
+                    if price.is_empty() {
+                        name.clone()
+                    } else {
+                        format!("{name} ({price})")
+                    }
+                })
+                .collect::<Vec<_>>()
+                .join(", ");
+            self.say("recommend", &[("list", &list)]);
+        }
+        Ok(())
+    }
+
+    // ----- care -----
+
+    fn about(&self, d: &Details) -> crate::shop::care::About {
+        crate::shop::care::About {
+            conversation_id: Some(self.id.to_string()),
+            // An order is attached only when it is the verified shopper's own.
+            order_id: match (&self.state.who, d.order_ids.first()) {
+                (Some(w), Some(o)) => self
+                    .inner
+                    .shop
+                    .store()
+                    .order(o)
+                    .ok()
+                    .flatten()
+                    .filter(|x| &x.customer_id == w.customer_id())
+                    .map(|x| x.id),
+                _ => None,
+            },
+        }
+    }
+
+    fn feedback(&mut self, text: &str, d: &Details) -> R<()> {
+        let about = self.about(d);
+        self.inner
+            .shop
+            .feedback(&self.ctx, self.state.who.as_ref(), &about, text, None)?;
+        self.say("feedback_thanks", &[]);
+        Ok(())
+    }
+
+    fn complaint(&mut self, text: &str, d: &Details) -> R<()> {
+        let about = self.about(d);
+        let c = self
+            .inner
+            .shop
+            .complaint(&self.ctx, self.state.who.as_ref(), &about, text)?;
+        let id = c.id.to_string();
+        if c.severity == crate::shop::service::Severity::High || contains_any(text, SEVERE) {
+            let summary = self.summary(&format!("severe complaint C-{id}: {}", c.resolution_note));
+            let h = self.inner.shop.open_handoff(
+                &self.ctx,
+                self.state.who.as_ref(),
+                self.id,
+                "severe complaint",
+                &summary,
+            )?;
+            self.handoff = Some(h.id);
+            self.say("complaint_escalated", &[("id", &id)]);
+            return Ok(());
+        }
+        let pct = self.inner.shop.policy().discount_percent.to_string();
+        let key = format!("resolution_{}", c.resolution.as_str());
+        let resolution = self.inner.prompts.say(self.lang, &key, &[("pct", &pct)]);
+        self.say(
+            "complaint_recorded",
+            &[("id", &id), ("resolution", &resolution)],
+        );
+        Ok(())
+    }
+
+    fn summary(&self, reason: &str) -> String {
+        let who = self.state.who.as_ref().map_or_else(
+            || "unverified shopper".to_string(),
+            |w| format!("customer {}", w.customer_id()),
+        );
+        format!(
+            "{reason}. {who}, writing in {}. Recent messages: {}",
+            self.lang,
+            self.state
+                .recent
+                .iter()
+                .map(|m| format!("\"{}\"", m.chars().take(300).collect::<String>()))
+                .collect::<Vec<_>>()
+                .join(" / ")
+        )
+    }
+
+    fn handoff(&mut self, reason: &str) -> R<()> {
+        let summary = self.summary(reason);
+        let h = self.inner.shop.open_handoff(
+            &self.ctx,
+            self.state.who.as_ref(),
+            self.id,
+            reason,
+            &summary,
+        )?;
+        self.handoff = Some(h.id);
+        self.state.task = None;
+        self.say("handoff_opened", &[]);
+        Ok(())
+    }
+}
+
+/// Similarity a product passage needs to answer a question that doesn't name the product.
+const PRODUCT_SIMILARITY: f32 = 0.45;
+
+/// Two-character words too common to show two Chinese texts are about the same thing.
+const CJK_COMMON: &[&str] = &[
+    "你们", "我们", "什么", "可以", "怎么", "如何", "是否", "一下", "请问", "我的", "吗？", "的吗",
+];
+
+fn shares_cjk_word(question: &str, passage: &str) -> bool {
+    let q: Vec<char> = question.chars().collect();
+    q.windows(2).any(|w| {
+        let pair: String = w.iter().collect();
+        w.iter()
+            .all(|c| (*c as u32) >= 0x4E00 && (*c as u32) <= 0x9FFF)
+            && !CJK_COMMON.contains(&pair.as_str())
+            && passage.contains(&pair)
+    })
+}
+
+fn names_product(question: &str, title: &str) -> bool {
+    let q = question.to_lowercase();
+    let words: Vec<&str> = q.split(|c: char| !c.is_alphanumeric()).collect();
+    title
+        .to_lowercase()
+        .split(|c: char| !c.is_alphanumeric())
+        .filter(|w| w.len() >= 4)
+        .any(|w| {
+            words
+                .iter()
+                .any(|q| *q == w || q.trim_end_matches('s') == w.trim_end_matches('s'))
+        })
+}
+
+fn action_kind(intent: Intent) -> Option<ActionKind> {
+    Some(match intent {
+        Intent::Cancel => ActionKind::Cancel,
+        Intent::ChangeAddress => ActionKind::ModifyAddress,
+        Intent::ChangePayment => ActionKind::ModifyPayment,
+        Intent::ChangeItems => ActionKind::ModifyItems,
+        Intent::Return => ActionKind::Return,
+        Intent::Exchange => ActionKind::Exchange,
+        _ => return None,
+    })
+}
+
+fn items_text(order: &Order, only: Option<&[usize]>) -> String {
+    order
+        .items
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| only.is_none_or(|o| o.contains(i)))
+        .map(|(_, item)| {
+            if item.options.is_empty() {
+                item.name.clone()
+            } else {
+                format!(
+                    "{} ({})",
+                    item.name,
+                    item.options
+                        .values()
+                        .cloned()
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// At most `max` characters of a passage, cut at a sentence end, with line breaks folded.
+fn clip_sentences(passage: &str, max: usize) -> String {
+    let text = passage
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ");
+    if text.chars().count() <= max {
+        return text;
+    }
+    let cut: String = text.chars().take(max).collect();
+    match cut.rfind(['.', '。', '!', '?', '！', '？']) {
+        Some(end) if end > max / 3 => {
+            cut[..end + cut[end..].chars().next().map_or(1, char::len_utf8)].to_string()
+        }
+        _ => format!("{}…", cut.trim_end()),
+    }
+}
