@@ -107,6 +107,12 @@ const PROTECTED: &[&str] = &[
     "asian people",
     "women are",
     "men are",
+    "are women",
+    "are men",
+    "women worse",
+    "women better",
+    "men worse",
+    "men better",
     "种族",
     "宗教",
     "性别",
@@ -883,7 +889,11 @@ impl<'a> Turn<'a> {
 
     fn ask_confirmation(&mut self, action: OrderAction, c: Confirmation) -> R<()> {
         let summary = self.summary_text(&action, &c.summary)?;
-        self.say("confirm_prompt", &[("summary", &summary)]);
+        let order = action.order_id().to_string();
+        self.say(
+            "confirm_prompt",
+            &[("order", &order), ("summary", &summary)],
+        );
         self.state.pending = Some(Pending {
             action,
             token: c.token,
