@@ -164,6 +164,28 @@ pub fn open_assistant(
     ))
 }
 
+/// The assistant over `data_dir` with the default embedder and threshold, for the commands that
+/// run it without a server (`clerk chat`, `clerk bench --assistant`).
+pub fn open_default(
+    models_dir: Option<&std::path::Path>,
+    data_dir: &std::path::Path,
+) -> anyhow::Result<crate::assistant::Assistant> {
+    let models = models_dir.map_or_else(crate::engine::registry::default_models_dir, |p| {
+        p.to_path_buf()
+    });
+    let (name, dir) = crate::engine::registry::resolve_embedder(
+        crate::engine::registry::DEFAULT_EMBEDDER,
+        &models,
+    )?;
+    let embedder = Arc::new(crate::engine::Embedder::load(&dir, &name)?);
+    open_assistant(
+        data_dir,
+        embedder,
+        crate::retrieval::DEFAULT_ANSWER_THRESHOLD,
+        "Harbor & Pine",
+    )
+}
+
 /// `clerk chat` without `--model`: the assistant in the terminal.
 pub fn chat(assistant: crate::assistant::Assistant) -> anyhow::Result<()> {
     use std::io::{BufRead, Write};

@@ -275,22 +275,7 @@ pub fn measure(a: &BenchArgs) -> anyhow::Result<BenchReport> {
 
 pub fn run(a: BenchArgs) -> anyhow::Result<()> {
     if a.assistant {
-        let models = a
-            .model
-            .models_dir
-            .clone()
-            .unwrap_or_else(crate::engine::registry::default_models_dir);
-        let (name, dir) = crate::engine::registry::resolve_embedder(
-            crate::engine::registry::DEFAULT_EMBEDDER,
-            &models,
-        )?;
-        let embedder = std::sync::Arc::new(crate::engine::Embedder::load(&dir, &name)?);
-        let assistant = super::assistant::open_assistant(
-            &a.data_dir,
-            embedder,
-            crate::retrieval::DEFAULT_ANSWER_THRESHOLD,
-            "Harbor & Pine",
-        )?;
+        let assistant = super::assistant::open_default(a.model.models_dir.as_deref(), &a.data_dir)?;
         let r = super::assistant::bench(assistant, a.repetitions.max(1))?;
         if a.json {
             println!("{}", serde_json::to_string_pretty(&r)?);

@@ -31,22 +31,7 @@ fn model_named() -> bool {
 
 pub fn run(a: ChatArgs) -> anyhow::Result<()> {
     if !model_named() || a.model.model == "clerk" {
-        let models = a
-            .model
-            .models_dir
-            .clone()
-            .unwrap_or_else(crate::engine::registry::default_models_dir);
-        let (name, dir) = crate::engine::registry::resolve_embedder(
-            crate::engine::registry::DEFAULT_EMBEDDER,
-            &models,
-        )?;
-        let embedder = std::sync::Arc::new(crate::engine::Embedder::load(&dir, &name)?);
-        let assistant = super::assistant::open_assistant(
-            &a.data_dir,
-            embedder,
-            crate::retrieval::DEFAULT_ANSWER_THRESHOLD,
-            "Harbor & Pine",
-        )?;
+        let assistant = super::assistant::open_default(a.model.models_dir.as_deref(), &a.data_dir)?;
         return super::assistant::chat(assistant);
     }
     let engine = a.model.load()?;
