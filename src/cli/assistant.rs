@@ -188,25 +188,19 @@ pub fn open_default(
 
 /// `clerk chat` without `--model`: the assistant in the terminal.
 pub fn chat(assistant: crate::assistant::Assistant) -> anyhow::Result<()> {
-    use std::io::{BufRead, Write};
+    use std::io::Write;
     let conversation = crate::assistant::Assistant::new_conversation_id();
     eprintln!("clerk chat with the shop assistant (empty line or Ctrl-D to quit)");
-    let stdin = std::io::stdin();
     let mut out = std::io::stdout();
-    loop {
-        write!(out, "> ")?;
-        out.flush()?;
-        let mut line = String::new();
-        if stdin.lock().read_line(&mut line)? == 0 || line.trim().is_empty() {
-            return Ok(());
-        }
-        let reply = assistant.turn(Some(&conversation), line.trim())?;
+    while let Some(line) = super::chat::next_line(&mut out)? {
+        let reply = assistant.turn(Some(&conversation), &line)?;
         if reply.silent {
             writeln!(out, "(a member of staff holds this conversation)")?;
         } else {
             writeln!(out, "{}", reply.text)?;
         }
     }
+    Ok(())
 }
 
 /// Questions a shopper asks of the demo shop's FAQ, for the latency benchmark.

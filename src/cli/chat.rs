@@ -29,6 +29,17 @@ fn model_named() -> bool {
         || std::env::args().any(|a| a == "--model" || a.starts_with("--model="))
 }
 
+/// Prompts with `> ` and reads the user's next line; `None` on an empty line or end of input.
+pub(super) fn next_line(out: &mut impl Write) -> std::io::Result<Option<String>> {
+    write!(out, "> ")?;
+    out.flush()?;
+    let mut line = String::new();
+    if std::io::stdin().lock().read_line(&mut line)? == 0 || line.trim().is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(line.trim().to_string()))
+}
+
 pub fn run(a: ChatArgs) -> anyhow::Result<()> {
     if !model_named() || a.model.model == "clerk" {
         let assistant = super::assistant::open_default(a.model.models_dir.as_deref(), &a.data_dir)?;
@@ -40,20 +51,13 @@ pub fn run(a: ChatArgs) -> anyhow::Result<()> {
         .iter()
         .map(|s| ChatMessage::system(s.clone()))
         .collect();
-    let stdin = std::io::stdin();
     let mut out = std::io::stdout();
     eprintln!(
         "clerk chat with {} (empty line or Ctrl-D to quit)",
         engine.info().name
     );
-    loop {
-        write!(out, "> ")?;
-        out.flush()?;
-        let mut line = String::new();
-        if stdin.lock().read_line(&mut line)? == 0 || line.trim().is_empty() {
-            return Ok(());
-        }
-        history.push(ChatMessage::user(line.trim().to_string()));
+    while let Some(line) = next_line(&mut out)? {
+        history.push(ChatMessage::user(line));
         let prompt = engine.chat_prompt(&history, None)?;
         let mut generation = engine.submit(GenerateRequest {
             prompt,
@@ -77,4 +81,5 @@ pub fn run(a: ChatArgs) -> anyhow::Result<()> {
         writeln!(out)?;
         history.push(ChatMessage::assistant(reply));
     }
+    Ok(())
 }
