@@ -122,33 +122,6 @@ const PROTECTED: &[&str] = &[
     "inmigrantes",
 ];
 
-/// Words that make a message a severe complaint (the shop's complaint classifier escalates them).
-const SEVERE: &[&str] = &[
-    "fraud",
-    "lawyer",
-    "sue",
-    "police",
-    "injured",
-    "injury",
-    "caught fire",
-    "on fire",
-    "burned",
-    "unsafe",
-    "dangerous",
-    "起火",
-    "烫伤",
-    "受伤",
-    "欺诈",
-    "律师",
-    "报警",
-    "fraude",
-    "abogado",
-    "denuncia",
-    "incendio",
-    "quemadura",
-    "peligroso",
-];
-
 /// The message without order ids and email addresses.
 fn strip_details(text: &str) -> String {
     text.split_whitespace()
@@ -349,7 +322,7 @@ impl<'a> Turn<'a> {
         let mut classified = self.inner.intents.classify(&stripped)?;
         let cues = self.inner.intents.cue_counts(&stripped);
         let cued = |i: Intent| cues.iter().any(|(c, _)| *c == i);
-        if contains_any(text, SEVERE) {
+        if crate::shop::care::is_severe(text) {
             // Danger, fraud and legal threats are complaints whatever else the message says.
             classified.intent = Intent::Complaint;
         } else if !details.order_ids.is_empty()
@@ -1256,7 +1229,7 @@ impl<'a> Turn<'a> {
             .shop
             .complaint(&self.ctx, self.state.who.as_ref(), &about, text)?;
         let id = c.id.to_string();
-        if c.severity == crate::shop::service::Severity::High || contains_any(text, SEVERE) {
+        if c.severity == crate::shop::service::Severity::High {
             let summary = self.summary(&format!("severe complaint C-{id}: {}", c.resolution_note));
             let h = self.inner.shop.open_handoff(
                 &self.ctx,

@@ -210,7 +210,25 @@ const SEVERE: &[&str] = &[
     "police",
     "chargeback",
     "allerg",
+    "起火",
+    "烫伤",
+    "受伤",
+    "欺诈",
+    "律师",
+    "报警",
+    "fraude",
+    "abogado",
+    "denuncia",
+    "incendio",
+    "quemadura",
+    "peligroso",
 ];
+
+/// Whether a complaint is severe whatever its topic (English, Chinese and Spanish words).
+pub fn is_severe(text: &str) -> bool {
+    let lower = text.to_lowercase();
+    SEVERE.iter().any(|w| lower.contains(w))
+}
 
 fn check_text(field: &'static str, text: &str, max: usize) -> Result<String> {
     let t = text.trim();
@@ -315,8 +333,7 @@ impl Shop {
             None => None,
         };
         let (category, sentiment, _) = self.classify(&text)?;
-        let lower = text.to_lowercase();
-        let severe = SEVERE.iter().any(|w| lower.contains(w));
+        let severe = is_severe(&text);
         let big_order = order.as_ref().is_some_and(|o| o.total() >= Money(50_000));
         let severity = if severe {
             Severity::High
