@@ -266,11 +266,7 @@ pub fn run_one(
         match step {
             Step::Staff { staff } => {
                 let ctx = Ctx::staff("Jo", Channel::Console);
-                let handoffs = shop.store().handoffs(None, &Page::first(1000))?;
-                let Some(h) = handoffs.iter().rev().find(|h| {
-                    h.conversation_id == conversation
-                        && h.status != crate::shop::service::HandoffStatus::Closed
-                }) else {
+                let Some(h) = shop.open_handoff_of(&conversation)? else {
                     failures.push(format!("turn {turn}: staff reply, but no handoff is open"));
                     continue;
                 };
@@ -396,12 +392,7 @@ pub fn run_one(
                 }
             }
         };
-        let handoffs = shop
-            .store()
-            .handoffs(None, &Page::first(10_000))?
-            .into_iter()
-            .filter(|h| h.conversation_id == conversation)
-            .count();
+        let handoffs = shop.store().conversation_handoffs(&conversation)?.len();
         count(handoffs, after.handoffs, "handoffs", &mut failures);
         let complaints = shop
             .store()

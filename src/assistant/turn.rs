@@ -199,7 +199,7 @@ impl<'a> Turn<'a> {
         // Staff replies reach the shopper first, whoever holds the conversation now.
         self.deliver_staff_messages()?;
         if conv.human {
-            self.handoff = self.open_handoff_id()?;
+            self.handoff = self.inner.shop.open_handoff_of(self.id)?.map(|h| h.id);
             return self.finish();
         }
         self.understand_and_act(text)?;
@@ -220,22 +220,6 @@ impl<'a> Turn<'a> {
             }
         }
         Ok(())
-    }
-
-    fn open_handoff_id(&self) -> R<Option<i64>> {
-        let open = self
-            .inner
-            .shop
-            .store()
-            .handoffs(None, &crate::shop::store::Page::first(1000))?;
-        Ok(open
-            .into_iter()
-            .filter(|h| {
-                h.conversation_id == self.id
-                    && h.status != crate::shop::service::HandoffStatus::Closed
-            })
-            .map(|h| h.id)
-            .next_back())
     }
 
     fn finish(self) -> R<Reply> {

@@ -519,6 +519,16 @@ impl Shop {
         Ok(h)
     }
 
+    /// The conversation's handoff that staff have not closed yet, if any.
+    pub fn open_handoff_of(&self, conversation: &str) -> Result<Option<Handoff>> {
+        Ok(self
+            .store
+            .conversation_handoffs(conversation)?
+            .into_iter()
+            .rev()
+            .find(|h| h.status != HandoffStatus::Closed))
+    }
+
     /// Commits one write that inserts a row, and returns the new row's id.
     fn insert(&self, changes: Vec<Change>, audit: AuditEntry) -> Result<i64> {
         let ids = self.store.commit(Write {

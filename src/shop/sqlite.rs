@@ -1248,6 +1248,15 @@ impl ShopStore for SqliteStore {
         Ok(rows)
     }
 
+    fn conversation_handoffs(&self, conversation: &str) -> Result<Vec<Handoff>> {
+        all(
+            &self.conn(),
+            &format!("SELECT {HANDOFF_COLS} FROM handoffs WHERE conversation_id = ?1 ORDER BY id"),
+            [conversation],
+            handoff_from_row,
+        )
+    }
+
     fn conversation(&self, id: &str) -> Result<Option<Conversation>> {
         Ok(self
             .conn()

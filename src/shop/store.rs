@@ -181,6 +181,8 @@ pub trait ShopStore: Send + Sync {
     fn complaints(&self, page: &Page) -> Result<Vec<Complaint>>;
     fn handoff(&self, id: i64) -> Result<Option<Handoff>>;
     fn handoffs(&self, status: Option<HandoffStatus>, page: &Page) -> Result<Vec<Handoff>>;
+    /// Every handoff of one conversation, oldest first.
+    fn conversation_handoffs(&self, conversation: &str) -> Result<Vec<Handoff>>;
     fn conversation(&self, id: &str) -> Result<Option<Conversation>>;
     fn messages(&self, conversation: &str, after: i64) -> Result<Vec<Message>>;
     fn customer_records(&self, id: &CustomerId) -> Result<CustomerRecords>;
