@@ -223,7 +223,7 @@ fn fresh_shop(fixture: &Fixture, name: &str) -> Result<Shop, AssistantError> {
     std::fs::create_dir_all(&dir)
         .map_err(|e| AssistantError::Data(format!("{}: {e}", dir.display())))?;
     let shop = Shop::open(&dir, Policy::default())?;
-    // A fixed clock for the seed, so every run sees the same shop.
+    // The seed is the same shop every time but for its dates, which move with the clock.
     let data = crate::shop::seed::demo_shop(40, crate::clock::unix_now())?;
     shop.import(&Ctx::system(Channel::Import), &data, &["demo".to_string()])?;
     shop.set_classifier(fixture.feedback.clone());
@@ -234,9 +234,11 @@ fn has(text: &str, needle: &str) -> bool {
     text.to_lowercase().contains(&needle.to_lowercase())
 }
 
-/// Runs one script; failures are collected, not raised, so a report shows every miss.
-pub fn run_one(
+/// Runs one script; failures are collected, not raised, so a report shows every miss. `known`
+/// holds the money amounts of the shop's data, which every fresh copy shares.
+fn run_one(
     fixture: &Fixture,
+    known: &HashSet<String>,
     file: &str,
     script: &Script,
 ) -> Result<(ConversationResult, Vec<f64>), AssistantError> {
@@ -246,7 +248,6 @@ pub fn run_one(
         .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
         .collect();
     let shop = fresh_shop(fixture, &safe)?;
-    let known = known_amounts(&shop, &fixture.documents_text)?;
     let assistant = Assistant::new(
         shop.clone(),
         fixture.knowledge.clone(),
@@ -425,13 +426,15 @@ pub fn run_one(
 }
 
 pub fn run(fixture: &Fixture, scripts: &[(PathBuf, Script)]) -> Result<EvalReport, AssistantError> {
+    let known = known_amounts(&fresh_shop(fixture, "amounts")?, &fixture.documents_text)?;
+    let _ = std::fs::remove_dir_all(fixture.scratch.join("amounts"));
     let mut results = Vec::new();
     let mut times = Vec::new();
     for (file, script) in scripts {
         let name = file
             .file_name()
             .map_or_else(String::new, |f| f.to_string_lossy().to_string());
-        let (r, t) = run_one(fixture, &name, script)?;
+        let (r, t) = run_one(fixture, &known, &name, script)?;
         times.extend(t);
         results.push(r);
     }

@@ -222,6 +222,18 @@ pub fn is_no(text: &str, words: &[&Words]) -> bool {
     short && words.iter().any(|w| says(text, &w.no))
 }
 
+/// Whether a lowercase phrase occurs in lowercase text: a single ASCII word only as a whole word
+/// ("sue" is not in "issue"), anything else (several words, Chinese) as a substring.
+pub fn has_phrase(lower: &str, phrase: &str) -> bool {
+    if phrase.is_ascii() && !phrase.contains(' ') {
+        lower
+            .split(|c: char| !c.is_alphanumeric() && c != '\'')
+            .any(|w| w == phrase)
+    } else {
+        lower.contains(phrase)
+    }
+}
+
 /// Whether any of `phrases` occurs in the text (case-insensitive substring).
 pub fn mentions(text: &str, phrases: &[String]) -> bool {
     let t = text.to_lowercase();

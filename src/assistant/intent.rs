@@ -126,15 +126,6 @@ pub struct IntentClassifier {
     cues: Vec<(Intent, Vec<String>)>,
 }
 
-fn cue_found(text: &str, cue: &str) -> bool {
-    if cue.is_ascii() && !cue.contains(' ') {
-        text.split(|c: char| !c.is_alphanumeric() && c != '\'')
-            .any(|w| w == cue)
-    } else {
-        text.contains(cue)
-    }
-}
-
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub struct Classified {
     pub intent: Intent,
@@ -175,7 +166,15 @@ impl IntentClassifier {
         let lower = text.to_lowercase();
         self.cues
             .iter()
-            .map(|(i, words)| (*i, words.iter().filter(|w| cue_found(&lower, w)).count()))
+            .map(|(i, words)| {
+                (
+                    *i,
+                    words
+                        .iter()
+                        .filter(|w| super::extract::has_phrase(&lower, w))
+                        .count(),
+                )
+            })
             .filter(|(_, n)| *n > 0)
             .collect()
     }

@@ -132,14 +132,7 @@ fn strip_details(text: &str) -> String {
 
 fn contains_any(text: &str, list: &[&str]) -> bool {
     let t = text.to_lowercase();
-    list.iter().any(|w| {
-        if w.is_ascii() && !w.contains(' ') {
-            t.split(|c: char| !c.is_alphanumeric() && c != '\'')
-                .any(|x| x == *w)
-        } else {
-            t.contains(w)
-        }
-    })
+    list.iter().any(|w| extract::has_phrase(&t, w))
 }
 
 pub(super) struct Turn<'a> {
@@ -341,9 +334,8 @@ impl<'a> Turn<'a> {
         if task.is_some() && !continuing {
             self.state.task = None;
         }
-        if !continuing || self.intent.is_none() {
-            self.intent = (!continuing).then_some(intent);
-        }
+        // An answer to our own question reports no intent of its own.
+        self.intent = (!continuing).then_some(intent);
         if intent.needs_identity() {
             let mut t = if continuing {
                 task.unwrap_or(Task {
@@ -830,15 +822,11 @@ impl<'a> Turn<'a> {
             .map(|v| v.describe_options())
             .collect::<Vec<_>>()
             .join("; ");
-        let key = if best == 0 && top.is_empty() && !candidates.is_empty() {
+        // Nothing named: ask which. Something named that no available variant has: say so.
+        let key = if best == 0 && !candidates.is_empty() {
             "ask_variant"
         } else {
             "no_variant"
-        };
-        let key = if candidates.is_empty() {
-            "no_variant"
-        } else {
-            key
         };
         self.say(key, &[("item", &name), ("options", &options)]);
         Ok(None)
@@ -1021,8 +1009,7 @@ impl<'a> Turn<'a> {
     // ----- knowledge -----
 
     fn answer(&mut self, text: &str) -> R<()> {
-        let mut q = Query::new(text);
-        q.limit = 5;
+        let q = Query::new(text);
         let results = self.inner.knowledge.search(&q)?;
         let best = results.hits.first().map_or(0.0, |h| h.similarity);
         if !results.answerable || results.hits.is_empty() {
