@@ -12,4 +12,13 @@ if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c 'import openai' 2>/dev
   "$venv/bin/pip" install -q 'openai>=1.50,<3'
 fi
 export CLERK_TEST_PYTHON="$PWD/$venv/bin/python"
+# Debian's Chromium and playwright-core for the browser tests (no browser download: the test
+# tool drives the system's Chromium).
+if [ ! -x /usr/bin/chromium ]; then
+  sudo=""; [ "$(id -u)" = 0 ] || sudo=sudo
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq chromium >/dev/null
+fi
+[ -d tests/web/node_modules/playwright-core ] || npm ci --prefix tests/web --no-audit --no-fund
+export CLERK_TEST_CHROMIUM=/usr/bin/chromium
 cargo test --all-targets "$@"

@@ -26,7 +26,7 @@ mod turn;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::engine::EngineError;
 use crate::retrieval::{Knowledge, RetrievalError};
@@ -67,6 +67,54 @@ pub struct Source {
     pub locator: String,
 }
 
+/// A record a reply rests on, in a shape a chat window shows as a card (the text says the same).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Card {
+    Product {
+        name: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        variant: Option<String>,
+        /// As the shop states it: one price, or a range over the variants.
+        price: String,
+        in_stock: bool,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        stock: Option<u64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        document_id: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        url: Option<String>,
+    },
+    Order {
+        order_id: String,
+        status: String,
+        items: Vec<String>,
+        total: String,
+        tracking: Vec<Tracking>,
+    },
+}
+
+/// One parcel of an order: its tracking id, carrier and scan events.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Tracking {
+    pub id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub carrier: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub events: Vec<crate::shop::TrackingEvent>,
+}
+
+/// A conversation as the shopper's page shows it after a reload, or polls it for staff replies.
+#[derive(Debug, Clone, Serialize)]
+pub struct History {
+    pub conversation_id: String,
+    /// Staff hold the conversation.
+    pub human: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub handoff: Option<crate::shop::service::Handoff>,
+    pub messages: Vec<crate::shop::service::Message>,
+}
+
 /// What the assistant says in one turn, and what the turn did.
 #[derive(Debug, Clone, Serialize)]
 pub struct Reply {
@@ -88,6 +136,7 @@ pub struct Reply {
     /// The stored assistant message, for thumbs up or down.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub message_id: Option<i64>,
+    pub cards: Vec<Card>,
 }
 
 /// Cheap to clone: the shop, the knowledge base, the classifier, the phrases, and the
@@ -103,6 +152,8 @@ struct Inner {
     intents: Arc<IntentClassifier>,
     prompts: Arc<Prompts>,
     shop_name: String,
+    /// Staff-approved answers with their questions' embeddings, refreshed when the list changes.
+    curated: Mutex<Vec<(crate::shop::service::CuratedAnswer, Vec<f32>)>>,
     /// One lock per conversation, so two conversations never wait for each other and two
     /// requests on one conversation take turns.
     conversations: Mutex<HashMap<String, Arc<Mutex<State>>>>,
@@ -127,6 +178,7 @@ impl Assistant {
                 intents,
                 prompts,
                 shop_name: shop_name.into(),
+                curated: Mutex::new(Vec::new()),
                 conversations: Mutex::new(HashMap::new()),
             }),
         }
@@ -134,6 +186,10 @@ impl Assistant {
 
     pub fn shop(&self) -> &Shop {
         &self.inner.shop
+    }
+
+    pub fn shop_name(&self) -> &str {
+        &self.inner.shop_name
     }
 
     pub fn prompts(&self) -> &Prompts {
@@ -164,28 +220,63 @@ impl Assistant {
                 message: "the last user message is longer than 4000 characters".into(),
             });
         }
-        let state = {
-            let mut map = self
-                .inner
-                .conversations
-                .lock()
-                .unwrap_or_else(|e| e.into_inner());
-            if map.len() >= MAX_CONVERSATIONS && !map.contains_key(&id) {
-                // Forget the idlest: state that nobody holds and that was used longest ago.
-                if let Some(oldest) = map
-                    .iter()
-                    .filter(|(_, s)| Arc::strong_count(s) == 1)
-                    .min_by_key(|(_, s)| s.lock().map(|s| s.last_used).unwrap_or(0))
-                    .map(|(k, _)| k.clone())
-                {
-                    map.remove(&oldest);
-                }
-            }
-            map.entry(id.clone())
-                .or_insert_with(|| Arc::new(Mutex::new(State::default())))
-                .clone()
-        };
+        let state = self.state_of(&id);
         let mut state = state.lock().unwrap_or_else(|e| e.into_inner());
         turn::Turn::new(&self.inner, &id, &mut state).run(text)
+    }
+
+    /// The shopper pressed "talk to a person": a handoff opens at once, whatever the message
+    /// classifier would have made of a typed request.
+    pub fn request_human(&self, conversation: &str) -> Result<Reply, AssistantError> {
+        let id = conversation.trim().to_string();
+        let state = self.state_of(&id);
+        let mut state = state.lock().unwrap_or_else(|e| e.into_inner());
+        turn::Turn::new(&self.inner, &id, &mut state).request_human()
+    }
+
+    /// The conversation's messages after `after` (a message id). Staff messages returned here
+    /// count as delivered, so the next turn does not repeat them.
+    pub fn history(&self, conversation: &str, after: i64) -> Result<History, AssistantError> {
+        let shop = &self.inner.shop;
+        let conv = shop
+            .store()
+            .conversation(conversation)?
+            .ok_or_else(|| crate::shop::ShopError::not_found("conversation", conversation))?;
+        let messages = shop.store().messages(&conv.id, after)?;
+        let handoff = shop.open_handoff_of(&conv.id)?;
+        if let Some(last) = messages.last() {
+            let state = self.state_of(&conv.id);
+            let mut state = state.lock().unwrap_or_else(|e| e.into_inner());
+            state.staff_seen = state.staff_seen.max(last.id);
+        }
+        Ok(History {
+            conversation_id: conv.id,
+            human: conv.human,
+            handoff,
+            messages,
+        })
+    }
+
+    /// The server-side state of a conversation, made on first use.
+    fn state_of(&self, id: &str) -> Arc<Mutex<State>> {
+        let mut map = self
+            .inner
+            .conversations
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if map.len() >= MAX_CONVERSATIONS && !map.contains_key(id) {
+            // Forget the idlest: state that nobody holds and that was used longest ago.
+            if let Some(oldest) = map
+                .iter()
+                .filter(|(_, s)| Arc::strong_count(s) == 1)
+                .min_by_key(|(_, s)| s.lock().map(|s| s.last_used).unwrap_or(0))
+                .map(|(k, _)| k.clone())
+            {
+                map.remove(&oldest);
+            }
+        }
+        map.entry(id.to_string())
+            .or_insert_with(|| Arc::new(Mutex::new(State::default())))
+            .clone()
     }
 }

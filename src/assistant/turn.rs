@@ -2,7 +2,8 @@
 //! result in the shopper's language. Identity and pending confirmations come from [`State`]
 //! only; the shop's actions enforce the policy again whatever this module asks.
 
-use crate::retrieval::{Hit, Kind, Query};
+use crate::retrieval::{Hit, Kind, ProductFacts, Query};
+use crate::shop::service::CuratedAnswer;
 use crate::shop::{
     ActionKind, Channel, Confirmation, Ctx, Identified, IdentifyBy, ItemChange, Money, Order,
     OrderAction, OrderId, OrderStatus, PaymentMethodId, Refusal, Role, ShopError, Sku, Summary,
@@ -12,7 +13,7 @@ use super::extract::{self, Details};
 use super::intent::Intent;
 use super::lang::{self, Lang};
 use super::prompts::Words;
-use super::{AssistantError, Inner, Reply, Source};
+use super::{AssistantError, Card, Inner, Reply, Source, Tracking};
 
 /// A change stated to the shopper, waiting for their yes in the next turn.
 #[derive(Debug, Clone)]
@@ -41,7 +42,7 @@ pub(super) struct State {
     /// Consecutive questions the shop's data could not answer.
     unanswered: u8,
     /// The last staff message already shown to the shopper.
-    staff_seen: i64,
+    pub(super) staff_seen: i64,
     /// The shopper's recent messages, for a handoff summary.
     recent: Vec<String>,
     pub(super) last_used: i64,
@@ -145,6 +146,10 @@ pub(super) struct Turn<'a> {
     sources: Vec<Source>,
     intent: Option<Intent>,
     handoff: Option<i64>,
+    cards: Vec<Card>,
+    /// The shop's data held no answer to the question.
+    unanswered: bool,
+    started: std::time::Instant,
 }
 
 type R<T> = Result<T, AssistantError>;
@@ -162,6 +167,9 @@ impl<'a> Turn<'a> {
             sources: Vec::new(),
             intent: None,
             handoff: None,
+            cards: Vec::new(),
+            unanswered: false,
+            started: std::time::Instant::now(),
         }
     }
 
@@ -199,6 +207,22 @@ impl<'a> Turn<'a> {
         self.finish()
     }
 
+    /// The "talk to a person" button: a handoff now, or word that one is already open.
+    pub(super) fn request_human(mut self) -> R<Reply> {
+        self.state.last_used = crate::clock::unix_now();
+        let shop = &self.inner.shop;
+        let conv = shop.ensure_conversation(&self.ctx, self.id, self.state.who.as_ref())?;
+        self.intent = Some(Intent::Human);
+        match shop.open_handoff_of(&conv.id)? {
+            Some(h) => {
+                self.handoff = Some(h.id);
+                self.say("handoff_waiting", &[]);
+            }
+            None => self.handoff("the shopper pressed \"talk to a person\"")?,
+        }
+        self.finish()
+    }
+
     fn deliver_staff_messages(&mut self) -> R<()> {
         let messages = self
             .inner
@@ -230,10 +254,23 @@ impl<'a> Turn<'a> {
         let message_id = if silent {
             None
         } else {
-            let m = self
-                .inner
-                .shop
-                .append_message(&self.ctx, self.id, Role::Assistant, &text)?;
+            // What a reloaded chat page shows again, and what the console's analytics count.
+            let meta = serde_json::json!({
+                "sources": self.sources,
+                "cards": self.cards,
+                "intent": self.intent,
+                "language": self.lang,
+                "awaiting_confirmation": self.state.pending.is_some(),
+                "unanswered": self.unanswered,
+                "latency_ms": (self.started.elapsed().as_secs_f64() * 1e4).round() / 10.0,
+            });
+            let m = self.inner.shop.append_message_with(
+                &self.ctx,
+                self.id,
+                Role::Assistant,
+                &text,
+                Some(meta),
+            )?;
             self.state.staff_seen = self.state.staff_seen.max(m.id);
             Some(m.id)
         };
@@ -248,6 +285,7 @@ impl<'a> Turn<'a> {
             verified: self.state.who.is_some(),
             awaiting_confirmation: self.state.pending.is_some(),
             message_id,
+            cards: self.cards,
         })
     }
 
@@ -565,6 +603,23 @@ impl<'a> Turn<'a> {
 
     fn order_status(&mut self, order: &Order, total: Money, delivery: Option<&str>) {
         let items = items_text(order, None);
+        self.cards.push(Card::Order {
+            order_id: order.id.to_string(),
+            status: order.status.to_string(),
+            items: order.items.iter().map(item_text).collect(),
+            total: total.to_string(),
+            tracking: order
+                .fulfillments
+                .iter()
+                .flat_map(|f| {
+                    f.tracking_ids.iter().map(move |t| Tracking {
+                        id: t.clone(),
+                        carrier: f.carrier.clone(),
+                        events: f.events.clone(),
+                    })
+                })
+                .collect(),
+        });
         self.say(
             "order_status",
             &[
@@ -1009,6 +1064,20 @@ impl<'a> Turn<'a> {
     // ----- knowledge -----
 
     fn answer(&mut self, text: &str) -> R<()> {
+        if let Some(c) = self.curated_match(text)? {
+            // Staff wrote or approved this answer for this very question: it wins over retrieval.
+            self.state.unanswered = 0;
+            let n = self.sources.len() + 1;
+            self.sources.push(Source {
+                n,
+                document_id: format!("curated:{}", c.id),
+                title: c.question.clone(),
+                kind: "curated".into(),
+                locator: format!("approved by {}", c.created_by),
+            });
+            self.out.push(format!("{} [{n}]", c.answer));
+            return Ok(());
+        }
         let q = Query::new(text);
         let results = self.inner.knowledge.search(&q)?;
         let best = results.hits.first().map_or(0.0, |h| h.similarity);
@@ -1044,6 +1113,9 @@ impl<'a> Turn<'a> {
         self.state.unanswered = 0;
         let n = self.cite(&hit);
         if hit.kind == Kind::Product {
+            if let Some(card) = self.product_card(&hit) {
+                self.cards.push(card);
+            }
             let line = self.product_line(&hit);
             self.out.push(format!("{line} [{n}]"));
         } else {
@@ -1053,23 +1125,75 @@ impl<'a> Turn<'a> {
         Ok(())
     }
 
+    /// A product's price as the catalogue states it: one price, or the range over its variants.
+    fn price_text(&self, f: &ProductFacts) -> String {
+        let money =
+            |x: f64| Money::from_decimal(x).map_or_else(|_| format!("{x:.2}"), |m| m.to_string());
+        if (f.price_max - f.price_min).abs() < 0.005 {
+            money(f.price_min)
+        } else {
+            self.inner.prompts.say(
+                self.lang,
+                "price_range",
+                &[("low", &money(f.price_min)), ("high", &money(f.price_max))],
+            )
+        }
+    }
+
+    fn product_card(&self, hit: &Hit) -> Option<Card> {
+        let f = hit.product.as_ref()?;
+        Some(Card::Product {
+            name: hit.title.clone(),
+            variant: None,
+            price: self.price_text(f),
+            in_stock: f.in_stock,
+            stock: f.stock,
+            document_id: Some(hit.document_id.clone()),
+            url: f.url.clone(),
+        })
+    }
+
+    /// The staff-approved answer to this question, if one was approved: the same words, or a
+    /// question the embedder finds all but identical.
+    fn curated_match(&self, text: &str) -> R<Option<CuratedAnswer>> {
+        let all = self.inner.shop.store().curated_answers()?;
+        if all.is_empty() {
+            return Ok(None);
+        }
+        let embedder = self.inner.intents.embedder();
+        let mut cache = self.inner.curated.lock().unwrap_or_else(|e| e.into_inner());
+        if !cache.iter().map(|(c, _)| c.id).eq(all.iter().map(|c| c.id)) {
+            let questions: Vec<&str> = all.iter().map(|c| c.question.as_str()).collect();
+            let vectors = embedder.embed(&questions)?;
+            *cache = all.into_iter().zip(vectors).collect();
+        }
+        let words = |s: &str| {
+            s.to_lowercase()
+                .split(|c: char| !c.is_alphanumeric())
+                .filter(|w| !w.is_empty())
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        let asked = words(text);
+        if let Some((c, _)) = cache.iter().find(|(c, _)| words(&c.question) == asked) {
+            return Ok(Some(c.clone()));
+        }
+        let v = embedder.embed(&[text])?.pop().unwrap_or_default();
+        Ok(cache
+            .iter()
+            .map(|(c, cv)| (c, crate::shop::cosine(&v, cv)))
+            .filter(|(_, sim)| *sim >= CURATED_SIMILARITY)
+            .max_by(|a, b| a.1.total_cmp(&b.1))
+            .map(|(c, _)| c.clone()))
+    }
+
     fn product_line(&self, hit: &Hit) -> String {
         let p = &self.inner.prompts;
         let l = self.lang;
         let Some(f) = &hit.product else {
             return clip_sentences(&hit.passage, 500);
         };
-        let money =
-            |x: f64| Money::from_decimal(x).map_or_else(|_| format!("{x:.2}"), |m| m.to_string());
-        let price = if (f.price_max - f.price_min).abs() < 0.005 {
-            money(f.price_min)
-        } else {
-            p.say(
-                l,
-                "price_range",
-                &[("low", &money(f.price_min)), ("high", &money(f.price_max))],
-            )
-        };
+        let price = self.price_text(f);
         let stock = match (f.in_stock, f.stock) {
             (false, _) => p.say(l, "out_of_stock", &[]),
             (true, Some(n)) => p.say(l, "in_stock_count", &[("count", &n.to_string())]),
@@ -1105,6 +1229,7 @@ impl<'a> Turn<'a> {
     }
 
     fn no_answer(&mut self) -> R<()> {
+        self.unanswered = true;
         self.state.unanswered += 1;
         if self.state.unanswered >= 2 {
             self.state.unanswered = 0;
@@ -1122,6 +1247,15 @@ impl<'a> Turn<'a> {
                     .shop
                     .recommend(&self.ctx, &who, text, Some(&self.inner.knowledge), 3)?
             {
+                self.cards.push(Card::Product {
+                    name: r.name.clone(),
+                    variant: None,
+                    price: r.price_from.to_string(),
+                    in_stock: true,
+                    stock: None,
+                    document_id: None,
+                    url: None,
+                });
                 picks.push((r.name, r.price_from.to_string()));
             }
         }
@@ -1137,6 +1271,9 @@ impl<'a> Turn<'a> {
                 .filter(|h| h.similarity >= results.threshold * 0.8)
             {
                 let n = self.cite(hit);
+                if let Some(card) = self.product_card(hit) {
+                    self.cards.push(card);
+                }
                 let price = hit.product.as_ref().map_or_else(String::new, |f| {
                     Money::from_decimal(f.price_min)
                         .map_or_else(|_| String::new(), |m| m.to_string())
@@ -1256,6 +1393,10 @@ impl<'a> Turn<'a> {
     }
 }
 
+/// Cosine similarity at which a question counts as the one a curated answer was approved for:
+/// paraphrases score about 0.8 to 0.9 with MiniLM, so only near-identical wording passes.
+const CURATED_SIMILARITY: f32 = 0.92;
+
 /// Similarity a product passage needs to answer a question that doesn't name the product.
 const PRODUCT_SIMILARITY: f32 = 0.45;
 
@@ -1307,23 +1448,26 @@ fn items_text(order: &Order, only: Option<&[usize]>) -> String {
         .iter()
         .enumerate()
         .filter(|(i, _)| only.is_none_or(|o| o.contains(i)))
-        .map(|(_, item)| {
-            if item.options.is_empty() {
-                item.name.clone()
-            } else {
-                format!(
-                    "{} ({})",
-                    item.name,
-                    item.options
-                        .values()
-                        .cloned()
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                )
-            }
-        })
+        .map(|(_, item)| item_text(item))
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+/// "Name (option, option)".
+fn item_text(item: &crate::shop::OrderItem) -> String {
+    if item.options.is_empty() {
+        item.name.clone()
+    } else {
+        format!(
+            "{} ({})",
+            item.name,
+            item.options
+                .values()
+                .cloned()
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
+    }
 }
 
 /// At most `max` characters of a passage, cut at a sentence end, with line breaks folded.

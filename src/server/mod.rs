@@ -4,11 +4,17 @@
 //! - `extract`: the JSON extractor whose rejections are [`ApiError`]s.
 //! - `auth`: API keys (Bearer tokens) for `/v1` and `/metrics`.
 //! - `metrics`: counters and histograms rendered for Prometheus.
-//! - `openai`: the `/v1` routes.
+//! - `openai`: the OpenAI routes under `/v1`, the model `clerk` among them.
+//! - `assistant`: the chat page's conversation, rating and handoff routes, and staff review
+//!   of corrections and analytics.
+//! - `shop`, `knowledge`: the shop's records and the knowledge base under `/v1/shop`,
+//!   `/v1/knowledge`.
+//! - `web`: the chat page, the widget script and the staff console, built into the binary.
 //!
 //! [`app`] builds the router from an [`AppState`], a `Clone` bundle of handles; [`serve`] binds,
 //! loads the model in the background (so `/health` answers 503 meanwhile), and shuts down gracefully.
 
+pub mod assistant;
 pub mod auth;
 pub mod error;
 pub mod extract;
@@ -16,6 +22,7 @@ pub mod knowledge;
 pub mod metrics;
 pub mod openai;
 pub mod shop;
+pub mod web;
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
@@ -232,12 +239,14 @@ pub fn app(state: AppState) -> Router {
         )
         .route("/metrics", get(metrics_handler))
         .merge(shop::routes())
+        .merge(assistant::routes())
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             auth::require_key,
         ));
     let mut router = Router::new()
         .merge(protected)
+        .merge(web::routes())
         .route("/health", get(health))
         .fallback(|| async { ApiError::NotFound("No such route.".into()) })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })

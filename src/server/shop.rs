@@ -98,20 +98,21 @@ pub fn routes() -> Router<AppState> {
             "/v1/shop/complaints",
             get(list_complaints).post(add_complaint),
         )
+        .route("/v1/shop/complaints/{id}/resolve", post(resolve_complaint))
         .route("/v1/shop/handoffs", get(list_handoffs).post(open_handoff))
         .route("/v1/shop/handoffs/{id}/{step}", post(handoff_step))
         .route("/v1/shop/conversations/{id}/messages", get(messages))
         .route("/v1/shop/audit", get(audit))
 }
 
-fn shop(state: &AppState) -> Result<Shop, ApiError> {
+pub(super) fn shop(state: &AppState) -> Result<Shop, ApiError> {
     state
         .shop()
         .cloned()
         .ok_or_else(|| ApiError::NotFound("This server has no shop database.".into()))
 }
 
-async fn blocking<T: Send + 'static>(
+pub(super) async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, ShopError> + Send + 'static,
 ) -> Result<T, ApiError> {
     tokio::task::spawn_blocking(f)
@@ -121,7 +122,7 @@ async fn blocking<T: Send + 'static>(
 }
 
 /// Who is acting, for the audit log: staff by the name they send (or `staff`), else the shopper.
-fn ctx(caller: Caller, headers: &HeaderMap) -> Ctx {
+pub(super) fn ctx(caller: Caller, headers: &HeaderMap) -> Ctx {
     if caller.scope >= Scope::Staff {
         let name = headers
             .get(STAFF_HEADER)
@@ -207,14 +208,24 @@ fn acting_for_order(
     }
 }
 
-type Params = Result<Query<HashMap<String, String>>, QueryRejection>;
+pub(super) type Params = Result<Query<HashMap<String, String>>, QueryRejection>;
 
-fn params(q: Params) -> Result<HashMap<String, String>, ApiError> {
+pub(super) fn params(q: Params) -> Result<HashMap<String, String>, ApiError> {
     q.map(|Query(m)| m)
         .map_err(|e| ApiError::invalid("query", format!("Invalid query string: {e}")))
 }
 
-fn page(p: &HashMap<String, String>) -> Result<Page, ApiError> {
+/// The `after` of a conversation's messages: a message id, 0 for all.
+pub(super) fn message_after(p: &HashMap<String, String>) -> Result<i64, ApiError> {
+    match p.get("after") {
+        None => Ok(0),
+        Some(a) => a
+            .parse()
+            .map_err(|_| ApiError::invalid("after", "after must be a message id")),
+    }
+}
+
+pub(super) fn page(p: &HashMap<String, String>) -> Result<Page, ApiError> {
     let limit = match p.get("limit") {
         None => 20,
         Some(l) => match l.parse::<usize>() {
@@ -231,7 +242,7 @@ fn page(p: &HashMap<String, String>) -> Result<Page, ApiError> {
 
 /// Loads one page on a blocking thread and answers it as an OpenAI-style list; `id` gives each
 /// row's cursor.
-async fn paged<T: Serialize + Send + 'static>(
+pub(super) async fn paged<T: Serialize + Send + 'static>(
     page: Page,
     load: impl FnOnce(&Page) -> Result<Vec<T>, ShopError> + Send + 'static,
     id: impl Fn(&T) -> String,
@@ -584,6 +595,33 @@ struct NewHandoff {
     summary: String,
 }
 
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct Resolve {
+    #[serde(default)]
+    note: Option<String>,
+}
+
+/// `POST /v1/shop/complaints/{id}/resolve` (staff), with an optional `{"note": ...}`.
+async fn resolve_complaint(
+    State(state): State<AppState>,
+    caller: Caller,
+    headers: HeaderMap,
+    Path(id): Path<i64>,
+    body: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    caller.require(Scope::Staff)?;
+    let shop = shop(&state)?;
+    let ctx = ctx(caller, &headers);
+    let r = if body.iter().all(u8::is_ascii_whitespace) {
+        Resolve::default()
+    } else {
+        super::extract::parse::<Resolve>(&body)?
+    };
+    let c = blocking(move || shop.resolve_complaint(&ctx, id, r.note.as_deref())).await?;
+    Ok(axum::Json(c).into_response())
+}
+
 async fn open_handoff(
     State(state): State<AppState>,
     caller: Caller,
@@ -678,13 +716,7 @@ async fn messages(
     q: Params,
 ) -> Result<Response, ApiError> {
     let shop = shop(&state)?;
-    let p = params(q)?;
-    let after: i64 = match p.get("after") {
-        None => 0,
-        Some(a) => a
-            .parse()
-            .map_err(|_| ApiError::invalid("after", "after must be a message id"))?,
-    };
+    let after = message_after(&params(q)?)?;
     let (conversation, rows) = blocking(move || {
         let conv = shop
             .store()

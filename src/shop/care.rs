@@ -387,6 +387,9 @@ impl Shop {
             resolution_note: note,
             auto_approved,
             created_at: unix_now(),
+            status: ComplaintStatus::Open,
+            resolved_by: None,
+            resolved_at: None,
         };
         c.id = self.insert(
             vec![Change::InsertComplaint(c.clone())],
@@ -451,6 +454,18 @@ impl Shop {
         role: Role,
         content: &str,
     ) -> Result<Message> {
+        self.append_message_with(ctx, conversation, role, content, None)
+    }
+
+    /// Appends a message with what its writer attached (the assistant's sources and cards).
+    pub fn append_message_with(
+        &self,
+        ctx: &Ctx,
+        conversation: &str,
+        role: Role,
+        content: &str,
+        meta: Option<serde_json::Value>,
+    ) -> Result<Message> {
         let conv = self
             .store
             .conversation(conversation)?
@@ -466,6 +481,7 @@ impl Shop {
             author,
             content: check_text("content", content, 16_000)?,
             created_at: unix_now(),
+            meta,
         };
         m.id = self.insert(
             vec![Change::Message(m.clone())],
@@ -615,6 +631,191 @@ impl Shop {
             consume_token: None,
         })?;
         self.handoff_or_404(id)
+    }
+
+    /// Marks a complaint handled (staff).
+    pub fn resolve_complaint(&self, ctx: &Ctx, id: i64, note: Option<&str>) -> Result<Complaint> {
+        let staff = Self::staff_name(ctx)?;
+        let note = note.map(|n| check_text("note", n, 2000)).transpose()?;
+        let c = self
+            .store
+            .complaint(id)?
+            .ok_or_else(|| ShopError::not_found("complaint", id))?;
+        self.store.commit(Write {
+            changes: vec![Change::ComplaintStatus {
+                id,
+                from: ComplaintStatus::Open,
+                to: ComplaintStatus::Resolved,
+                staff: Some(staff),
+            }],
+            audit: ctx.audit(
+                "complaint_resolve",
+                format!("complaint:{id}"),
+                c.customer_id.as_ref(),
+                json!({ "note": note }),
+            ),
+            consume_token: None,
+        })?;
+        self.store
+            .complaint(id)?
+            .ok_or_else(|| ShopError::not_found("complaint", id))
+    }
+
+    /// A shopper's thumbs up (`up`) or down on an assistant message of their conversation, with
+    /// an optional correction for staff to review. Rating again replaces the earlier rating.
+    pub fn rate_answer(
+        &self,
+        ctx: &Ctx,
+        conversation: &str,
+        message_id: i64,
+        up: bool,
+        correction: Option<&str>,
+    ) -> Result<AnswerRating> {
+        let m = self
+            .store
+            .message(message_id)?
+            .filter(|m| m.conversation_id == conversation && m.role == Role::Assistant)
+            // Another conversation's message reads as absent, like any record not the caller's.
+            .ok_or_else(|| ShopError::not_found("assistant message", message_id))?;
+        let correction = correction
+            .map(str::trim)
+            .filter(|c| !c.is_empty())
+            .map(|c| check_text("correction", c, 4000))
+            .transpose()?;
+        let question = self
+            .store
+            .messages(conversation, 0)?
+            .into_iter()
+            .rev()
+            .find(|p| p.id < m.id && p.role == Role::Shopper)
+            .map(|p| p.content)
+            .unwrap_or_default();
+        let now = unix_now();
+        let mut r = AnswerRating {
+            id: 0,
+            message_id,
+            conversation_id: m.conversation_id.clone(),
+            rating: if up { 1 } else { -1 },
+            question,
+            answer: m.content,
+            status: if correction.is_some() {
+                RatingStatus::Pending
+            } else {
+                RatingStatus::Noted
+            },
+            correction,
+            reviewed_by: None,
+            created_at: now,
+            updated_at: now,
+        };
+        let conv = self.store.conversation(conversation)?;
+        r.id = self.insert(
+            vec![Change::PutRating(r.clone())],
+            ctx.audit(
+                "answer_rating",
+                format!("message:{message_id}"),
+                conv.and_then(|c| c.customer_id).as_ref(),
+                json!({ "rating": r.rating, "correction": r.correction.is_some() }),
+            ),
+        )?;
+        self.store
+            .rating(r.id)?
+            .ok_or_else(|| ShopError::not_found("answer rating", r.id))
+    }
+
+    /// Staff approve a correction (optionally edited as `answer`), which becomes a curated answer
+    /// to the rated question, or reject it.
+    pub fn review_rating(
+        &self,
+        ctx: &Ctx,
+        id: i64,
+        approve: bool,
+        answer: Option<&str>,
+    ) -> Result<(AnswerRating, Option<CuratedAnswer>)> {
+        let staff = Self::staff_name(ctx)?;
+        let r = self
+            .store
+            .rating(id)?
+            .ok_or_else(|| ShopError::not_found("answer rating", id))?;
+        if r.status != RatingStatus::Pending {
+            return Err(ShopError::Conflict(format!(
+                "answer rating {id} is {}, not pending review",
+                r.status
+            )));
+        }
+        let mut changes = vec![Change::RatingStatus {
+            id,
+            from: RatingStatus::Pending,
+            to: if approve {
+                RatingStatus::Approved
+            } else {
+                RatingStatus::Rejected
+            },
+            staff: Some(staff.clone()),
+        }];
+        let mut curated = None;
+        if approve {
+            let text = answer
+                .map(str::trim)
+                .filter(|a| !a.is_empty())
+                .or(r.correction.as_deref())
+                .ok_or(ShopError::Invalid {
+                    field: "answer",
+                    message: "approving needs an answer".into(),
+                })?;
+            if r.question.trim().is_empty() {
+                return Err(ShopError::Invalid {
+                    field: "question",
+                    message: "the rated answer has no question before it".into(),
+                });
+            }
+            let c = CuratedAnswer {
+                id: 0,
+                question: r.question.clone(),
+                answer: check_text("answer", text, 4000)?,
+                rating_id: Some(id),
+                created_by: staff,
+                created_at: unix_now(),
+            };
+            // The curated row goes first so its id is the one `insert` returns.
+            changes.insert(0, Change::InsertCurated(c.clone()));
+            curated = Some(c);
+        }
+        let audit = ctx.audit(
+            if approve {
+                "answer_approve"
+            } else {
+                "answer_reject"
+            },
+            format!("answer_rating:{id}"),
+            None,
+            json!({}),
+        );
+        if let Some(c) = curated.as_mut() {
+            c.id = self.insert(changes, audit)?;
+        } else {
+            self.store.commit(Write {
+                changes,
+                audit,
+                consume_token: None,
+            })?;
+        }
+        let r = self
+            .store
+            .rating(id)?
+            .ok_or_else(|| ShopError::not_found("answer rating", id))?;
+        Ok((r, curated))
+    }
+
+    /// Removes a curated answer (staff); retrieval answers its question again.
+    pub fn delete_curated(&self, ctx: &Ctx, id: i64) -> Result<()> {
+        Self::staff_name(ctx)?;
+        self.store.commit(Write {
+            changes: vec![Change::DeleteCurated(id)],
+            audit: ctx.audit("curated_delete", format!("curated:{id}"), None, json!({})),
+            consume_token: None,
+        })?;
+        Ok(())
     }
 
     /// Everything stored about a customer, as one JSON document (audited).

@@ -37,6 +37,12 @@ string_kind!(Severity { Low => "low", Medium => "medium", High => "high" });
 
 string_kind!(HandoffStatus { Open => "open", Claimed => "claimed", Closed => "closed" });
 
+string_kind!(ComplaintStatus { Open => "open", Resolved => "resolved" });
+
+// Where a shopper's rating of an answer stands: `Noted` needs no review (no correction came with
+// it); a correction waits as `Pending` until staff approve or reject it.
+string_kind!(RatingStatus { Noted => "noted", Pending => "pending", Approved => "approved", Rejected => "rejected" });
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Feedback {
     pub id: i64,
@@ -76,6 +82,11 @@ pub struct Complaint {
     /// Whether the policy grants the resolution without staff review.
     pub auto_approved: bool,
     pub created_at: i64,
+    pub status: ComplaintStatus,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resolved_by: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resolved_at: Option<i64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -114,4 +125,83 @@ pub struct Message {
     pub author: Option<String>,
     pub content: String,
     pub created_at: i64,
+    /// What the assistant attached (sources, cards, intent, language, latency), when it wrote it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub meta: Option<serde_json::Value>,
+}
+
+/// A shopper's thumbs up (+1) or down (-1) on one assistant message.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AnswerRating {
+    pub id: i64,
+    pub message_id: i64,
+    pub conversation_id: String,
+    pub rating: i8,
+    /// The shopper's message the rated answer replied to.
+    pub question: String,
+    pub answer: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub correction: Option<String>,
+    pub status: RatingStatus,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reviewed_by: Option<String>,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+/// An answer staff approved for a question; it wins over retrieval for the same question.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CuratedAnswer {
+    pub id: i64,
+    pub question: String,
+    pub answer: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rating_id: Option<i64>,
+    pub created_by: String,
+    pub created_at: i64,
+}
+
+/// Counts for the console's charts, over the days since a given time.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Analytics {
+    /// Per day (UTC, `YYYY-MM-DD`), oldest first, days without traffic included.
+    pub days: Vec<DayCount>,
+    pub conversations: u64,
+    /// Conversations that never needed a human, over all conversations (0 when there are none).
+    pub resolved_without_human: f64,
+    pub handoff_rate: f64,
+    pub handoff_reasons: Vec<Counted>,
+    pub ratings: RatingCounts,
+    pub top_intents: Vec<Counted>,
+    /// Shopper questions the assistant found no answer for, most asked first.
+    pub unanswered: Vec<Counted>,
+    pub latency_ms: Latency,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct DayCount {
+    pub date: String,
+    pub conversations: u64,
+    pub handoffs: u64,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Counted {
+    pub label: String,
+    pub count: u64,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct RatingCounts {
+    pub up: u64,
+    pub down: u64,
+}
+
+/// Assistant turn latency percentiles, from the `latency_ms` each reply stored.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Latency {
+    pub count: u64,
+    pub p50: Option<f64>,
+    pub p90: Option<f64>,
+    pub p99: Option<f64>,
 }

@@ -16,6 +16,7 @@ use super::store::*;
 const MIGRATIONS: &[&str] = &[
     include_str!("migrations/001_init.sql"),
     include_str!("migrations/002_saved_addresses.sql"),
+    include_str!("migrations/003_answers_and_console.sql"),
 ];
 
 pub struct SqliteStore {
@@ -649,8 +650,8 @@ fn apply(tx: &SqlTx, change: &Change, inserted: &mut Vec<i64>) -> Result<()> {
         Change::InsertComplaint(c) => {
             tx.execute(
                 "INSERT INTO complaints (customer_id, order_id, conversation_id, text, category, \
-                 severity, resolution, resolution_note, auto_approved, created_at) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                 severity, resolution, resolution_note, auto_approved, created_at, status) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
                 params![
                     c.customer_id.as_ref().map(CustomerId::as_str),
                     c.order_id.as_ref().map(OrderId::as_str),
@@ -661,7 +662,8 @@ fn apply(tx: &SqlTx, change: &Change, inserted: &mut Vec<i64>) -> Result<()> {
                     c.resolution.as_str(),
                     c.resolution_note,
                     c.auto_approved,
-                    c.created_at
+                    c.created_at,
+                    c.status.as_str()
                 ],
             )?;
             inserted.push(tx.last_insert_rowid());
@@ -731,14 +733,15 @@ fn apply(tx: &SqlTx, change: &Change, inserted: &mut Vec<i64>) -> Result<()> {
         }
         Change::Message(m) => {
             tx.execute(
-                "INSERT INTO messages (conversation_id, role, author, content, created_at) \
-                 VALUES (?1, ?2, ?3, ?4, ?5)",
+                "INSERT INTO messages (conversation_id, role, author, content, created_at, meta) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
                 params![
                     m.conversation_id,
                     m.role.as_str(),
                     m.author,
                     m.content,
-                    m.created_at
+                    m.created_at,
+                    m.meta.as_ref().map(|v| v.to_string())
                 ],
             )?;
             inserted.push(tx.last_insert_rowid());
@@ -753,6 +756,73 @@ fn apply(tx: &SqlTx, change: &Change, inserted: &mut Vec<i64>) -> Result<()> {
                 params![human, conversation],
             )?;
             expect_one(n, || format!("conversation {conversation} does not exist"))
+        }
+        Change::ComplaintStatus {
+            id,
+            from,
+            to,
+            staff,
+        } => {
+            let n = tx.execute(
+                "UPDATE complaints SET status = ?1, resolved_by = ?2, resolved_at = ?3 \
+                 WHERE id = ?4 AND status = ?5",
+                params![to.as_str(), staff, unix_now(), id, from.as_str()],
+            )?;
+            expect_one(n, || format!("complaint {id} is not {from}"))
+        }
+        Change::PutRating(r) => {
+            // One rating per message: rating again replaces the earlier one (and its review).
+            tx.execute(
+                "INSERT INTO answer_ratings (message_id, conversation_id, rating, question, \
+                 answer, correction, status, reviewed_by, created_at, updated_at) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, NULL, ?8, ?8) \
+                 ON CONFLICT(message_id) DO UPDATE SET rating = excluded.rating, \
+                 correction = excluded.correction, status = excluded.status, reviewed_by = NULL, \
+                 updated_at = excluded.updated_at",
+                params![
+                    r.message_id,
+                    r.conversation_id,
+                    r.rating,
+                    r.question,
+                    r.answer,
+                    r.correction,
+                    r.status.as_str(),
+                    r.created_at
+                ],
+            )?;
+            let id: i64 = tx.query_row(
+                "SELECT id FROM answer_ratings WHERE message_id = ?1",
+                [r.message_id],
+                |row| row.get(0),
+            )?;
+            inserted.push(id);
+            Ok(())
+        }
+        Change::RatingStatus {
+            id,
+            from,
+            to,
+            staff,
+        } => {
+            let n = tx.execute(
+                "UPDATE answer_ratings SET status = ?1, reviewed_by = ?2, updated_at = ?3 \
+                 WHERE id = ?4 AND status = ?5",
+                params![to.as_str(), staff, unix_now(), id, from.as_str()],
+            )?;
+            expect_one(n, || format!("answer rating {id} is not {from}"))
+        }
+        Change::InsertCurated(c) => {
+            tx.execute(
+                "INSERT INTO curated_answers (question, answer, rating_id, created_by, created_at) \
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![c.question, c.answer, c.rating_id, c.created_by, c.created_at],
+            )?;
+            inserted.push(tx.last_insert_rowid());
+            Ok(())
+        }
+        Change::DeleteCurated(id) => {
+            let n = tx.execute("DELETE FROM curated_answers WHERE id = ?1", [id])?;
+            expect_one(n, || format!("curated answer {id} does not exist"))
         }
         Change::EraseCustomer(id) => erase(tx, id),
         Change::PutToken(t) => {
@@ -804,6 +874,12 @@ fn erase(tx: &SqlTx, id: &CustomerId) -> Result<()> {
         [key],
     )?;
     tx.execute(
+        "UPDATE answer_ratings SET question = '[erased]', answer = '[erased]', \
+         correction = CASE WHEN correction IS NULL THEN NULL ELSE '[erased]' END \
+         WHERE conversation_id IN (SELECT id FROM conversations WHERE customer_id = ?1)",
+        [key],
+    )?;
+    tx.execute(
         "UPDATE feedback SET text = '[erased]' WHERE customer_id = ?1",
         [key],
     )?;
@@ -849,6 +925,7 @@ fn complaint_from_row(row: &Row) -> rusqlite::Result<Complaint> {
     let category: String = row.get(5)?;
     let severity: String = row.get(6)?;
     let resolution: String = row.get(7)?;
+    let status: String = row.get(11)?;
     Ok(Complaint {
         id: row.get(0)?,
         customer_id: customer.and_then(|c| CustomerId::parse(&c).ok()),
@@ -862,11 +939,15 @@ fn complaint_from_row(row: &Row) -> rusqlite::Result<Complaint> {
         resolution_note: row.get(8)?,
         auto_approved: row.get(9)?,
         created_at: row.get(10)?,
+        status: ComplaintStatus::parse(&status).unwrap_or(ComplaintStatus::Open),
+        resolved_by: row.get(12)?,
+        resolved_at: row.get(13)?,
     })
 }
 
 const COMPLAINT_COLS: &str = "id, customer_id, order_id, conversation_id, text, category, \
-                              severity, resolution, resolution_note, auto_approved, created_at";
+                              severity, resolution, resolution_note, auto_approved, created_at, \
+                              status, resolved_by, resolved_at";
 
 fn handoff_from_row(row: &Row) -> rusqlite::Result<Handoff> {
     let customer: Option<String> = row.get(2)?;
@@ -901,6 +982,7 @@ fn conversation_from_row(row: &Row) -> rusqlite::Result<Conversation> {
 
 fn message_from_row(row: &Row) -> rusqlite::Result<Message> {
     let role: String = row.get(2)?;
+    let meta: Option<String> = row.get(6)?;
     Ok(Message {
         id: row.get(0)?,
         conversation_id: row.get(1)?,
@@ -908,8 +990,45 @@ fn message_from_row(row: &Row) -> rusqlite::Result<Message> {
         author: row.get(3)?,
         content: row.get(4)?,
         created_at: row.get(5)?,
+        // A meta that no longer parses is dropped, not fatal: the message text is what counts.
+        meta: meta.and_then(|m| serde_json::from_str(&m).ok()),
     })
 }
+
+const MESSAGE_COLS: &str = "id, conversation_id, role, author, content, created_at, meta";
+
+fn rating_from_row(row: &Row) -> rusqlite::Result<AnswerRating> {
+    let status: String = row.get(7)?;
+    Ok(AnswerRating {
+        id: row.get(0)?,
+        message_id: row.get(1)?,
+        conversation_id: row.get(2)?,
+        rating: row.get(3)?,
+        question: row.get(4)?,
+        answer: row.get(5)?,
+        correction: row.get(6)?,
+        status: RatingStatus::parse(&status).unwrap_or(RatingStatus::Noted),
+        reviewed_by: row.get(8)?,
+        created_at: row.get(9)?,
+        updated_at: row.get(10)?,
+    })
+}
+
+const RATING_COLS: &str = "id, message_id, conversation_id, rating, question, answer, correction, \
+                           status, reviewed_by, created_at, updated_at";
+
+fn curated_from_row(row: &Row) -> rusqlite::Result<CuratedAnswer> {
+    Ok(CuratedAnswer {
+        id: row.get(0)?,
+        question: row.get(1)?,
+        answer: row.get(2)?,
+        rating_id: row.get(3)?,
+        created_by: row.get(4)?,
+        created_at: row.get(5)?,
+    })
+}
+
+const CURATED_COLS: &str = "id, question, answer, rating_id, created_by, created_at";
 
 fn audit_from_row(row: &Row) -> rusqlite::Result<AuditEntry> {
     let channel: String = row.get(3)?;
@@ -1273,12 +1392,187 @@ impl ShopStore for SqliteStore {
         let conn = self.conn();
         let rows = all(
             &conn,
-            "SELECT id, conversation_id, role, author, content, created_at FROM messages \
-             WHERE conversation_id = ?1 AND id > ?2 ORDER BY id",
+            &format!(
+                "SELECT {MESSAGE_COLS} FROM messages \
+                 WHERE conversation_id = ?1 AND id > ?2 ORDER BY id"
+            ),
             params![conversation, after],
             message_from_row,
         )?;
         Ok(rows)
+    }
+
+    fn message(&self, id: i64) -> Result<Option<Message>> {
+        Ok(self
+            .conn()
+            .query_row(
+                &format!("SELECT {MESSAGE_COLS} FROM messages WHERE id = ?1"),
+                [id],
+                message_from_row,
+            )
+            .optional()?)
+    }
+
+    fn complaint(&self, id: i64) -> Result<Option<Complaint>> {
+        Ok(self
+            .conn()
+            .query_row(
+                &format!("SELECT {COMPLAINT_COLS} FROM complaints WHERE id = ?1"),
+                [id],
+                complaint_from_row,
+            )
+            .optional()?)
+    }
+
+    fn rating(&self, id: i64) -> Result<Option<AnswerRating>> {
+        Ok(self
+            .conn()
+            .query_row(
+                &format!("SELECT {RATING_COLS} FROM answer_ratings WHERE id = ?1"),
+                [id],
+                rating_from_row,
+            )
+            .optional()?)
+    }
+
+    fn ratings(&self, status: Option<RatingStatus>, page: &Page) -> Result<Vec<AnswerRating>> {
+        all(
+            &self.conn(),
+            &format!(
+                "SELECT {RATING_COLS} FROM answer_ratings WHERE id > ?1 \
+                 AND (?2 IS NULL OR status = ?2) ORDER BY id LIMIT ?3"
+            ),
+            params![
+                after_id(page)?,
+                status.map(RatingStatus::as_str),
+                page.limit as i64
+            ],
+            rating_from_row,
+        )
+    }
+
+    fn curated_answers(&self) -> Result<Vec<CuratedAnswer>> {
+        all(
+            &self.conn(),
+            &format!("SELECT {CURATED_COLS} FROM curated_answers ORDER BY id"),
+            [],
+            curated_from_row,
+        )
+    }
+
+    fn analytics(&self, since: i64, now: i64) -> Result<Analytics> {
+        const DAY: i64 = 86_400;
+        let conn = self.conn();
+        let ndays = ((now - since + DAY - 1) / DAY).clamp(1, 366) as usize;
+        let mut days: Vec<DayCount> = (0..ndays)
+            .map(|d| DayCount {
+                date: crate::clock::iso_date(since + d as i64 * DAY),
+                ..DayCount::default()
+            })
+            .collect();
+        let per_day = |table: &str| -> Result<Vec<(i64, u64)>> {
+            all(
+                &conn,
+                &format!(
+                    "SELECT (created_at - ?1) / {DAY}, COUNT(*) FROM {table} \
+                     WHERE created_at >= ?1 AND created_at < ?2 GROUP BY 1"
+                ),
+                params![since, now],
+                |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64)),
+            )
+        };
+        for (d, n) in per_day("conversations")? {
+            if let Some(day) = days.get_mut(d as usize) {
+                day.conversations = n;
+            }
+        }
+        for (d, n) in per_day("handoffs")? {
+            if let Some(day) = days.get_mut(d as usize) {
+                day.handoffs = n;
+            }
+        }
+        let conversations: u64 = days.iter().map(|d| d.conversations).sum();
+        let with_human: i64 = conn.query_row(
+            "SELECT COUNT(DISTINCT h.conversation_id) FROM handoffs h \
+             JOIN conversations c ON c.id = h.conversation_id \
+             WHERE c.created_at >= ?1 AND c.created_at < ?2",
+            params![since, now],
+            |r| r.get(0),
+        )?;
+        let (handoff_rate, resolved_without_human) = if conversations == 0 {
+            (0.0, 0.0)
+        } else {
+            let rate = with_human as f64 / conversations as f64;
+            (rate, 1.0 - rate)
+        };
+        let counted = |sql: &str| -> Result<Vec<Counted>> {
+            all(&conn, sql, params![since, now], |r| {
+                Ok(Counted {
+                    label: r.get(0)?,
+                    count: r.get::<_, i64>(1)? as u64,
+                })
+            })
+        };
+        let handoff_reasons = counted(
+            "SELECT reason, COUNT(*) FROM handoffs WHERE created_at >= ?1 AND created_at < ?2 \
+             GROUP BY reason ORDER BY 2 DESC, 1 LIMIT 10",
+        )?;
+        let top_intents = counted(
+            "SELECT json_extract(meta, '$.intent'), COUNT(*) FROM messages \
+             WHERE role = 'assistant' AND created_at >= ?1 AND created_at < ?2 \
+             AND json_extract(meta, '$.intent') IS NOT NULL \
+             GROUP BY 1 ORDER BY 2 DESC, 1 LIMIT 10",
+        )?;
+        // The shopper's message just before each reply that found no answer.
+        let unanswered = counted(
+            "SELECT q, COUNT(*) FROM (SELECT (SELECT p.content FROM messages p \
+               WHERE p.conversation_id = m.conversation_id AND p.id < m.id \
+               AND p.role = 'shopper' ORDER BY p.id DESC LIMIT 1) AS q FROM messages m \
+             WHERE m.role = 'assistant' AND m.created_at >= ?1 AND m.created_at < ?2 \
+             AND json_extract(m.meta, '$.unanswered') = 1) WHERE q IS NOT NULL \
+             GROUP BY lower(q) ORDER BY 2 DESC, 1 LIMIT 20",
+        )?;
+        let (up, down): (i64, i64) = conn.query_row(
+            "SELECT COALESCE(SUM(rating = 1), 0), COALESCE(SUM(rating = -1), 0) \
+             FROM answer_ratings WHERE created_at >= ?1 AND created_at < ?2",
+            params![since, now],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?;
+        let mut latencies: Vec<f64> = all(
+            &conn,
+            "SELECT json_extract(meta, '$.latency_ms') FROM messages \
+             WHERE role = 'assistant' AND created_at >= ?1 AND created_at < ?2 \
+             AND json_extract(meta, '$.latency_ms') IS NOT NULL",
+            params![since, now],
+            |r| r.get::<_, f64>(0),
+        )?;
+        latencies.sort_by(f64::total_cmp);
+        let pct = |p: f64| -> Option<f64> {
+            if latencies.is_empty() {
+                return None;
+            }
+            let i = ((p * latencies.len() as f64).ceil() as usize).clamp(1, latencies.len()) - 1;
+            Some(latencies[i])
+        };
+        Ok(Analytics {
+            days,
+            conversations,
+            resolved_without_human,
+            handoff_rate,
+            handoff_reasons,
+            ratings: RatingCounts {
+                up: up as u64,
+                down: down as u64,
+            },
+            top_intents,
+            unanswered,
+            latency_ms: Latency {
+                count: latencies.len() as u64,
+                p50: pct(0.50),
+                p90: pct(0.90),
+                p99: pct(0.99),
+            },
+        })
     }
 
     fn customer_records(&self, id: &CustomerId) -> Result<CustomerRecords> {
@@ -1313,8 +1607,9 @@ impl ShopStore for SqliteStore {
         for c in conversations {
             let messages = all(
                 &conn,
-                "SELECT id, conversation_id, role, author, content, created_at FROM messages \
-                     WHERE conversation_id = ?1 ORDER BY id",
+                &format!(
+                    "SELECT {MESSAGE_COLS} FROM messages WHERE conversation_id = ?1 ORDER BY id"
+                ),
                 [c.id.as_str()],
                 message_from_row,
             )?;

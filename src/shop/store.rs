@@ -8,7 +8,10 @@ use serde::{Deserialize, Serialize};
 use super::domain::*;
 use super::error::Result;
 use super::records::*;
-use super::service::{Complaint, Conversation, Feedback, Handoff, HandoffStatus, Message};
+use super::service::{
+    Analytics, AnswerRating, Complaint, ComplaintStatus, Conversation, CuratedAnswer, Feedback,
+    Handoff, HandoffStatus, Message, RatingStatus,
+};
 
 /// Keyset pagination: at most `limit` rows after the row whose id is `after`.
 #[derive(Debug, Clone, Default)]
@@ -108,6 +111,22 @@ pub enum Change {
         conversation: String,
         human: bool,
     },
+    ComplaintStatus {
+        id: i64,
+        from: ComplaintStatus,
+        to: ComplaintStatus,
+        staff: Option<String>,
+    },
+    /// Adds a rating, or replaces the one its message already has; inserts its row id.
+    PutRating(AnswerRating),
+    RatingStatus {
+        id: i64,
+        from: RatingStatus,
+        to: RatingStatus,
+        staff: Option<String>,
+    },
+    InsertCurated(CuratedAnswer),
+    DeleteCurated(i64),
     /// Removes personal fields; orders stay for accounting.
     EraseCustomer(CustomerId),
     /// A confirmation or session token to remember (its hash).
@@ -185,5 +204,13 @@ pub trait ShopStore: Send + Sync {
     fn conversation_handoffs(&self, conversation: &str) -> Result<Vec<Handoff>>;
     fn conversation(&self, id: &str) -> Result<Option<Conversation>>;
     fn messages(&self, conversation: &str, after: i64) -> Result<Vec<Message>>;
+    fn message(&self, id: i64) -> Result<Option<Message>>;
+    fn complaint(&self, id: i64) -> Result<Option<Complaint>>;
+    fn rating(&self, id: i64) -> Result<Option<AnswerRating>>;
+    fn ratings(&self, status: Option<RatingStatus>, page: &Page) -> Result<Vec<AnswerRating>>;
+    /// Every curated answer, oldest first (a shop has tens, not millions).
+    fn curated_answers(&self) -> Result<Vec<CuratedAnswer>>;
+    /// The console's counts over `[since, now)`, days cut at UTC midnight.
+    fn analytics(&self, since: i64, now: i64) -> Result<Analytics>;
     fn customer_records(&self, id: &CustomerId) -> Result<CustomerRecords>;
 }

@@ -14,7 +14,7 @@ use serde_json::{json, Value};
 use crate::common::{scratch_dir, shared_embedder};
 
 /// The demo shop's knowledge base, ingested once for every test here.
-fn demo_knowledge() -> Knowledge {
+pub(crate) fn demo_knowledge() -> Knowledge {
     static K: OnceLock<Knowledge> = OnceLock::new();
     K.get_or_init(|| {
         let dir = scratch_dir("assistant-knowledge");
@@ -25,13 +25,13 @@ fn demo_knowledge() -> Knowledge {
     .clone()
 }
 
-fn intents() -> Arc<IntentClassifier> {
+pub(crate) fn intents() -> Arc<IntentClassifier> {
     static I: OnceLock<Arc<IntentClassifier>> = OnceLock::new();
     I.get_or_init(|| Arc::new(IntentClassifier::new(shared_embedder()).unwrap()))
         .clone()
 }
 
-fn demo_shop(name: &str) -> Shop {
+pub(crate) fn demo_shop(name: &str) -> Shop {
     let shop = Shop::open(&scratch_dir(name), Policy::default()).unwrap();
     let data = clerk::shop::seed::demo_shop(40, clerk::clock::unix_now()).unwrap();
     shop.import(&Ctx::system(Channel::Import), &data, &["demo".to_string()])
@@ -91,7 +91,7 @@ fn the_intent_classifier_meets_its_floor_on_the_held_out_set() {
     }
 }
 
-async fn chat(
+pub(crate) async fn chat(
     base: &str,
     key: &str,
     conversation: Option<&str>,
@@ -115,7 +115,7 @@ async fn chat(
     (status, header, body)
 }
 
-fn user(text: &str) -> Value {
+pub(crate) fn user(text: &str) -> Value {
     json!({ "model": "clerk", "messages": [{ "role": "user", "content": text }] })
 }
 

@@ -7,3 +7,4 @@ mod engine;
 mod retrieval;
 mod server;
 mod shop;
+mod web;

@@ -112,6 +112,7 @@ fn extra(reply: &Reply) -> Value {
         "verified": reply.verified,
         "awaiting_confirmation": reply.awaiting_confirmation,
         "message_id": reply.message_id,
+        "cards": reply.cards,
     })
 }
 
