@@ -294,7 +294,6 @@
   function setId(node, id) {
     node.dataset.id = String(id);
     state.shown.set(id, node);
-    noteId(id);
   }
 
   function renderSources(sources) {
@@ -339,7 +338,13 @@
     return el(
       "div",
       { class: "card", "data-testid": "card-product" },
-      el("div", { class: "title" }, el("span", { text: c.name || "" }), el("span", { class: "price", text: money(c.price) })),
+      el(
+        "div",
+        { class: "title" },
+        // Only the shop's own web addresses become links, never javascript: or data: ones.
+        /^(https?:\/\/|\/)/i.test(c.url || "") ? el("a", { href: c.url, target: "_blank", rel: "noopener", text: c.name || "" }) : el("span", { text: c.name || "" }),
+        el("span", { class: "price", text: money(c.price) }),
+      ),
       c.variant ? el("div", { class: "sub", text: c.variant }) : null,
       el("div", { class: "row" }, stock, count),
     );
@@ -373,6 +378,25 @@
         tr.append(x.carrier ? `${x.carrier} ${x.id}` : String(x.id));
       });
       card.append(tr);
+      // Scan events, newest first, as the carrier reported them.
+      const events = c.tracking.flatMap((x) => (Array.isArray(x.events) ? x.events : []));
+      if (events.length) {
+        const ol = el("ol", { class: "events", "data-testid": "tracking-events" });
+        for (const e of events.slice().sort((a, b) => (b.at || 0) - (a.at || 0))) {
+          const when = typeof e.at === "number" ? new Date(e.at * 1000).toLocaleString(state.lang) : "";
+          ol.append(
+            el(
+              "li",
+              null,
+              el("time", { class: "sub", datetime: typeof e.at === "number" ? new Date(e.at * 1000).toISOString() : null, text: when }),
+              " ",
+              el("span", { text: e.status || "" }),
+              e.location ? el("span", { class: "sub", text: ` · ${e.location}` }) : null,
+            ),
+          );
+        }
+        card.append(ol);
+      }
     }
     return card;
   }
@@ -505,6 +529,9 @@
 
   /** Renders one stored message (restore and polling). */
   function renderStored(m) {
+    // The poll's cursor moves only over what the server listed, never over a streamed reply's
+    // id: a staff message written while that reply ran has a lower id and must still arrive.
+    noteId(m.id);
     if (state.shown.has(m.id)) return;
     const role = m.role === "shopper" ? "user" : m.role;
     // A message this page showed itself, whose id it never learned, is already on screen.
@@ -674,10 +701,7 @@
       const clerk = (final && final.clerk) || {};
       if (clerk.silent || (!text_ && !(clerk.cards && clerk.cards.length))) {
         handle.node.remove();
-        if (typeof clerk.message_id === "number") {
-          state.shown.set(clerk.message_id, null);
-          noteId(clerk.message_id);
-        }
+        if (typeof clerk.message_id === "number") state.shown.set(clerk.message_id, null);
       } else {
         finishAssistant(handle, {
           text: text_,

@@ -111,8 +111,16 @@ pub struct History {
     /// Staff hold the conversation.
     pub human: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub handoff: Option<crate::shop::service::Handoff>,
+    pub handoff: Option<HandoffState>,
     pub messages: Vec<crate::shop::service::Message>,
+}
+
+/// What the shopper's page may know of a handoff: that it exists and where it stands, not the
+/// reason and summary written for staff.
+#[derive(Debug, Clone, Serialize)]
+pub struct HandoffState {
+    pub id: i64,
+    pub status: crate::shop::service::HandoffStatus,
 }
 
 /// What the assistant says in one turn, and what the turn did.
@@ -152,8 +160,9 @@ struct Inner {
     intents: Arc<IntentClassifier>,
     prompts: Arc<Prompts>,
     shop_name: String,
-    /// Staff-approved answers with their questions' embeddings, refreshed when the list changes.
-    curated: Mutex<Vec<(crate::shop::service::CuratedAnswer, Vec<f32>)>>,
+    /// Staff-approved answers with their questions' embeddings, refreshed when the list changes;
+    /// a snapshot is taken under the lock and compared outside it.
+    curated: Mutex<Arc<Vec<(crate::shop::service::CuratedAnswer, Vec<f32>)>>>,
     /// One lock per conversation, so two conversations never wait for each other and two
     /// requests on one conversation take turns.
     conversations: Mutex<HashMap<String, Arc<Mutex<State>>>>,
@@ -178,7 +187,7 @@ impl Assistant {
                 intents,
                 prompts,
                 shop_name: shop_name.into(),
-                curated: Mutex::new(Vec::new()),
+                curated: Mutex::new(Arc::new(Vec::new())),
                 conversations: Mutex::new(HashMap::new()),
             }),
         }
@@ -199,6 +208,14 @@ impl Assistant {
     /// A new conversation id: unguessable, since holding it is holding the conversation.
     pub fn new_conversation_id() -> String {
         format!("conv-{}", crate::shop::actions::random_token())
+    }
+
+    /// Whether `id` has the shape of [`Self::new_conversation_id`]. The HTTP routes take only
+    /// such ids, so no client can pick a guessable one ("1", "test") that another could reuse.
+    pub fn is_conversation_id(id: &str) -> bool {
+        id.strip_prefix("conv-").is_some_and(|hex| {
+            hex.len() == 48 && hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+        })
     }
 
     /// One turn. Blocking (embedding, SQLite): call it off the async runtime.
@@ -252,7 +269,10 @@ impl Assistant {
         Ok(History {
             conversation_id: conv.id,
             human: conv.human,
-            handoff,
+            handoff: handoff.map(|h| HandoffState {
+                id: h.id,
+                status: h.status,
+            }),
             messages,
         })
     }

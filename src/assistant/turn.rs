@@ -264,6 +264,8 @@ impl<'a> Turn<'a> {
                 "unanswered": self.unanswered,
                 "latency_ms": (self.started.elapsed().as_secs_f64() * 1e4).round() / 10.0,
             });
+            // `staff_seen` stays where the delivery left it: a staff reply written while this
+            // turn ran has a lower id than this message and must still reach the shopper.
             let m = self.inner.shop.append_message_with(
                 &self.ctx,
                 self.id,
@@ -271,7 +273,6 @@ impl<'a> Turn<'a> {
                 &text,
                 Some(meta),
             )?;
-            self.state.staff_seen = self.state.staff_seen.max(m.id);
             Some(m.id)
         };
         Ok(Reply {
@@ -1161,11 +1162,14 @@ impl<'a> Turn<'a> {
             return Ok(None);
         }
         let embedder = self.inner.intents.embedder();
-        let mut cache = self.inner.curated.lock().unwrap_or_else(|e| e.into_inner());
+        let lock = || self.inner.curated.lock().unwrap_or_else(|e| e.into_inner());
+        let mut cache = lock().clone();
         if !cache.iter().map(|(c, _)| c.id).eq(all.iter().map(|c| c.id)) {
+            // Embedded outside the lock: other conversations go on with the old snapshot.
             let questions: Vec<&str> = all.iter().map(|c| c.question.as_str()).collect();
             let vectors = embedder.embed(&questions)?;
-            *cache = all.into_iter().zip(vectors).collect();
+            cache = std::sync::Arc::new(all.into_iter().zip(vectors).collect());
+            *lock() = cache.clone();
         }
         let words = |s: &str| {
             s.to_lowercase()
@@ -1175,7 +1179,10 @@ impl<'a> Turn<'a> {
                 .join(" ")
         };
         let asked = words(text);
-        if let Some((c, _)) = cache.iter().find(|(c, _)| words(&c.question) == asked) {
+        if let Some((c, _)) = cache
+            .iter()
+            .find(|(c, _)| !asked.is_empty() && words(&c.question) == asked)
+        {
             return Ok(Some(c.clone()));
         }
         let v = embedder.embed(&[text])?.pop().unwrap_or_default();

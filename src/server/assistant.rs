@@ -35,6 +35,17 @@ pub fn routes() -> Router<AppState> {
         .route("/v1/analytics", get(analytics))
 }
 
+/// A conversation id from a path or header, as the server makes them; anything else reads as
+/// a conversation that does not exist.
+fn conversation_id(id: &str) -> Result<String, ApiError> {
+    let id = id.trim();
+    if Assistant::is_conversation_id(id) {
+        Ok(id.to_string())
+    } else {
+        Err(ApiError::NotFound(format!("No conversation `{id}`.")))
+    }
+}
+
 async fn run<T: Send + 'static>(
     assistant: Assistant,
     f: impl FnOnce(&Assistant) -> Result<T, crate::assistant::AssistantError> + Send + 'static,
@@ -52,6 +63,7 @@ async fn history(
     q: Params,
 ) -> Result<Response, ApiError> {
     let assistant = state.assistant()?.clone();
+    let id = conversation_id(&id)?;
     let after = message_after(&params(q)?)?;
     let h = run(assistant, move |a| a.history(&id, after)).await?;
     Ok(axum::Json(h).into_response())
@@ -63,6 +75,7 @@ async fn human(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let assistant = state.assistant()?.clone();
+    let id = conversation_id(&id)?;
     let reply = run(assistant, move |a| a.request_human(&id)).await?;
     Ok(axum::Json(json!({
         "conversation_id": reply.conversation_id,
@@ -107,8 +120,8 @@ async fn rate(
                 "X-Clerk-Conversation",
                 "rating an answer needs its conversation id in the X-Clerk-Conversation header",
             )
-        })?
-        .to_string();
+        })?;
+    let conversation = conversation_id(conversation)?;
     let r = run(assistant, move |a| {
         Ok(a.shop().rate_answer(
             &Ctx::shopper(Channel::Assistant),

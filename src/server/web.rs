@@ -105,7 +105,11 @@ fn page(name: &str, csp: &'static str) -> Result<Response, ApiError> {
     Ok(res)
 }
 
+/// Scripts and styles; the pages themselves only at their own paths, with their policies.
 async fn asset(Path(name): Path<String>) -> Result<Response, ApiError> {
+    if name.ends_with(".html") {
+        return Err(ApiError::NotFound(format!("No asset `{name}`.")));
+    }
     file(&name)
 }
 

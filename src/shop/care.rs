@@ -810,6 +810,9 @@ impl Shop {
     /// Removes a curated answer (staff); retrieval answers its question again.
     pub fn delete_curated(&self, ctx: &Ctx, id: i64) -> Result<()> {
         Self::staff_name(ctx)?;
+        if !self.store.curated_answers()?.iter().any(|c| c.id == id) {
+            return Err(ShopError::not_found("curated answer", id));
+        }
         self.store.commit(Write {
             changes: vec![Change::DeleteCurated(id)],
             audit: ctx.audit("curated_delete", format!("curated:{id}"), None, json!({})),

@@ -778,7 +778,8 @@ fn apply(tx: &SqlTx, change: &Change, inserted: &mut Vec<i64>) -> Result<()> {
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, NULL, ?8, ?8) \
                  ON CONFLICT(message_id) DO UPDATE SET rating = excluded.rating, \
                  correction = excluded.correction, status = excluded.status, reviewed_by = NULL, \
-                 updated_at = excluded.updated_at",
+                 updated_at = excluded.updated_at \
+                 WHERE answer_ratings.status IN ('noted', 'pending')",
                 params![
                     r.message_id,
                     r.conversation_id,
@@ -789,7 +790,14 @@ fn apply(tx: &SqlTx, change: &Change, inserted: &mut Vec<i64>) -> Result<()> {
                     r.status.as_str(),
                     r.created_at
                 ],
-            )?;
+            )
+            .map_err(ShopError::from)
+            .and_then(|n| {
+                // A rating staff already reviewed stays as they left it.
+                expect_one(n, || {
+                    format!("the answer {} was already rated and reviewed", r.message_id)
+                })
+            })?;
             let id: i64 = tx.query_row(
                 "SELECT id FROM answer_ratings WHERE message_id = ?1",
                 [r.message_id],
@@ -869,8 +877,14 @@ fn erase(tx: &SqlTx, id: &CustomerId) -> Result<()> {
         [key],
     )?;
     tx.execute(
-        "UPDATE messages SET content = '[erased]' WHERE conversation_id IN \
+        "UPDATE messages SET content = '[erased]', meta = NULL WHERE conversation_id IN \
          (SELECT id FROM conversations WHERE customer_id = ?1)",
+        [key],
+    )?;
+    // Curated answers approved from their words go too: the question is what they wrote.
+    tx.execute(
+        "DELETE FROM curated_answers WHERE rating_id IN (SELECT r.id FROM answer_ratings r \
+         JOIN conversations c ON c.id = r.conversation_id WHERE c.customer_id = ?1)",
         [key],
     )?;
     tx.execute(
@@ -1529,7 +1543,8 @@ impl ShopStore for SqliteStore {
                WHERE p.conversation_id = m.conversation_id AND p.id < m.id \
                AND p.role = 'shopper' ORDER BY p.id DESC LIMIT 1) AS q FROM messages m \
              WHERE m.role = 'assistant' AND m.created_at >= ?1 AND m.created_at < ?2 \
-             AND json_extract(m.meta, '$.unanswered') = 1) WHERE q IS NOT NULL \
+             AND json_extract(m.meta, '$.unanswered') = 1) \
+             WHERE q IS NOT NULL AND q <> '[erased]' \
              GROUP BY lower(q) ORDER BY 2 DESC, 1 LIMIT 20",
         )?;
         let (up, down): (i64, i64) = conn.query_row(

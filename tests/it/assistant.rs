@@ -209,11 +209,20 @@ async fn the_clerk_model_keeps_identity_and_confirmations_on_the_server() {
     assert_eq!(chunks.last().unwrap()["choices"], json!([]));
     assert_eq!(status_of("#W1000001"), OrderStatus::Cancelled);
 
+    // Conversation ids are the server's: one a client makes up is refused, not adopted.
+    let mut made_up = user("hello");
+    made_up["metadata"] = json!({ "conversation_id": "conv-test-wei-0001" });
+    let (status, _, body) = chat(&base, key, None, made_up).await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error"]["param"], "X-Clerk-Conversation");
+
     // Another customer, by `metadata.conversation_id`: Ana's order does not exist for them.
+    let (_, _, first) = chat(&base, key, None, user("hello")).await;
+    let wei = first["conversation_id"].as_str().unwrap().to_string();
     let mut other = user("I'm wei.tanaka1@example.com, cancel order #W1000002");
-    other["metadata"] = json!({ "conversation_id": "conv-test-wei-0001" });
+    other["metadata"] = json!({ "conversation_id": wei });
     let (_, header, body) = chat(&base, key, None, other).await;
-    assert_eq!(header.as_deref(), Some("conv-test-wei-0001"));
+    assert_eq!(header.as_deref(), Some(wei.as_str()));
     let text = body["choices"][0]["message"]["content"].as_str().unwrap();
     assert!(text.contains("couldn't find order #W1000002"), "{text}");
     assert_eq!(status_of("#W1000002"), OrderStatus::Pending);

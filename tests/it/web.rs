@@ -98,19 +98,30 @@ async fn a_correction_staff_approve_answers_the_same_question_next_time() {
 
     // A thumbs down needs the conversation the message is in: another one's reads as absent.
     let rating = format!("{}/v1/assistant/messages/{message}/rating", s.base);
+    let (_, _, other) = chat(&s.base, WIDGET, None, user("hello")).await;
+    let other = other["conversation_id"].as_str().unwrap().to_string();
     let (status, body) = post(
         rating.clone(),
         WIDGET,
-        Some("conv-somebody-else"),
+        Some(&other),
         json!({"rating": "down"}),
     )
     .await;
     assert_eq!(status, 404, "{body}");
-    let (status, body) = post(rating.clone(), WIDGET, None, json!({"rating": "sideways"})).await;
+    let (status, body) = post(
+        rating.clone(),
+        WIDGET,
+        Some(&conv),
+        json!({"rating": "sideways"}),
+    )
+    .await;
     assert_eq!(status, 400, "{body}");
+    let (status, body) = post(rating.clone(), WIDGET, None, json!({"rating": "up"})).await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error"]["param"], "X-Clerk-Conversation");
     let correction = "Paid repairs cost $15–$60 and take 2–3 weeks; we email a quote first.";
     let (status, r) = post(
-        rating,
+        rating.clone(),
         WIDGET,
         Some(&conv),
         json!({"rating": "down", "correction": correction}),
@@ -149,6 +160,15 @@ async fn a_correction_staff_approve_answers_the_same_question_next_time() {
     )
     .await;
     assert_eq!(status, 409);
+    // Nor can the shopper rate a reviewed answer again and put a new correction up for review.
+    let (status, body) = post(
+        rating,
+        WIDGET,
+        Some(&conv),
+        json!({"rating": "down", "correction": "It is free."}),
+    )
+    .await;
+    assert_eq!(status, 409, "{body}");
 
     // A new conversation asking the same question gets the approved answer, cited as curated.
     let (_, _, again) = chat(&s.base, WIDGET, None, user(REPAIRS)).await;
@@ -179,6 +199,15 @@ async fn a_correction_staff_approve_answers_the_same_question_next_time() {
     )
     .await;
     assert_eq!(status, 200);
+    let (status, _) = call(
+        reqwest::Method::DELETE,
+        format!("{}/v1/assistant/curated/{curated_id}", s.base),
+        STAFF,
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(status, 404);
     let (_, _, after) = chat(&s.base, WIDGET, None, user(REPAIRS)).await;
     assert_ne!(after["sources"][0]["kind"], "curated", "{after}");
 }
@@ -209,12 +238,31 @@ async fn history_cards_the_human_button_and_a_staff_reply_reach_the_shopper_page
     assert_eq!(messages.len(), 4, "{h}");
     assert_eq!(messages[3]["meta"]["cards"][0]["order_id"], "#W1000005");
     assert_eq!(h["human"], false);
-    let (status, _) = get(
-        format!("{}/v1/assistant/conversations/conv-no-such-thing", s.base),
+    for unknown in [
+        "conv-no-such-thing",
+        "1",
+        &format!("conv-{}", "0".repeat(48)),
+    ] {
+        let (status, _) = get(
+            format!("{}/v1/assistant/conversations/{unknown}", s.base),
+            WIDGET,
+        )
+        .await;
+        assert_eq!(status, 404, "{unknown}");
+    }
+
+    // A question the shop's data can't answer, and a thumbs up, for the analytics below.
+    let (_, _, r) = chat(&s.base, WIDGET, Some(&conv), user("Do you sell kayaks?")).await;
+    assert_eq!(r["clerk"]["intent"], "question", "{r}");
+    let order_answer = messages[3]["id"].as_i64().unwrap();
+    let (status, _) = post(
+        format!("{}/v1/assistant/messages/{order_answer}/rating", s.base),
         WIDGET,
+        Some(&conv),
+        json!({"rating": "up"}),
     )
     .await;
-    assert_eq!(status, 404);
+    assert_eq!(status, 200);
 
     // The button opens a handoff at once; pressing it again opens no second one.
     let button = format!("{}/v1/assistant/conversations/{conv}/handoff", s.base);
@@ -225,7 +273,7 @@ async fn history_cards_the_human_button_and_a_staff_reply_reach_the_shopper_page
     assert_eq!(again["handoff_id"].as_i64(), Some(handoff));
     let (_, queue) = get(format!("{}/v1/shop/handoffs?status=open", s.base), STAFF).await;
     assert_eq!(queue["data"].as_array().unwrap().len(), 1, "{queue}");
-    assert_eq!(queue["data"][0]["customer_id"].as_str().is_some(), true);
+    assert!(queue["data"][0]["customer_id"].as_str().is_some());
 
     // Staff claim and reply; the page's poll sees the reply, and the next turn doesn't repeat it.
     let step = |s2: &str| format!("{}/v1/shop/handoffs/{handoff}/{s2}", s.base);
@@ -249,6 +297,8 @@ async fn history_cards_the_human_button_and_a_staff_reply_reach_the_shopper_page
     assert_eq!(staff.len(), 1, "{h}");
     assert_eq!(staff[0]["author"], "Alex");
     assert_eq!(h["handoff"]["status"], "claimed");
+    // The page learns where the handoff stands, not the summary written for staff.
+    assert!(h["handoff"].get("summary").is_none(), "{h}");
     let (_, _, r) = chat(
         &s.base,
         WIDGET,
@@ -270,7 +320,16 @@ async fn history_cards_the_human_button_and_a_staff_reply_reach_the_shopper_page
         .as_str()
         .unwrap()
         .contains("talk to a person"));
-    assert!(a["latency_ms"]["count"].as_u64().unwrap() >= 2, "{a}");
+    assert_eq!(a["unanswered"][0]["question"], "Do you sell kayaks?", "{a}");
+    assert_eq!(a["ratings"], json!({"up": 1, "down": 0}));
+    // Every assistant reply recorded how long its turn took: five replies, the second button
+    // press included.
+    assert_eq!(a["latency_ms"]["count"], 5, "{a}");
+    let p = |k: &str| a["latency_ms"][k].as_f64().unwrap();
+    assert!(
+        p("p50") > 0.0 && p("p50") <= p("p90") && p("p90") <= p("p99"),
+        "{a}"
+    );
     assert!(a["top_intents"]
         .as_array()
         .unwrap()

@@ -202,7 +202,11 @@ async function main() {
     await step("b. order status: the shopper verifies and an order card shows #W1000005 delivered", async () => {
       await say(shopper, "Where is my order #W1000005?");
       await say(shopper, "it's wei.tanaka1@example.com");
-      await shopper.getByTestId("card-order").filter({ hasText: "#W1000005" }).filter({ hasText: "delivered" }).first().waitFor();
+      const card = shopper.getByTestId("card-order").filter({ hasText: "#W1000005" }).filter({ hasText: "delivered" }).first();
+      await card.waitFor();
+      // The carrier's scan events come with the tracking id.
+      await card.getByTestId("tracking-events").locator("li").first().waitFor();
+      if (!(await card.textContent()).includes("810103730582")) fail("the order card lacks its tracking id");
     });
 
     await step("d. thumbs up on the last answer; thumbs down and a correction on the FAQ answer", async () => {

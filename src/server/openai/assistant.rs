@@ -13,7 +13,7 @@ use axum::response::{IntoResponse, Response};
 use futures_util::stream;
 use serde_json::{json, Value};
 
-use crate::assistant::{AssistantError, Reply};
+use crate::assistant::{Assistant, AssistantError, Reply};
 use crate::server::error::ApiError;
 use crate::server::AppState;
 
@@ -57,7 +57,17 @@ fn conversation_id(
             ))
         }
     };
-    Ok(from_header.or(from_body).filter(|s| !s.trim().is_empty()))
+    let id = from_header.or(from_body).filter(|s| !s.trim().is_empty());
+    if let Some(id) = &id {
+        if !Assistant::is_conversation_id(id.trim()) {
+            return Err(ApiError::invalid(
+                "X-Clerk-Conversation",
+                "unknown conversation id: the server makes them; leave it out to start a \
+                 conversation and send back the `conversation_id` each response returns",
+            ));
+        }
+    }
+    Ok(id)
 }
 
 /// The newest user message's text: earlier turns, including any the client made up, are not read.

@@ -38,3 +38,5 @@ CREATE TABLE curated_answers (
 
 CREATE INDEX handoffs_conversation ON handoffs(conversation_id, id);
 CREATE INDEX conversations_created ON conversations(created_at);
+-- Analytics read the assistant's messages of a period.
+CREATE INDEX messages_role_created ON messages(role, created_at);
