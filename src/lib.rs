@@ -19,9 +19,11 @@
 //!   policy, identity, order actions confirmed by one-use tokens, feedback classification,
 //!   complaints, handoffs, privacy export and erasure, recommendations, imports and the demo seed.
 //!   Handle: [`shop::Shop`].
-//! - [`server`]: the HTTP layer. OpenAI-compatible routes (chat, legacy completions, embeddings, models), the knowledge and shop routes, health
-//!   and Prometheus metrics, API keys with scopes, CORS and limits, and the one mapping from errors to
-//!   OpenAI-shaped responses. Handlers get a `Clone` [`server::AppState`] of handles.
+//! - [`server`]: the HTTP layer. OpenAI-compatible routes (chat, legacy completions, embeddings,
+//!   models), the knowledge and shop routes, the assistant's conversation, rating and analytics
+//!   routes, the shopper's chat page, widget and staff console (files under `web/`, built in),
+//!   health and Prometheus metrics, API keys with scopes, CORS and limits, and the one mapping from
+//!   errors to OpenAI-shaped responses. Handlers get a `Clone` [`server::AppState`] of handles.
 //! - [`clock`]: Unix time and UTC calendar dates, shared by templates, the server and the shop.
 //! - [`cli`]: one file per subcommand of the `clerk` binary; `main.rs` only parses and calls in.
 //!
