@@ -297,22 +297,57 @@
   }
 
   function renderSources(sources) {
+    const box = el("div", { class: "source-box" });
     const list = el("ul", { class: "sources", "data-testid": "sources" });
     list.setAttribute("aria-label", t("sources"));
     list.append(el("li", { class: "label", "aria-hidden": "true", "data-i18n": "sources", text: t("sources") }));
+    // Opening a source shows the cited passage under the list (one at a time).
+    const panel = el("div", { class: "passage", "data-testid": "passage", hidden: true, "aria-live": "polite" });
+    let open = null;
     for (const s of sources) {
       const title = s.title || s.document_id || "";
       const tip = [title, s.document_id ? `(${s.document_id})` : "", s.locator || ""].filter(Boolean).join(" ");
       const chip = el(
-        "span",
-        { class: "source", "data-testid": "source", title: tip, id: null },
+        "a",
+        { class: "source", "data-testid": "source", href: "#", title: tip, "aria-expanded": "false" },
         el("span", { class: "n", text: `[${s.n}]` }),
         el("span", { class: "t", text: title }),
         s.kind ? el("span", { class: "kind", text: s.kind }) : null,
       );
+      chip.addEventListener("click", async (ev) => {
+        ev.preventDefault();
+        if (open === chip) {
+          chip.setAttribute("aria-expanded", "false");
+          panel.hidden = true;
+          open = null;
+          return;
+        }
+        if (open) open.setAttribute("aria-expanded", "false");
+        open = chip;
+        chip.setAttribute("aria-expanded", "true");
+        panel.replaceChildren(el("div", { class: "sub", text: `[${s.n}] ${title}` }));
+        panel.hidden = false;
+        if (s.kind === "curated") {
+          // Staff wrote this answer; there is no document behind it.
+          panel.append(el("p", { text: s.locator || "" }));
+          return;
+        }
+        try {
+          const q = new URLSearchParams({ document_id: s.document_id || "", locator: s.locator || "" });
+          const p = await api("GET", `/v1/knowledge/passage?${q}`);
+          if (open !== chip) return;
+          panel.append(
+            el("p", { class: "passage-text", text: p.text || "" }),
+            el("div", { class: "sub", text: [p.source && p.source.file, s.locator].filter(Boolean).join(" · ") }),
+          );
+        } catch (e) {
+          if (open === chip) panel.append(el("p", { class: "sub", text: e.message || String(e) }));
+        }
+      });
       list.append(el("li", null, chip));
     }
-    return list;
+    box.append(list, panel);
+    return box;
   }
 
   function money(v) {

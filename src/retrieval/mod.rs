@@ -268,6 +268,15 @@ impl Knowledge {
         self.snapshot().meta.documents.clone()
     }
 
+    /// The passage an answer cited: the chunk of `document_id` at `locator` (a source's address).
+    pub fn passage(&self, document_id: &str, locator: &str) -> Option<Chunk> {
+        self.snapshot()
+            .chunks
+            .iter()
+            .find(|c| c.document_id == document_id && c.source.locator == locator)
+            .cloned()
+    }
+
     pub fn chunk_count(&self) -> usize {
         self.snapshot().chunks.len()
     }

@@ -99,6 +99,35 @@ pub async fn search(
     .into_response())
 }
 
+/// `GET /v1/knowledge/passage?document_id=D&locator=L`: the passage a reply's source names, so
+/// the chat page can open what it cites. Any key: the assistant shows these passages to
+/// shoppers anyway.
+pub async fn passage(
+    State(state): State<AppState>,
+    query: Result<Query<HashMap<String, String>>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(params) = query.map_err(|e| ApiError::invalid("document_id", e.body_text()))?;
+    let k = knowledge(&state)?;
+    let field = |name: &'static str| {
+        params.get(name).filter(|v| !v.is_empty()).ok_or_else(|| {
+            ApiError::invalid(name, format!("Missing the query parameter `{name}`."))
+        })
+    };
+    let (doc, locator) = (field("document_id")?, field("locator")?);
+    let c = k
+        .passage(doc, locator)
+        .ok_or_else(|| ApiError::NotFound(format!("No passage `{locator}` in `{doc}`.")))?;
+    Ok(axum::Json(json!({
+        "document_id": c.document_id,
+        "kind": c.kind,
+        "title": c.title,
+        "context": c.context,
+        "text": c.text,
+        "source": c.source,
+    }))
+    .into_response())
+}
+
 pub async fn list(State(state): State<AppState>) -> Result<Response, ApiError> {
     let k = knowledge(&state)?;
     let docs = k.documents();

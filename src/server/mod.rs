@@ -229,6 +229,7 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/models", get(openai::models::list))
         .route("/v1/models/{*id}", get(openai::models::get))
         .route("/v1/knowledge/search", get(knowledge::search))
+        .route("/v1/knowledge/passage", get(knowledge::passage))
         .route(
             "/v1/knowledge/documents",
             get(knowledge::list).post(knowledge::add),

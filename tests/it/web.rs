@@ -34,6 +34,7 @@ async fn server(name: &str) -> Server {
     std::mem::forget(stop);
     let shop = demo_shop(name);
     state.set_shop(shop.clone());
+    state.set_knowledge(demo_knowledge());
     state.set_assistant(Assistant::new(
         shop.clone(),
         demo_knowledge(),
@@ -95,6 +96,33 @@ async fn a_correction_staff_approve_answers_the_same_question_next_time() {
         .as_str()
         .unwrap()
         .contains("$15–$60"));
+
+    // Its source opens the passage it quotes, for the shopper's key too.
+    let src = &first["sources"][0];
+    let url = reqwest::Url::parse_with_params(
+        &format!("{}/v1/knowledge/passage", s.base),
+        [
+            ("document_id", src["document_id"].as_str().unwrap()),
+            ("locator", src["locator"].as_str().unwrap()),
+        ],
+    )
+    .unwrap();
+    let (status, passage) = get(url.to_string(), WIDGET).await;
+    assert_eq!(status, 200, "{passage}");
+    assert!(
+        passage["text"].as_str().unwrap().contains("$15–$60"),
+        "{passage}"
+    );
+    let missing = format!(
+        "{}/v1/knowledge/passage?document_id=faq.md&locator=nowhere",
+        s.base
+    );
+    assert_eq!(get(missing, WIDGET).await.0, 404);
+    let (status, body) = get(format!("{}/v1/knowledge/passage?locator=x", s.base), WIDGET).await;
+    assert_eq!(
+        (status, &body["error"]["param"]),
+        (400, &json!("document_id"))
+    );
 
     // A thumbs down needs the conversation the message is in: another one's reads as absent.
     let rating = format!("{}/v1/assistant/messages/{message}/rating", s.base);

@@ -196,7 +196,11 @@ async function main() {
       const pieces = partial.size + 1;
       if (pieces < 2) fail(`the answer appeared in one piece (${texts.length} text changes seen); it should stream`);
       const sources = await faqMessage.getByTestId("source").count();
-      console.log(`     streamed in ${pieces} visible pieces; ${sources} source(s)`);
+      // A source is a link to what it cites: opening it shows the passage the answer quotes.
+      await faqMessage.getByTestId("source").first().click();
+      const passage = faqMessage.getByTestId("passage");
+      await passage.filter({ hasText: "$15–$60" }).waitFor();
+      console.log(`     streamed in ${pieces} visible pieces; ${sources} source(s); the cited passage opens`);
     });
 
     await step("b. order status: the shopper verifies and an order card shows #W1000005 delivered", async () => {
