@@ -12,6 +12,7 @@ pub mod assistant;
 pub mod bench;
 pub mod chat;
 pub mod generate;
+pub mod keys;
 pub mod knowledge;
 pub mod serve;
 pub mod shop;
@@ -48,6 +49,8 @@ pub enum Command {
     Documents(knowledge::DocumentsArgs),
     /// Import a shop's customers, products and orders (tau2 db.json, CSV exports).
     Import(shop::ImportArgs),
+    /// Make, list and revoke API keys (stored hashed, with a scope and a rate limit).
+    Keys(keys::KeysArgs),
     /// Measure quality on labeled data.
     #[command(subcommand)]
     Eval(knowledge::EvalCommand),
@@ -74,6 +77,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Documents(a) => knowledge::documents(a),
         Command::Eval(c) => knowledge::eval(c),
         Command::Import(a) => shop::import(a),
+        Command::Keys(a) => keys::run(a),
     }
 }
 

@@ -36,6 +36,10 @@ pub struct ServeArgs {
         hide_env_values = true
     )]
     pub api_keys: Vec<String>,
+    /// Requests per minute each API key may make (a key made with `clerk keys create
+    /// --rate-limit` keeps its own); unlimited when unset.
+    #[arg(long = "rate-limit", env = "CLERK_RATE_LIMIT")]
+    pub rate_limit: Option<u32>,
     /// Browser origins allowed to call the API (repeat, or comma-separate); none by default.
     #[arg(
         long = "cors-origin",
@@ -90,6 +94,9 @@ impl ServeArgs {
                     .with_context(|| format!("invalid CORS origin `{o}`"))
             })
             .collect::<anyhow::Result<_>>()?;
+        if self.rate_limit == Some(0) {
+            anyhow::bail!("--rate-limit must be at least 1 request per minute");
+        }
         if self.max_n == 0 || self.max_body_bytes == 0 || self.request_timeout_secs == 0 {
             anyhow::bail!(
                 "--max-n, --max-body-bytes and --request-timeout-secs must be at least 1"
@@ -102,6 +109,7 @@ impl ServeArgs {
             request_timeout: Duration::from_secs(self.request_timeout_secs),
             max_n: self.max_n,
             shutdown_grace: Duration::from_secs(self.shutdown_grace_secs),
+            rate_per_minute: self.rate_limit,
         })
     }
 }
@@ -140,6 +148,14 @@ pub fn run(a: ServeArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()?
         .block_on(server::serve(
-            addr, config, engine, embedder, knowledge, shop,
+            addr,
+            config,
+            engine,
+            embedder,
+            knowledge,
+            shop,
+            Some(std::sync::Arc::new(crate::server::keys::KeyStore::open(
+                &a.data_dir,
+            )?)),
         ))
 }

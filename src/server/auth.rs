@@ -1,7 +1,8 @@
 //! API keys and their scopes: `Authorization: Bearer KEY` on every protected route, when keys
-//! are configured. A key's scope is `admin` (everything), `staff` (the shop's records and the
-//! knowledge base) or `widget` (a shopper's page: the models, search, and the shop routes of the
-//! one customer its session identified).
+//! are configured. A key's scope is `admin` (everything), `staff` (the raw models, the shop's
+//! records, the knowledge base, the console's routes, metrics) or `widget` (a shopper's page,
+//! public by design: the assistant `clerk`, its conversation routes and the passages it cites,
+//! the model list, and the shop routes of the one customer its session identified).
 
 use axum::extract::{FromRequestParts, Request, State};
 use axum::http::header;
@@ -13,7 +14,8 @@ use super::error::ApiError;
 use super::AppState;
 
 /// What a key may do; each scope includes the ones before it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Scope {
     Widget,
     Staff,
@@ -21,6 +23,15 @@ pub enum Scope {
 }
 
 impl Scope {
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "widget" => Some(Scope::Widget),
+            "staff" => Some(Scope::Staff),
+            "admin" => Some(Scope::Admin),
+            _ => None,
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Scope::Widget => "widget",
@@ -41,9 +52,9 @@ impl ApiKey {
     pub fn parse(raw: &str) -> Result<Self, String> {
         let raw = raw.trim();
         let (scope, key) = match raw.split_once(':') {
-            Some(("admin", k)) => (Scope::Admin, k),
-            Some(("staff", k)) => (Scope::Staff, k),
-            Some(("widget", k)) => (Scope::Widget, k),
+            Some((s, k)) if Scope::parse(s).is_some() => {
+                (Scope::parse(s).unwrap_or(Scope::Admin), k)
+            }
             _ => (Scope::Admin, raw),
         };
         if key.len() < 16 {
@@ -97,7 +108,16 @@ fn same(a: &[u8], b: &[u8]) -> bool {
 
 pub async fn require_key(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
     let keys = &state.config.api_keys;
-    if keys.is_empty() {
+    let store = state.key_store();
+    // The key file is read per request, so a key made or revoked by `clerk keys` counts at once.
+    let stored_live = match &store {
+        Some(s) => match s.any_live() {
+            Ok(live) => live,
+            Err(e) => return ApiError::Internal(e.to_string()).into_response(),
+        },
+        None => false,
+    };
+    if keys.is_empty() && !stored_live {
         // No keys: a loopback-only development server (see `serve`), open to its own machine.
         req.extensions_mut().insert(Caller {
             scope: Scope::Admin,
@@ -117,20 +137,35 @@ pub async fn require_key(State(state): State<AppState>, mut req: Request, next: 
         return ApiError::MissingApiKey.into_response();
     };
     // Every key is compared, so timing does not reveal which one matched.
-    let found = keys.iter().fold(None, |found, k| {
+    let found = keys.iter().enumerate().fold(None, |found, (i, k)| {
         if same(k.key.as_bytes(), given.as_bytes()) {
-            Some(k.scope)
+            Some((format!("config:{i}"), k.scope, None))
         } else {
             found
         }
     });
-    match found {
-        Some(scope) => {
-            req.extensions_mut().insert(Caller { scope });
-            next.run(req).await
+    let found = match (found, &store) {
+        (Some(f), _) => Some(f),
+        (None, Some(s)) if stored_live => match s.lookup(given) {
+            Ok(k) => k.map(|k| (k.id, k.scope, k.rate_per_minute)),
+            Err(e) => return ApiError::Internal(e.to_string()).into_response(),
+        },
+        _ => None,
+    };
+    let Some((id, scope, own_rate)) = found else {
+        return ApiError::InvalidApiKey.into_response();
+    };
+    if let Some(per_minute) = own_rate.or(state.config.rate_per_minute) {
+        if let Err(retry_after) = state.limiter.take(&id, per_minute) {
+            return ApiError::RateLimited {
+                per_minute,
+                retry_after,
+            }
+            .into_response();
         }
-        None => ApiError::InvalidApiKey.into_response(),
     }
+    req.extensions_mut().insert(Caller { scope });
+    next.run(req).await
 }
 
 #[cfg(test)]

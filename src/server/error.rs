@@ -44,6 +44,11 @@ pub enum ApiError {
     },
     #[error("The server is busy ({capacity} requests already waiting). Please retry shortly.")]
     Overloaded { capacity: usize },
+    #[error(
+        "This API key is over its limit of {per_minute} requests per minute; retry in \
+         {retry_after} s."
+    )]
+    RateLimited { per_minute: u32, retry_after: u64 },
     #[error("The request body is larger than the {limit} bytes this server accepts.")]
     PayloadTooLarge { limit: usize },
     #[error("The model is still loading; retry shortly.")]
@@ -86,7 +91,9 @@ impl ApiError {
             ApiError::ModelNotFound(_) | ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::MissingApiKey | ApiError::InvalidApiKey => StatusCode::UNAUTHORIZED,
-            ApiError::Overloaded { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::Overloaded { .. } | ApiError::RateLimited { .. } => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Loading | ApiError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
@@ -100,7 +107,7 @@ impl ApiError {
     fn kind(&self) -> &'static str {
         match self {
             ApiError::MissingApiKey | ApiError::InvalidApiKey => "invalid_request_error",
-            ApiError::Overloaded { .. } => "rate_limit_error",
+            ApiError::Overloaded { .. } | ApiError::RateLimited { .. } => "rate_limit_error",
             ApiError::Loading | ApiError::ShuttingDown | ApiError::Timeout(_) => "server_error",
             ApiError::Internal(_) => "server_error",
             _ => "invalid_request_error",
@@ -126,6 +133,7 @@ impl ApiError {
             ApiError::InvalidApiKey => Some("invalid_api_key"),
             ApiError::ContextOverflow { .. } => Some("context_length_exceeded"),
             ApiError::Overloaded { .. } => Some("rate_limit_exceeded"),
+            ApiError::RateLimited { .. } => Some("key_rate_limit_exceeded"),
             ApiError::PayloadTooLarge { .. } => Some("request_too_large"),
             ApiError::Loading => Some("model_loading"),
             ApiError::Timeout(_) => Some("timeout"),
@@ -158,6 +166,10 @@ impl IntoResponse for ApiError {
         }
         let mut res = (self.status(), axum::Json(self.body())).into_response();
         match self {
+            ApiError::RateLimited { retry_after, .. } => {
+                res.headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
+            }
             ApiError::Overloaded { .. } | ApiError::Loading => {
                 res.headers_mut()
                     .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));

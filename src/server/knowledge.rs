@@ -57,8 +57,11 @@ async fn blocking<T: Send + 'static>(
 
 pub async fn search(
     State(state): State<AppState>,
+    caller: Caller,
     query: Result<Query<HashMap<String, String>>, QueryRejection>,
 ) -> Result<Response, ApiError> {
+    // Shoppers reach the knowledge base through the assistant and the passages it cites.
+    caller.require(Scope::Staff)?;
     let Query(params) = query.map_err(|e| ApiError::invalid("q", e.body_text()))?;
     let k = knowledge(&state)?;
     let text = params
@@ -128,7 +131,8 @@ pub async fn passage(
     .into_response())
 }
 
-pub async fn list(State(state): State<AppState>) -> Result<Response, ApiError> {
+pub async fn list(State(state): State<AppState>, caller: Caller) -> Result<Response, ApiError> {
+    caller.require(Scope::Staff)?;
     let k = knowledge(&state)?;
     let docs = k.documents();
     Ok(axum::Json(json!({

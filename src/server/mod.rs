@@ -18,6 +18,7 @@ pub mod assistant;
 pub mod auth;
 pub mod error;
 pub mod extract;
+pub mod keys;
 pub mod knowledge;
 pub mod metrics;
 pub mod openai;
@@ -63,6 +64,8 @@ pub struct ServerConfig {
     pub max_n: usize,
     /// How long streams in flight may run on after a shutdown signal before they are ended.
     pub shutdown_grace: Duration,
+    /// Requests per minute a key may make, unless its own stored limit says otherwise.
+    pub rate_per_minute: Option<u32>,
 }
 
 impl Default for ServerConfig {
@@ -74,6 +77,7 @@ impl Default for ServerConfig {
             request_timeout: Duration::from_secs(600),
             max_n: 8,
             shutdown_grace: Duration::from_secs(10),
+            rate_per_minute: None,
         }
     }
 }
@@ -99,6 +103,9 @@ pub struct AppState {
     pub shutdown: watch::Receiver<bool>,
     /// Unix time the server started, the `created` of its models.
     pub started: u64,
+    /// Keys made with `clerk keys`, when the server has a data folder.
+    keys: Arc<OnceLock<Arc<keys::KeyStore>>>,
+    pub limiter: Arc<keys::RateLimiter>,
 }
 
 /// Ends the streams of an [`AppState`]'s server when dropped or told to.
@@ -124,6 +131,8 @@ impl AppState {
             metrics: Arc::new(Metrics::default()),
             shutdown: rx,
             started: crate::clock::unix_now().max(0) as u64,
+            keys: Arc::new(OnceLock::new()),
+            limiter: Arc::new(keys::RateLimiter::default()),
         };
         (state, ShutdownHandle(tx))
     }
@@ -139,6 +148,14 @@ impl AppState {
 
     pub fn set_knowledge(&self, knowledge: Knowledge) {
         let _ = self.knowledge.set(knowledge);
+    }
+
+    pub fn set_key_store(&self, store: Arc<keys::KeyStore>) {
+        let _ = self.keys.set(store);
+    }
+
+    pub fn key_store(&self) -> Option<Arc<keys::KeyStore>> {
+        self.keys.get().cloned()
     }
 
     pub fn set_shop(&self, shop: Shop) {
@@ -289,18 +306,22 @@ async fn health(State(state): State<AppState>) -> Response {
     }
 }
 
-async fn metrics_handler(State(state): State<AppState>) -> Response {
+async fn metrics_handler(
+    caller: auth::Caller,
+    State(state): State<AppState>,
+) -> Result<Response, ApiError> {
+    caller.require(auth::Scope::Staff)?;
     let body = state
         .metrics
         .render(state.loaded_engine().map(|e| e.stats()));
-    (
+    Ok((
         [(
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
         body,
     )
-        .into_response()
+        .into_response())
 }
 
 /// Where the knowledge base lives, and whether to fill an empty one with the built-in demo shop.
@@ -367,17 +388,25 @@ pub async fn serve(
     embedder: Option<(String, PathBuf)>,
     knowledge: Option<KnowledgeConfig>,
     shop: Option<ShopConfig>,
+    key_store: Option<Arc<keys::KeyStore>>,
 ) -> anyhow::Result<()> {
-    if config.api_keys.is_empty() && !addr.ip().is_loopback() {
+    let stored_keys = match &key_store {
+        Some(k) => k.any_live()?,
+        None => false,
+    };
+    if config.api_keys.is_empty() && !stored_keys && !addr.ip().is_loopback() {
         anyhow::bail!(
-            "refusing to listen on {addr} without an API key: set --api-key (or CLERK_API_KEY), \
-             or listen on a loopback address"
+            "refusing to listen on {addr} without an API key: make one with `clerk keys create`, \
+             set --api-key (or CLERK_API_KEY), or listen on a loopback address"
         );
     }
     let listener = TcpListener::bind(addr).await?;
     let local = listener.local_addr()?;
     let grace = config.shutdown_grace;
     let (state, stop) = AppState::new(config, embedder.is_some());
+    if let Some(k) = key_store {
+        state.set_key_store(k);
+    }
     let shop_name = shop.as_ref().map_or_else(String::new, |s| s.name.clone());
     if let Some(sc) = shop {
         state.set_shop(tokio::task::spawn_blocking(move || sc.open()).await??);

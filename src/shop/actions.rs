@@ -236,7 +236,8 @@ pub fn random_token() -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-pub(crate) fn token_hash(token: &str) -> String {
+/// SHA-256 of a random token, in hex: what is stored instead of the token itself.
+pub fn token_hash(token: &str) -> String {
     Sha256::digest(token.as_bytes())
         .iter()
         .map(|b| format!("{b:02x}"))

@@ -7,4 +7,5 @@ mod engine;
 mod retrieval;
 mod server;
 mod shop;
+mod trust;
 mod web;

@@ -452,6 +452,42 @@ async fn staff_resolve_complaints_once_and_pages_are_served_from_the_binary() {
             .unwrap();
         assert_eq!(res.status(), 404, "{path}");
     }
+    // The widget key is public: it reaches the assistant, never the raw models, the embedder,
+    // the knowledge base's search or the metrics.
+    for (path, body) in [
+        (
+            "/v1/chat/completions",
+            json!({"model": "smollm2-135m-instruct", "messages": [{"role": "user", "content": "hi"}]}),
+        ),
+        (
+            "/v1/completions",
+            json!({"model": "smollm2-135m-instruct", "prompt": "hi"}),
+        ),
+        (
+            "/v1/embeddings",
+            json!({"model": "all-minilm-l6-v2", "input": "hi"}),
+        ),
+    ] {
+        let (status, body) = post(format!("{}{path}", s.base), WIDGET, None, body).await;
+        assert_eq!(status, 403, "{path}: {body}");
+    }
+    for path in [
+        "/v1/knowledge/search?q=returns",
+        "/v1/knowledge/documents",
+        "/metrics",
+    ] {
+        assert_eq!(
+            get(format!("{}{path}", s.base), WIDGET).await.0,
+            403,
+            "{path}"
+        );
+        assert_eq!(
+            get(format!("{}{path}", s.base), STAFF).await.0,
+            200,
+            "{path}"
+        );
+    }
+
     let (_, config) = get(format!("{}/web/config.json", s.base), "").await;
     assert_eq!(config["widget_key"], WIDGET);
     assert_eq!(config["shop_name"], "Harbor & Pine");

@@ -6,6 +6,7 @@ use axum::response::Response;
 use serde_json::{json, Value};
 
 use crate::engine::{Engine, FinishReason, TokenLogprob};
+use crate::server::auth::{Caller, Scope};
 use crate::server::error::ApiError;
 use crate::server::extract::Json;
 use crate::server::AppState;
@@ -15,12 +16,15 @@ use super::types::ChatCompletionRequest;
 
 pub async fn handler(
     State(state): State<AppState>,
+    caller: Caller,
     headers: HeaderMap,
     Json(req): Json<ChatCompletionRequest>,
 ) -> Result<Response, ApiError> {
     if req.model == super::assistant::MODEL {
         return super::assistant::handle(state, headers, req).await;
     }
+    // A widget key sits in a public page: it reaches the assistant, not the raw model.
+    caller.require(Scope::Staff)?;
     let engine = state.engine(&req.model)?;
     req.check_unsupported()?;
     let plan = req.sampling.plan(req.logprobs()?, state.config.max_n)?;

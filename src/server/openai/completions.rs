@@ -7,6 +7,7 @@ use axum::response::Response;
 use serde_json::{json, Value};
 
 use crate::engine::{Engine, FinishReason, TokenLogprob};
+use crate::server::auth::{Caller, Scope};
 use crate::server::error::ApiError;
 use crate::server::extract::Json;
 use crate::server::AppState;
@@ -19,8 +20,10 @@ const MAX_PROMPTS: usize = 16;
 
 pub async fn handler(
     State(state): State<AppState>,
+    caller: Caller,
     Json(req): Json<CompletionRequest>,
 ) -> Result<Response, ApiError> {
+    caller.require(Scope::Staff)?;
     let engine = state.engine(&req.model)?;
     let logprobs = match req.logprobs {
         None => None,

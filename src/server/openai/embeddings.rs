@@ -6,6 +6,7 @@ use base64::Engine as _;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use crate::server::auth::{Caller, Scope};
 use crate::server::error::ApiError;
 use crate::server::extract::Json;
 use crate::server::AppState;
@@ -40,8 +41,10 @@ pub enum EncodingFormat {
 
 pub async fn handler(
     State(state): State<AppState>,
+    caller: Caller,
     Json(req): Json<EmbeddingRequest>,
 ) -> Result<Response, ApiError> {
+    caller.require(Scope::Staff)?;
     let embedder = state.embedder(&req.model)?;
     let texts = match req.input {
         Input::One(s) => vec![s],
