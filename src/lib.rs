@@ -25,6 +25,7 @@
 //!   health and Prometheus metrics, API keys with scopes, CORS and limits, and the one mapping from
 //!   errors to OpenAI-shaped responses. Handlers get a `Clone` [`server::AppState`] of handles.
 //! - [`clock`]: Unix time and UTC calendar dates, shared by templates, the server and the shop.
+//! - [`backup`]: consistent backups of a data folder taken while serving, and checked restores.
 //! - [`cli`]: one file per subcommand of the `clerk` binary; `main.rs` only parses and calls in.
 //!
 //! - [`assistant`]: the shop's customer-service agent, served as the model `clerk`. Server-side
@@ -34,6 +35,7 @@
 //!   Phrases come from `prompts/<lang>/`. Handle: [`assistant::Assistant`].
 
 pub mod assistant;
+pub mod backup;
 pub mod cli;
 pub mod clock;
 pub mod engine;

@@ -9,6 +9,7 @@ use crate::engine::registry::{default_models_dir, resolve_model, DEFAULT_MODEL};
 use crate::engine::{Device, Engine, EngineConfig, SamplingParams};
 
 pub mod assistant;
+pub mod backup;
 pub mod bench;
 pub mod chat;
 pub mod generate;
@@ -51,6 +52,10 @@ pub enum Command {
     Import(shop::ImportArgs),
     /// Make, list and revoke API keys (stored hashed, with a scope and a rate limit).
     Keys(keys::KeysArgs),
+    /// Copy a data folder (shop database, keys, knowledge base) consistently, while serving.
+    Backup(backup::BackupArgs),
+    /// Bring a backup back into a new data folder, after checking every file.
+    Restore(backup::RestoreArgs),
     /// Measure quality on labeled data.
     #[command(subcommand)]
     Eval(knowledge::EvalCommand),
@@ -78,6 +83,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Eval(c) => knowledge::eval(c),
         Command::Import(a) => shop::import(a),
         Command::Keys(a) => keys::run(a),
+        Command::Backup(a) => backup::backup(a),
+        Command::Restore(a) => backup::restore(a),
     }
 }
 
