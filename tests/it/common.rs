@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-fn models_dir() -> PathBuf {
+pub fn models_dir() -> PathBuf {
     std::env::var_os("CLERK_MODELS_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models"))

@@ -245,3 +245,40 @@ fn a_backup_taken_while_writing_restores_into_a_fresh_folder() {
         let _ = std::fs::remove_dir_all(d);
     }
 }
+
+/// Nothing leaves the machine: in a network namespace with only loopback, `clerk serve` on an
+/// empty data folder loads the default models, seeds the demo shop, and serves the raw model,
+/// the embedder and the whole browser journey (tests/web/offline.sh).
+#[test]
+fn the_whole_server_flow_works_with_no_network_but_loopback() {
+    let chromium = std::env::var("CLERK_TEST_CHROMIUM").expect(
+        "CLERK_TEST_CHROMIUM is unset: run the tests through scripts/test.sh, which installs \
+         Chromium and playwright-core",
+    );
+    let root = env!("CARGO_MANIFEST_DIR");
+    let data = scratch_dir("trust-offline");
+    let out = format!("{root}/target/web-e2e-offline");
+    let _ = std::fs::remove_dir_all(&out);
+    let run = Command::new("unshare")
+        .args(["--net", "--map-root-user", "--"])
+        .arg(format!("{root}/tests/web/offline.sh"))
+        .arg(&data)
+        .arg("18765")
+        .env("CLERK", env!("CARGO_BIN_EXE_clerk"))
+        .env("CHROMIUM", chromium)
+        .env("CLERK_OUT", &out)
+        .env("CLERK_MODELS_DIR", crate::common::models_dir())
+        .output()
+        .expect("unshare runs");
+    let log = format!(
+        "{}{}",
+        String::from_utf8_lossy(&run.stdout),
+        String::from_utf8_lossy(&run.stderr)
+    );
+    assert!(run.status.success(), "offline run failed:\n{log}");
+    assert!(
+        log.contains("ok   raw model and embedder answer offline"),
+        "{log}"
+    );
+    assert!(log.contains("h. the shopper sees"), "{log}");
+}
