@@ -146,6 +146,7 @@ pub fn open_assistant(
         name: shop_name.to_string(),
         policy: crate::shop::Policy::default(),
         seed_demo: true,
+        retention_days: None,
     }
     .open()?;
     shop.set_classifier(Arc::new(FeedbackClassifier::new(embedder.clone())?));

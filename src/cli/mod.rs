@@ -50,6 +50,8 @@ pub enum Command {
     Documents(knowledge::DocumentsArgs),
     /// Import a shop's customers, products and orders (tau2 db.json, CSV exports).
     Import(shop::ImportArgs),
+    /// Retention: remove old conversations, audit entries and expired tokens now.
+    Purge(shop::PurgeArgs),
     /// Make, list and revoke API keys (stored hashed, with a scope and a rate limit).
     Keys(keys::KeysArgs),
     /// Copy a data folder (shop database, keys, knowledge base) consistently, while serving.
@@ -82,6 +84,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Documents(a) => knowledge::documents(a),
         Command::Eval(c) => knowledge::eval(c),
         Command::Import(a) => shop::import(a),
+        Command::Purge(a) => shop::purge(a),
         Command::Keys(a) => keys::run(a),
         Command::Backup(a) => backup::backup(a),
         Command::Restore(a) => backup::restore(a),

@@ -67,6 +67,10 @@ pub struct ServeArgs {
     /// policy).
     #[arg(long, env = "CLERK_SHOP_POLICY")]
     pub shop_policy: Option<std::path::PathBuf>,
+    /// Purge conversations idle this many days (with their messages and ratings), older audit
+    /// entries and expired tokens, at start and hourly; kept forever when unset.
+    #[arg(long, env = "CLERK_RETENTION_DAYS")]
+    pub retention_days: Option<u32>,
     /// The shop's name, as the assistant (the model `clerk`) introduces it.
     #[arg(long, env = "CLERK_SHOP_NAME", default_value = "Harbor & Pine")]
     pub shop_name: String,
@@ -142,7 +146,11 @@ pub fn run(a: ServeArgs) -> anyhow::Result<()> {
         data_dir: a.data_dir.clone(),
         policy,
         seed_demo: !a.no_demo,
+        retention_days: a.retention_days,
     });
+    if a.retention_days == Some(0) {
+        anyhow::bail!("--retention-days must be at least 1");
+    }
     let addr = SocketAddr::new(a.host, a.port);
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -22,6 +22,27 @@ pub struct ImportArgs {
     pub data_dir: PathBuf,
 }
 
+#[derive(Debug, Clone, Args)]
+pub struct PurgeArgs {
+    /// Remove conversations idle this many days (with their messages and ratings), older audit
+    /// entries and expired tokens; what a person still holds stays.
+    #[arg(long = "older-than-days")]
+    pub days: u32,
+    /// Folder holding clerk's stored data.
+    #[arg(long, env = "CLERK_DATA_DIR", default_value = "./clerk-data")]
+    pub data_dir: PathBuf,
+}
+
+pub fn purge(a: PurgeArgs) -> anyhow::Result<()> {
+    let shop = Shop::open(&a.data_dir, Policy::default())?;
+    let p = shop.purge_older_than(&Ctx::system(Channel::Cli), a.days)?;
+    println!(
+        "purged {} conversations ({} messages), {} handoffs, {} audit entries, {} expired tokens",
+        p.conversations, p.messages, p.handoffs, p.audit, p.tokens
+    );
+    Ok(())
+}
+
 pub fn import(a: ImportArgs) -> anyhow::Result<()> {
     let shop = Shop::open(&a.data_dir, Policy::default())?;
     let paths: Vec<&std::path::Path> = a.paths.iter().map(PathBuf::as_path).collect();

@@ -159,10 +159,57 @@ impl ApiError {
     }
 }
 
+/// Text fit for a log: email addresses keep only their domain, and runs of six or more digits
+/// (phone, card, tracking and postal numbers) keep only their last two. An error's detail may
+/// quote a record; the log must not hold a shopper's personal data in clear.
+pub fn redact(text: &str) -> String {
+    let mut out: Vec<String> = Vec::new();
+    for word in text.split_inclusive(char::is_whitespace) {
+        let (body, space) = word.split_at(word.trim_end().len());
+        let masked = match body.find('@') {
+            Some(at) if at > 0 && body[at + 1..].contains('.') => {
+                let start = body[..at]
+                    .rfind(|c: char| !(c.is_alphanumeric() || "._%+-".contains(c)))
+                    .map_or(0, |i| i + 1);
+                format!("{}***{}", &body[..start], &body[at..])
+            }
+            _ => mask_digits(body),
+        };
+        out.push(masked + space);
+    }
+    out.concat()
+}
+
+fn mask_digits(s: &str) -> String {
+    let chars: Vec<char> = s.chars().collect();
+    let mut out = String::with_capacity(s.len());
+    let mut i = 0;
+    while i < chars.len() {
+        let start = i;
+        while i < chars.len() && (chars[i].is_ascii_digit() || (i > start && chars[i] == '-')) {
+            i += 1;
+        }
+        let run = &chars[start..i];
+        let digits = run.iter().filter(|c| c.is_ascii_digit()).count();
+        if digits >= 6 {
+            let keep: String = run[run.len() - 2..].iter().collect();
+            out.push_str(&"*".repeat(run.len() - 2));
+            out.push_str(&keep);
+        } else {
+            out.extend(run);
+        }
+        if i == start {
+            out.push(chars[i]);
+            i += 1;
+        }
+    }
+    out
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         if let ApiError::Internal(detail) = &self {
-            tracing::error!(%detail, "internal error");
+            tracing::error!(detail = %redact(detail), "internal error");
         }
         let mut res = (self.status(), axum::Json(self.body())).into_response();
         match self {
@@ -211,5 +258,25 @@ impl From<EngineError> for ApiError {
             | EngineError::Tensor(_)
             | EngineError::Io(_)) => ApiError::Internal(e.to_string()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact;
+
+    #[test]
+    fn logs_keep_no_email_or_long_number_in_clear() {
+        assert_eq!(
+            redact("no customer ana.garcia0@example.com, phone 555-123-4567, order #W1000016"),
+            "no customer ***@example.com, phone **********67, order #W*****16"
+        );
+        assert_eq!(redact("card 4111111111111111."), "card **************11.");
+        assert_eq!(
+            redact("(bob@shop.io) sent 12 items at 10:45"),
+            "(***@shop.io) sent 12 items at 10:45"
+        );
+        assert_eq!(redact("no personal data"), "no personal data");
+        assert_eq!(redact("a@b"), "a@b");
     }
 }

@@ -356,6 +356,8 @@ pub struct ShopConfig {
     pub name: String,
     pub policy: crate::shop::Policy,
     pub seed_demo: bool,
+    /// Conversations idle this many days, and older audit entries, are purged hourly.
+    pub retention_days: Option<u32>,
 }
 
 impl ShopConfig {
@@ -376,6 +378,27 @@ impl ShopConfig {
             );
         }
         Ok(shop)
+    }
+}
+
+/// Retention: purges at start and then every hour; a failed purge is logged and tried again.
+async fn purge_every_hour(shop: Shop, days: u32) {
+    let mut tick = tokio::time::interval(Duration::from_secs(3600));
+    loop {
+        tick.tick().await;
+        let s = shop.clone();
+        let ctx = crate::shop::Ctx::system(crate::shop::Channel::Api);
+        match tokio::task::spawn_blocking(move || s.purge_older_than(&ctx, days)).await {
+            Ok(Ok(p)) => tracing::info!(
+                conversations = p.conversations,
+                audit = p.audit,
+                "retention purge"
+            ),
+            Ok(Err(e)) => {
+                tracing::warn!(error = %error::redact(&e.to_string()), "retention purge failed")
+            }
+            Err(e) => tracing::warn!(error = %e, "retention purge task failed"),
+        }
     }
 }
 
@@ -409,7 +432,12 @@ pub async fn serve(
     }
     let shop_name = shop.as_ref().map_or_else(String::new, |s| s.name.clone());
     if let Some(sc) = shop {
-        state.set_shop(tokio::task::spawn_blocking(move || sc.open()).await??);
+        let retention = sc.retention_days;
+        let shop = tokio::task::spawn_blocking(move || sc.open()).await??;
+        if let Some(days) = retention {
+            tokio::spawn(purge_every_hour(shop.clone(), days));
+        }
+        state.set_shop(shop);
     }
     println!("clerk listening on http://{local}");
 

@@ -633,6 +633,26 @@ impl Shop {
         self.handoff_or_404(id)
     }
 
+    /// Retention: removes conversations idle for `days` days and older logs (see
+    /// [`ShopStore::purge_before`]), and records that it did in the audit log.
+    pub fn purge_older_than(&self, ctx: &Ctx, days: u32) -> Result<crate::shop::store::Purged> {
+        if days == 0 {
+            return Err(ShopError::Invalid {
+                field: "retention_days",
+                message: "must be at least 1".into(),
+            });
+        }
+        let cutoff = unix_now() - i64::from(days) * 86_400;
+        let purged = self.store.purge_before(cutoff)?;
+        self.store.record(ctx.audit(
+            "retention_purge",
+            "retention".to_string(),
+            None,
+            json!({ "days": days, "purged": purged }),
+        ))?;
+        Ok(purged)
+    }
+
     /// Marks a complaint handled (staff).
     pub fn resolve_complaint(&self, ctx: &Ctx, id: i64, note: Option<&str>) -> Result<Complaint> {
         let staff = Self::staff_name(ctx)?;

@@ -42,7 +42,7 @@ pub use domain::*;
 pub use error::{Refusal, ShopError};
 pub use policy::{ActionKind, Policy};
 pub use records::*;
-pub use store::{ShopCounts, ShopData, ShopStore};
+pub use store::{Purged, ShopCounts, ShopData, ShopStore};
 
 /// The shop handle: a store, the policy it enforces, and the feedback classifier. Cheap to clone.
 #[derive(Clone)]

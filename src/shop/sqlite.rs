@@ -1474,6 +1474,63 @@ impl ShopStore for SqliteStore {
         )
     }
 
+    fn purge_before(&self, cutoff: i64) -> Result<Purged> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        // Conversations idle since before the cutoff, unless a person still holds them.
+        tx.execute_batch(
+            "CREATE TEMP TABLE IF NOT EXISTS purge_conversations (id TEXT PRIMARY KEY); \
+             DELETE FROM purge_conversations;",
+        )?;
+        tx.execute(
+            "INSERT INTO purge_conversations (id) SELECT c.id FROM conversations c \
+             WHERE COALESCE((SELECT MAX(m.created_at) FROM messages m \
+                             WHERE m.conversation_id = c.id), c.created_at) < ?1 \
+             AND NOT EXISTS (SELECT 1 FROM handoffs h WHERE h.conversation_id = c.id \
+                             AND h.status <> 'closed')",
+            [cutoff],
+        )?;
+        let gone = "SELECT id FROM purge_conversations";
+        tx.execute(
+            &format!(
+                "UPDATE curated_answers SET rating_id = NULL WHERE rating_id IN \
+                 (SELECT id FROM answer_ratings WHERE conversation_id IN ({gone}))"
+            ),
+            [],
+        )?;
+        tx.execute(
+            &format!("DELETE FROM answer_ratings WHERE conversation_id IN ({gone})"),
+            [],
+        )?;
+        let messages = tx.execute(
+            &format!("DELETE FROM messages WHERE conversation_id IN ({gone})"),
+            [],
+        )?;
+        let mut handoffs = tx.execute(
+            &format!("DELETE FROM handoffs WHERE conversation_id IN ({gone})"),
+            [],
+        )?;
+        let conversations = tx.execute(
+            &format!("DELETE FROM conversations WHERE id IN ({gone})"),
+            [],
+        )?;
+        handoffs += tx.execute(
+            "DELETE FROM handoffs WHERE status = 'closed' AND updated_at < ?1",
+            [cutoff],
+        )?;
+        let audit = tx.execute("DELETE FROM audit WHERE at < ?1", [cutoff])?;
+        let tokens = tx.execute("DELETE FROM tokens WHERE expires_at < ?1", [cutoff])?;
+        tx.execute("DELETE FROM purge_conversations", [])?;
+        tx.commit()?;
+        Ok(Purged {
+            conversations: conversations as u64,
+            messages: messages as u64,
+            handoffs: handoffs as u64,
+            audit: audit as u64,
+            tokens: tokens as u64,
+        })
+    }
+
     fn analytics(&self, since: i64, now: i64) -> Result<Analytics> {
         const DAY: i64 = 86_400;
         let conn = self.conn();

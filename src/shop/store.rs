@@ -172,6 +172,16 @@ pub struct CustomerRecords {
     pub audit: Vec<AuditEntry>,
 }
 
+/// What a retention purge removed.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Purged {
+    pub conversations: u64,
+    pub messages: u64,
+    pub handoffs: u64,
+    pub audit: u64,
+    pub tokens: u64,
+}
+
 /// Every read and write the shop needs from a database.
 pub trait ShopStore: Send + Sync {
     fn counts(&self) -> Result<ShopCounts>;
@@ -210,6 +220,10 @@ pub trait ShopStore: Send + Sync {
     fn ratings(&self, status: Option<RatingStatus>, page: &Page) -> Result<Vec<AnswerRating>>;
     /// Every curated answer, oldest first (a shop has tens, not millions).
     fn curated_answers(&self) -> Result<Vec<CuratedAnswer>>;
+    /// Deletes, in one transaction, the conversations whose last message is older than `cutoff`
+    /// (with their messages and ratings; none a person still holds), closed handoffs and audit
+    /// entries older than it, and tokens that expired before it.
+    fn purge_before(&self, cutoff: i64) -> Result<Purged>;
     /// The console's counts over `[since, now)`, days cut at UTC midnight.
     fn analytics(&self, since: i64, now: i64) -> Result<Analytics>;
     fn customer_records(&self, id: &CustomerId) -> Result<CustomerRecords>;

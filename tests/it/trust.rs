@@ -282,3 +282,76 @@ fn the_whole_server_flow_works_with_no_network_but_loopback() {
     );
     assert!(log.contains("h. the shopper sees"), "{log}");
 }
+
+/// Retention: conversations idle past the configured age go with their messages and ratings,
+/// as do older audit entries; a conversation staff still hold stays, and so does a recent one.
+#[test]
+fn retention_purges_idle_conversations_and_old_logs_but_not_what_staff_hold() {
+    use clerk::shop::{Channel, Ctx, Policy, Role, Shop};
+
+    let dir = scratch_dir("trust-retention");
+    let shop = Shop::open(&dir, Policy::default()).unwrap();
+    let ctx = Ctx::shopper(Channel::Assistant);
+    for c in ["conv-old", "conv-held", "conv-new"] {
+        shop.ensure_conversation(&ctx, c, None).unwrap();
+        shop.append_message(&ctx, c, Role::Shopper, "where is my parcel?")
+            .unwrap();
+    }
+    let answer = shop
+        .append_message(&ctx, "conv-old", Role::Assistant, "It is on its way.")
+        .unwrap();
+    shop.rate_answer(&ctx, "conv-old", answer.id, true, None)
+        .unwrap();
+    shop.open_handoff(&ctx, None, "conv-held", "asked for a person", "summary")
+        .unwrap();
+    // A hundred days pass for two of them, and for every audit entry so far.
+    let db = rusqlite::Connection::open(dir.join("shop.sqlite")).unwrap();
+    let back = 100 * 86_400;
+    db.execute_batch(&format!(
+        "UPDATE conversations SET created_at = created_at - {back} WHERE id IN ('conv-old', 'conv-held');
+         UPDATE messages SET created_at = created_at - {back} WHERE conversation_id IN ('conv-old', 'conv-held');
+         UPDATE audit SET at = at - {back};"
+    ))
+    .unwrap();
+    let audit_before: i64 = db
+        .query_row("SELECT COUNT(*) FROM audit", [], |r| r.get(0))
+        .unwrap();
+    assert!(audit_before > 5);
+
+    let (ok, out, err) = clerk(&[
+        "purge",
+        "--older-than-days",
+        "30",
+        "--data-dir",
+        dir.to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+    assert!(out.contains("purged 1 conversations (2 messages)"), "{out}");
+    let store = shop.store();
+    assert!(store.conversation("conv-old").unwrap().is_none());
+    assert!(store.messages("conv-old", 0).unwrap().is_empty());
+    assert!(store.conversation("conv-held").unwrap().is_some());
+    assert_eq!(store.messages("conv-held", 0).unwrap().len(), 1);
+    assert_eq!(store.messages("conv-new", 0).unwrap().len(), 1);
+    let ratings: i64 = db
+        .query_row("SELECT COUNT(*) FROM answer_ratings", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(ratings, 0);
+    // Only the purge's own entry is left of the audit log.
+    let left: Vec<String> = db
+        .prepare("SELECT action FROM audit")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(left, ["retention_purge"]);
+    let (ok, _, err) = clerk(&[
+        "purge",
+        "--older-than-days",
+        "0",
+        "--data-dir",
+        dir.to_str().unwrap(),
+    ]);
+    assert!(!ok && err.contains("at least 1"), "{err}");
+}

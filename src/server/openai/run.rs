@@ -343,7 +343,7 @@ fn stream<S: Shape>(
         // Dropping the other generations here cancels them in the engine.
         drop(events);
         if let Some(e) = failure {
-            tracing::warn!(error = %e, "stream ended early");
+            tracing::warn!(error = %crate::server::error::redact(&e.to_string()), "stream ended early");
             let _ = tx
                 .send(SseEvent::default().data(e.body().to_string()))
                 .await;
