@@ -47,11 +47,16 @@ pub fn shared_embedder() -> std::sync::Arc<clerk::engine::Embedder> {
         .clone()
 }
 
+/// Where [`scratch_dir`] puts the folder called `name`, without touching it.
+#[allow(dead_code)]
+pub fn scratch_dir_path(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("{name}-{}", std::process::id()))
+}
+
 /// A fresh folder under the target directory for one test (removed first if a run left it).
 #[allow(dead_code)]
 pub fn scratch_dir(name: &str) -> PathBuf {
-    let dir =
-        PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("{name}-{}", std::process::id()));
+    let dir = scratch_dir_path(name);
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("create a scratch dir");
     dir

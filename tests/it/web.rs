@@ -12,16 +12,21 @@ use serde_json::{json, Value};
 
 use crate::assistant::{chat, demo_knowledge, demo_shop, intents, user};
 
-const WIDGET: &str = "widget-key-0123456789";
-const STAFF: &str = "staff-key-0123456789ab";
+pub(crate) const WIDGET: &str = "widget-key-0123456789";
+pub(crate) const STAFF: &str = "staff-key-0123456789ab";
 
-struct Server {
-    base: String,
-    shop: Shop,
+pub(crate) struct Server {
+    pub(crate) base: String,
+    pub(crate) shop: Shop,
 }
 
 /// A real server on a loopback port over a fresh demo shop, with a widget and a staff key.
 async fn server(name: &str) -> Server {
+    server_with(name, demo_knowledge()).await
+}
+
+/// The same over a knowledge base of the test's own (one it may change).
+pub(crate) async fn server_with(name: &str, knowledge: clerk::retrieval::Knowledge) -> Server {
     let config = ServerConfig {
         api_keys: vec![
             ApiKey::parse(&format!("widget:{WIDGET}")).unwrap(),
@@ -34,10 +39,10 @@ async fn server(name: &str) -> Server {
     std::mem::forget(stop);
     let shop = demo_shop(name);
     state.set_shop(shop.clone());
-    state.set_knowledge(demo_knowledge());
+    state.set_knowledge(knowledge.clone());
     state.set_assistant(Assistant::new(
         shop.clone(),
-        demo_knowledge(),
+        knowledge,
         intents(),
         Arc::new(Prompts::builtin().unwrap()),
         "Harbor & Pine",
@@ -48,7 +53,7 @@ async fn server(name: &str) -> Server {
     Server { base, shop }
 }
 
-async fn call(
+pub(crate) async fn call(
     method: reqwest::Method,
     url: String,
     key: &str,
@@ -74,11 +79,16 @@ async fn call(
     )
 }
 
-async fn get(url: String, key: &str) -> (u16, Value) {
+pub(crate) async fn get(url: String, key: &str) -> (u16, Value) {
     call(reqwest::Method::GET, url, key, None, None).await
 }
 
-async fn post(url: String, key: &str, conversation: Option<&str>, body: Value) -> (u16, Value) {
+pub(crate) async fn post(
+    url: String,
+    key: &str,
+    conversation: Option<&str>,
+    body: Value,
+) -> (u16, Value) {
     call(reqwest::Method::POST, url, key, conversation, Some(body)).await
 }
 
