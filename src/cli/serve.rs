@@ -36,6 +36,12 @@ pub struct ServeArgs {
         hide_env_values = true
     )]
     pub api_keys: Vec<String>,
+    /// Serve HTTPS: the certificate chain, PEM (with --tls-key).
+    #[arg(long = "tls-cert", env = "CLERK_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<std::path::PathBuf>,
+    /// Serve HTTPS: the certificate's private key, PEM (with --tls-cert).
+    #[arg(long = "tls-key", env = "CLERK_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<std::path::PathBuf>,
     /// Requests per minute each API key may make (a key made with `clerk keys create
     /// --rate-limit` keeps its own); unlimited when unset.
     #[arg(long = "rate-limit", env = "CLERK_RATE_LIMIT")]
@@ -114,6 +120,13 @@ impl ServeArgs {
             max_n: self.max_n,
             shutdown_grace: Duration::from_secs(self.shutdown_grace_secs),
             rate_per_minute: self.rate_limit,
+            tls: match (&self.tls_cert, &self.tls_key) {
+                (Some(cert), Some(key)) => Some(crate::server::tls::TlsConfig {
+                    cert: cert.clone(),
+                    key: key.clone(),
+                }),
+                _ => None,
+            },
         })
     }
 }

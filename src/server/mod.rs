@@ -23,8 +23,10 @@ pub mod knowledge;
 pub mod metrics;
 pub mod openai;
 pub mod shop;
+pub mod tls;
 pub mod web;
 
+use std::future::IntoFuture;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, OnceLock};
@@ -66,6 +68,8 @@ pub struct ServerConfig {
     pub shutdown_grace: Duration,
     /// Requests per minute a key may make, unless its own stored limit says otherwise.
     pub rate_per_minute: Option<u32>,
+    /// Serve HTTPS with this certificate and key instead of plain HTTP.
+    pub tls: Option<tls::TlsConfig>,
 }
 
 impl Default for ServerConfig {
@@ -78,6 +82,7 @@ impl Default for ServerConfig {
             max_n: 8,
             shutdown_grace: Duration::from_secs(10),
             rate_per_minute: None,
+            tls: None,
         }
     }
 }
@@ -423,6 +428,12 @@ pub async fn serve(
              set --api-key (or CLERK_API_KEY), or listen on a loopback address"
         );
     }
+    // A bad certificate or key stops the server before it listens.
+    let tls = config
+        .tls
+        .as_ref()
+        .map(tls::TlsConfig::server_config)
+        .transpose()?;
     let listener = TcpListener::bind(addr).await?;
     let local = listener.local_addr()?;
     let grace = config.shutdown_grace;
@@ -439,7 +450,8 @@ pub async fn serve(
         }
         state.set_shop(shop);
     }
-    println!("clerk listening on http://{local}");
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    println!("clerk listening on {scheme}://{local}");
 
     let (failed_tx, failed_rx) = tokio::sync::oneshot::channel();
     let loading = state.clone();
@@ -478,14 +490,28 @@ pub async fn serve(
         }
     });
 
-    let server = axum::serve(listener, app(state)).with_graceful_shutdown(async move {
+    let shutdown = async move {
         shutdown_signal().await;
         tracing::info!("shutting down; streams in flight have {grace:?} to finish");
         tokio::spawn(async move {
             tokio::time::sleep(grace).await;
             stop.end_streams();
         });
-    });
+    };
+    let router = app(state);
+    let server: std::pin::Pin<Box<dyn std::future::Future<Output = std::io::Result<()>> + Send>> =
+        match tls {
+            Some(config) => Box::pin(
+                axum::serve(tls::TlsListener::new(listener, config)?, router)
+                    .with_graceful_shutdown(shutdown)
+                    .into_future(),
+            ),
+            None => Box::pin(
+                axum::serve(listener, router)
+                    .with_graceful_shutdown(shutdown)
+                    .into_future(),
+            ),
+        };
     tokio::select! {
         r = server => r.map_err(Into::into),
         Ok(e) = failed_rx => Err(e.context("loading the models and the knowledge base")),

@@ -805,3 +805,119 @@ async fn killing_the_server_at_random_moments_loses_nothing_acknowledged() {
          documents {acknowledged_docs:?}"
     );
 }
+
+fn openssl_pair(dir: &std::path::Path, name: &str) -> (std::path::PathBuf, std::path::PathBuf) {
+    let (cert, key) = (
+        dir.join(format!("{name}-cert.pem")),
+        dir.join(format!("{name}-key.pem")),
+    );
+    let out = Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout"])
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .args(["-days", "2", "-subj", "/CN=localhost"])
+        .args(["-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"])
+        .output()
+        .expect("openssl runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (cert, key)
+}
+
+/// HTTPS straight from clerk: a client that trusts the certificate gets the pages and the API;
+/// plain HTTP on that port gets nothing; a stalled handshake holds up nobody; a key that doesn't
+/// match its certificate, or a missing file, stops the server with a clear error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_is_served_straight_from_clerk() {
+    use clerk::server::tls::{TlsConfig, TlsListener};
+    use std::future::IntoFuture;
+
+    let dir = scratch_dir("trust-tls");
+    let (cert, key) = openssl_pair(&dir, "a");
+    let config = TlsConfig {
+        cert: cert.clone(),
+        key: key.clone(),
+    }
+    .server_config()
+    .unwrap();
+    let (state, stop) = AppState::new(ServerConfig::default(), false);
+    std::mem::forget(stop);
+    let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = tcp.local_addr().unwrap().port();
+    let listener = TlsListener::new(tcp, config).unwrap();
+    tokio::spawn(axum::serve(listener, app(state)).into_future());
+    // Someone who connects and never says anything.
+    let _idle = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let curl = |args: Vec<String>| {
+        tokio::task::spawn_blocking(move || {
+            let out = Command::new("curl")
+                .args(&args)
+                .output()
+                .expect("curl runs");
+            String::from_utf8_lossy(&out.stdout).into_owned()
+        })
+    };
+    let cert_arg = cert.to_str().unwrap().to_string();
+    let got = curl(vec![
+        "-sS".into(),
+        "--max-time".into(),
+        "10".into(),
+        "--cacert".into(),
+        cert_arg.clone(),
+        "-o".into(),
+        "/dev/null".into(),
+        "-w".into(),
+        "%{http_code} %{ssl_verify_result} %{scheme}".into(),
+        format!("https://localhost:{port}/"),
+    ])
+    .await
+    .unwrap();
+    assert_eq!(got, "200 0 HTTPS");
+    let health = curl(vec![
+        "-sS".into(),
+        "--max-time".into(),
+        "10".into(),
+        "--cacert".into(),
+        cert_arg,
+        format!("https://127.0.0.1:{port}/health"),
+    ])
+    .await
+    .unwrap();
+    assert!(health.contains("status"), "{health}");
+    let plain = curl(vec![
+        "-s".into(),
+        "--max-time".into(),
+        "5".into(),
+        "-o".into(),
+        "/dev/null".into(),
+        "-w".into(),
+        "%{http_code}".into(),
+        format!("http://127.0.0.1:{port}/"),
+    ])
+    .await
+    .unwrap();
+    assert_eq!(plain, "000", "plain HTTP got an answer");
+
+    // A key from another pair, and a missing file: refused before listening.
+    let (_, other_key) = openssl_pair(&dir, "b");
+    let e = TlsConfig {
+        cert: cert.clone(),
+        key: other_key,
+    }
+    .server_config()
+    .unwrap_err();
+    assert!(e.to_string().contains("don't go together"), "{e}");
+    let e = TlsConfig {
+        cert: dir.join("nope.pem"),
+        key,
+    }
+    .server_config()
+    .unwrap_err();
+    assert!(e.to_string().contains("nope.pem"), "{e}");
+    let (ok, _, err) = clerk(&["serve", "--tls-cert", cert.to_str().unwrap()]);
+    assert!(!ok && err.contains("--tls-key"), "{err}");
+}
