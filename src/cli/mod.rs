@@ -113,6 +113,9 @@ pub struct ModelArgs {
     /// Sequences decoded together at most.
     #[arg(long, env = "CLERK_MAX_BATCH", default_value_t = 16)]
     pub max_batch: usize,
+    /// Requests that may wait for a place in the batch; more are refused at once with 429.
+    #[arg(long, env = "CLERK_QUEUE_CAPACITY", default_value_t = 64)]
+    pub queue_capacity: usize,
     /// Memory for the prefix cache, in MiB (0 disables it).
     #[arg(long, env = "CLERK_PREFIX_CACHE_MB", default_value_t = 64)]
     pub prefix_cache_mb: usize,
@@ -144,6 +147,10 @@ impl ModelArgs {
         }
         cfg.context_length = self.ctx_size;
         cfg.max_batch = self.max_batch;
+        if self.queue_capacity == 0 {
+            anyhow::bail!("--queue-capacity must be at least 1");
+        }
+        cfg.queue_capacity = self.queue_capacity;
         cfg.prefix_cache_bytes = self.prefix_cache_mb << 20;
         Ok(cfg)
     }
