@@ -162,11 +162,14 @@ struct Inner {
     shop_name: String,
     /// Staff-approved answers with their questions' embeddings, refreshed when the list changes;
     /// a snapshot is taken under the lock and compared outside it.
-    curated: Mutex<Arc<Vec<(crate::shop::service::CuratedAnswer, Vec<f32>)>>>,
+    curated: Mutex<Arc<CuratedCache>>,
     /// One lock per conversation, so two conversations never wait for each other and two
     /// requests on one conversation take turns.
     conversations: Mutex<HashMap<String, Arc<Mutex<State>>>>,
 }
+
+/// Curated answers and their questions' embeddings.
+type CuratedCache = Vec<(crate::shop::service::CuratedAnswer, Vec<f32>)>;
 
 /// Conversations kept in memory at most; the least recently used are forgotten (their shopper
 /// verifies again).

@@ -316,11 +316,9 @@ impl<'a> Turn<'a> {
         }
         let details = Details::of(text);
         let gave_identity = !details.emails.is_empty() || details.name_zip.is_some();
-        if self.state.who.is_none() && gave_identity {
-            if !self.identify(&details)? {
-                self.say("identify_failed", &[]);
-                return Ok(());
-            }
+        if self.state.who.is_none() && gave_identity && !self.identify(&details)? {
+            self.say("identify_failed", &[]);
+            return Ok(());
         }
         // Classified without the ids and emails, which say who and which, not what.
         let stripped = strip_details(text);
