@@ -187,11 +187,7 @@ async fn review(
         "reject" => false,
         _ => return Err(ApiError::NotFound(format!("No rating step `{step}`."))),
     };
-    let review = if body.iter().all(u8::is_ascii_whitespace) {
-        Review::default()
-    } else {
-        super::extract::parse::<Review>(&body)?
-    };
+    let review: Review = super::extract::parse_optional(&body)?;
     let (rating, curated) =
         blocking(move || shop.review_rating(&ctx, id, approve, review.answer.as_deref())).await?;
     Ok(axum::Json(json!({ "rating": rating, "curated": curated })).into_response())

@@ -65,6 +65,16 @@ pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     Ok(value)
 }
 
+/// A body that may be left out (steps like claim or resolve need none): empty means the
+/// defaults, anything else must parse.
+pub fn parse_optional<T: DeserializeOwned + Default>(bytes: &[u8]) -> Result<T, ApiError> {
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        Ok(T::default())
+    } else {
+        parse(bytes)
+    }
+}
+
 /// The configured body limit, put in request extensions so rejections can say what it is.
 #[derive(Debug, Clone, Copy)]
 pub struct BodyLimit(pub usize);

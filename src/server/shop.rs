@@ -613,11 +613,7 @@ async fn resolve_complaint(
     caller.require(Scope::Staff)?;
     let shop = shop(&state)?;
     let ctx = ctx(caller, &headers);
-    let r = if body.iter().all(u8::is_ascii_whitespace) {
-        Resolve::default()
-    } else {
-        super::extract::parse::<Resolve>(&body)?
-    };
+    let r: Resolve = super::extract::parse_optional(&body)?;
     let c = blocking(move || shop.resolve_complaint(&ctx, id, r.note.as_deref())).await?;
     Ok(axum::Json(c).into_response())
 }
@@ -686,11 +682,7 @@ async fn handoff_step(
     let shop = shop(&state)?;
     let ctx = ctx(caller, &headers);
     // Claim and close need no body; a reply sends `{"text": ...}`.
-    let text = if body.iter().all(u8::is_ascii_whitespace) {
-        None
-    } else {
-        super::extract::parse::<HandoffReply>(&body)?.text
-    };
+    let text = super::extract::parse_optional::<HandoffReply>(&body)?.text;
     let out = blocking(move || match step.as_str() {
         "claim" => Ok(serde_json::to_value(shop.claim_handoff(&ctx, id)?)?),
         "close" => Ok(serde_json::to_value(shop.close_handoff(&ctx, id)?)?),

@@ -567,7 +567,7 @@ struct Child {
 
 const KILL_KEY: &str = "admin-kill-test-key-0123456789";
 
-fn start_server(data: &std::path::Path) -> Child {
+fn start_server(data: &std::path::Path, extra: &[&str]) -> Child {
     use std::io::BufRead;
     let mut process = Command::new(env!("CARGO_BIN_EXE_clerk"))
         .args([
@@ -579,6 +579,7 @@ fn start_server(data: &std::path::Path) -> Child {
             "--api-key",
             KILL_KEY,
         ])
+        .args(extra)
         .arg("--data-dir")
         .arg(data)
         .env("CLERK_MODELS_DIR", crate::common::models_dir())
@@ -597,6 +598,18 @@ fn start_server(data: &std::path::Path) -> Child {
         .unwrap_or_else(|| panic!("unexpected first line: {line}"))
         .to_string();
     Child { process, base }
+}
+
+async fn get_json(client: &reqwest::Client, url: String) -> serde_json::Value {
+    client
+        .get(url)
+        .bearer_auth(KILL_KEY)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
 }
 
 async fn wait_healthy(base: &str) {
@@ -634,31 +647,19 @@ async fn killing_the_server_at_random_moments_loses_nothing_acknowledged() {
     };
     // Four rounds of work cut short, and a fifth start that only checks the last one.
     for round in 0..5 {
-        let mut child = start_server(&data);
+        let mut child = start_server(&data, &[]);
         let base = child.base.clone();
         wait_healthy(&base).await;
         // What survived the previous kill.
         for id in &acknowledged_orders {
-            let o: Value = client
-                .get(format!("{base}/v1/shop/orders/{}", id.replace('#', "%23")))
-                .bearer_auth(KILL_KEY)
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
+            let o = get_json(
+                &client,
+                format!("{base}/v1/shop/orders/{}", id.replace('#', "%23")),
+            )
+            .await;
             assert_eq!(o["status"], "cancelled", "round {round}: {id} lost: {o}");
         }
-        let docs: Value = client
-            .get(format!("{base}/v1/knowledge/documents"))
-            .bearer_auth(KILL_KEY)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let docs = get_json(&client, format!("{base}/v1/knowledge/documents")).await;
         for d in &acknowledged_docs {
             assert!(
                 docs["data"]
@@ -688,15 +689,11 @@ async fn killing_the_server_at_random_moments_loses_nothing_acknowledged() {
         }
 
         // The work the kill interrupts: order cancellations, an ingest, a stream.
-        let pending: Value = client
-            .get(format!("{base}/v1/shop/orders?status=pending&limit=100"))
-            .bearer_auth(KILL_KEY)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let pending = get_json(
+            &client,
+            format!("{base}/v1/shop/orders?status=pending&limit=100"),
+        )
+        .await;
         let orders: Vec<String> = pending["data"]
             .as_array()
             .unwrap()
@@ -941,35 +938,8 @@ async fn overload_is_shed_with_429_and_memory_stays_bounded() {
     use std::sync::atomic::{AtomicU64, Ordering};
 
     let data = scratch_dir("trust-soak");
-    let mut process = Command::new(env!("CARGO_BIN_EXE_clerk"))
-        .args([
-            "serve",
-            "--port",
-            "0",
-            "--threads",
-            "2",
-            "--api-key",
-            KILL_KEY,
-        ])
-        .args(["--max-batch", "2", "--queue-capacity", "4"])
-        .arg("--data-dir")
-        .arg(&data)
-        .env("CLERK_MODELS_DIR", crate::common::models_dir())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("clerk serve starts");
-    let base = {
-        use std::io::BufRead;
-        let mut line = String::new();
-        std::io::BufReader::new(process.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        line.trim()
-            .strip_prefix("clerk listening on ")
-            .unwrap()
-            .to_string()
-    };
+    let Child { mut process, base } =
+        start_server(&data, &["--max-batch", "2", "--queue-capacity", "4"]);
     wait_healthy(&base).await;
     let pid = process.id();
     let client = reqwest::Client::new();
