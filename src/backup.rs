@@ -131,6 +131,25 @@ pub fn backup(data_dir: &Path, dest: &Path) -> Result<Manifest> {
         fs::remove_dir_all(&tmp).map_err(io(&tmp))?;
     }
     fs::create_dir_all(&tmp).map_err(io(&tmp))?;
+    let made = write_backup(data_dir, &tmp).and_then(|m| {
+        let dest: PathBuf = dest.components().collect();
+        fs::rename(&tmp, &dest).map_err(io(&dest))?;
+        Ok(m)
+    });
+    if made.is_err() {
+        // A failed backup leaves nothing half-written behind.
+        let _ = fs::remove_dir_all(&tmp);
+    }
+    made
+}
+
+fn write_backup(data_dir: &Path, tmp: &Path) -> Result<Manifest> {
+    if !data_dir.join("shop.sqlite").exists() {
+        return Err(BackupError::Invalid(format!(
+            "{} holds no shop database",
+            data_dir.display()
+        )));
+    }
     for db in DATABASES {
         let src = data_dir.join(db);
         if !src.exists() {
@@ -154,9 +173,9 @@ pub fn backup(data_dir: &Path, dest: &Path) -> Result<Manifest> {
                 message: e.to_string(),
             })?;
     }
-    let knowledge_generation = copy_knowledge(data_dir, &tmp)?;
+    let knowledge_generation = copy_knowledge(data_dir, tmp)?;
     let mut files = Vec::new();
-    for rel in files_under(&tmp)? {
+    for rel in files_under(tmp)? {
         let abs = tmp.join(&rel);
         sync_file(&abs)?;
         let (bytes, sha256) = sha256_file(&abs)?;
@@ -173,8 +192,7 @@ pub fn backup(data_dir: &Path, dest: &Path) -> Result<Manifest> {
         knowledge_generation,
         files,
     };
-    write_manifest(&tmp, &manifest)?;
-    fs::rename(&tmp, dest).map_err(io(dest))?;
+    write_manifest(tmp, &manifest)?;
     Ok(manifest)
 }
 
@@ -214,8 +232,10 @@ fn write_manifest(dir: &Path, m: &Manifest) -> Result<()> {
     f.sync_all().map_err(io(&path))
 }
 
+/// `path` with `suffix` on its last part (`bak/` gives `bak.partial`, not `bak/.partial`).
 fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
-    let mut s = path.as_os_str().to_os_string();
+    let clean: PathBuf = path.components().collect();
+    let mut s = clean.into_os_string();
     s.push(suffix);
     PathBuf::from(s)
 }
@@ -231,6 +251,12 @@ pub fn verify(backup_dir: &Path) -> Result<Manifest> {
         return Err(BackupError::Damaged(format!(
             "format {} (this clerk reads {FORMAT})",
             m.format
+        )));
+    }
+    // Every backup holds the shop; a manifest without it was cut or written by hand.
+    if !m.files.iter().any(|f| f.path == "shop.sqlite") {
+        return Err(BackupError::Damaged(format!(
+            "{MANIFEST} lists no shop.sqlite"
         )));
     }
     for f in &m.files {

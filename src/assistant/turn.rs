@@ -185,6 +185,7 @@ impl<'a> Turn<'a> {
     }
 
     pub(super) fn run(mut self, text: &str) -> R<Reply> {
+        self.forget_if_purged()?;
         self.state.last_used = crate::clock::unix_now();
         let shop = &self.inner.shop;
         let conv = shop.ensure_conversation(&self.ctx, self.id, self.state.who.as_ref())?;
@@ -207,8 +208,18 @@ impl<'a> Turn<'a> {
         self.finish()
     }
 
+    /// A conversation that retention purged (or erasure emptied) starts over: the shopper who
+    /// proved who they were in it must prove it again.
+    fn forget_if_purged(&mut self) -> R<()> {
+        if self.state.who.is_some() && self.inner.shop.store().conversation(self.id)?.is_none() {
+            *self.state = State::default();
+        }
+        Ok(())
+    }
+
     /// The "talk to a person" button: a handoff now, or word that one is already open.
     pub(super) fn request_human(mut self) -> R<Reply> {
+        self.forget_if_purged()?;
         self.state.last_used = crate::clock::unix_now();
         let shop = &self.inner.shop;
         let conv = shop.ensure_conversation(&self.ctx, self.id, self.state.who.as_ref())?;

@@ -147,6 +147,7 @@ pub fn open_assistant(
         policy: crate::shop::Policy::default(),
         seed_demo: true,
         retention_days: None,
+        audit_retention_days: None,
     }
     .open()?;
     shop.set_classifier(Arc::new(FeedbackClassifier::new(embedder.clone())?));

@@ -77,6 +77,9 @@ pub struct ServeArgs {
     /// entries and expired tokens, at start and hourly; kept forever when unset.
     #[arg(long, env = "CLERK_RETENTION_DAYS")]
     pub retention_days: Option<u32>,
+    /// With --retention-days: also purge audit entries older than this many days.
+    #[arg(long, env = "CLERK_AUDIT_RETENTION_DAYS", requires = "retention_days")]
+    pub audit_retention_days: Option<u32>,
     /// The shop's name, as the assistant (the model `clerk`) introduces it.
     #[arg(long, env = "CLERK_SHOP_NAME", default_value = "Harbor & Pine")]
     pub shop_name: String,
@@ -160,9 +163,10 @@ pub fn run(a: ServeArgs) -> anyhow::Result<()> {
         policy,
         seed_demo: !a.no_demo,
         retention_days: a.retention_days,
+        audit_retention_days: a.audit_retention_days,
     });
-    if a.retention_days == Some(0) {
-        anyhow::bail!("--retention-days must be at least 1");
+    if a.retention_days == Some(0) || a.audit_retention_days == Some(0) {
+        anyhow::bail!("--retention-days and --audit-retention-days must be at least 1");
     }
     let addr = SocketAddr::new(a.host, a.port);
     tokio::runtime::Builder::new_multi_thread()

@@ -28,6 +28,9 @@ pub struct PurgeArgs {
     /// entries and expired tokens; what a person still holds stays.
     #[arg(long = "older-than-days")]
     pub days: u32,
+    /// Also remove audit entries older than this many days (kept when unset).
+    #[arg(long = "audit-older-than-days")]
+    pub audit_days: Option<u32>,
     /// Folder holding clerk's stored data.
     #[arg(long, env = "CLERK_DATA_DIR", default_value = "./clerk-data")]
     pub data_dir: PathBuf,
@@ -35,7 +38,7 @@ pub struct PurgeArgs {
 
 pub fn purge(a: PurgeArgs) -> anyhow::Result<()> {
     let shop = Shop::open(&a.data_dir, Policy::default())?;
-    let p = shop.purge_older_than(&Ctx::system(Channel::Cli), a.days)?;
+    let p = shop.purge_older_than(&Ctx::system(Channel::Cli), a.days, a.audit_days)?;
     println!(
         "purged {} conversations ({} messages), {} handoffs, {} audit entries, {} expired tokens",
         p.conversations, p.messages, p.handoffs, p.audit, p.tokens

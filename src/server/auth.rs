@@ -109,21 +109,6 @@ fn same(a: &[u8], b: &[u8]) -> bool {
 pub async fn require_key(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
     let keys = &state.config.api_keys;
     let store = state.key_store();
-    // The key file is read per request, so a key made or revoked by `clerk keys` counts at once.
-    let stored_live = match &store {
-        Some(s) => match s.any_live() {
-            Ok(live) => live,
-            Err(e) => return ApiError::Internal(e.to_string()).into_response(),
-        },
-        None => false,
-    };
-    if keys.is_empty() && !stored_live {
-        // No keys: a loopback-only development server (see `serve`), open to its own machine.
-        req.extensions_mut().insert(Caller {
-            scope: Scope::Admin,
-        });
-        return next.run(req).await;
-    }
     let given = req
         .headers()
         .get(header::AUTHORIZATION)
@@ -132,8 +117,38 @@ pub async fn require_key(State(state): State<AppState>, mut req: Request, next: 
             v.strip_prefix("Bearer ")
                 .or_else(|| v.strip_prefix("bearer "))
         })
-        .map(str::trim);
-    let Some(given) = given else {
+        .map(|v| v.trim().to_string());
+    // The key file is read per request (off the async threads), so a key made or revoked by
+    // `clerk keys` counts at once.
+    let stored = match &store {
+        Some(s) => {
+            let (s, g) = (s.clone(), given.clone());
+            match tokio::task::spawn_blocking(move || {
+                let any = s.any()?;
+                let found = match (&g, any) {
+                    (Some(g), true) => s.lookup(g)?,
+                    _ => None,
+                };
+                Ok::<_, super::keys::KeyError>((any, found))
+            })
+            .await
+            {
+                Ok(Ok(r)) => Some(r),
+                Ok(Err(e)) => return ApiError::Internal(e.to_string()).into_response(),
+                Err(e) => return ApiError::Internal(e.to_string()).into_response(),
+            }
+        }
+        None => None,
+    };
+    let store_has_keys = stored.as_ref().is_some_and(|(any, _)| *any);
+    if keys.is_empty() && !store_has_keys {
+        // No keys: a loopback-only development server (see `serve`), open to its own machine.
+        req.extensions_mut().insert(Caller {
+            scope: Scope::Admin,
+        });
+        return next.run(req).await;
+    }
+    let Some(given) = given.as_deref() else {
         return ApiError::MissingApiKey.into_response();
     };
     // Every key is compared, so timing does not reveal which one matched.
@@ -144,14 +159,11 @@ pub async fn require_key(State(state): State<AppState>, mut req: Request, next: 
             found
         }
     });
-    let found = match (found, &store) {
-        (Some(f), _) => Some(f),
-        (None, Some(s)) if stored_live => match s.lookup(given) {
-            Ok(k) => k.map(|k| (k.id, k.scope, k.rate_per_minute)),
-            Err(e) => return ApiError::Internal(e.to_string()).into_response(),
-        },
-        _ => None,
-    };
+    let found = found.or_else(|| {
+        stored
+            .and_then(|(_, k)| k)
+            .map(|k| (k.id, k.scope, k.rate_per_minute))
+    });
     let Some((id, scope, own_rate)) = found else {
         return ApiError::InvalidApiKey.into_response();
     };

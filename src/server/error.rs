@@ -169,8 +169,10 @@ pub fn redact(text: &str) -> String {
         let masked = match body.find('@') {
             Some(at) if at > 0 && body[at + 1..].contains('.') => {
                 let start = body[..at]
-                    .rfind(|c: char| !(c.is_alphanumeric() || "._%+-".contains(c)))
-                    .map_or(0, |i| i + 1);
+                    .char_indices()
+                    .rev()
+                    .find(|(_, c)| !(c.is_alphanumeric() || "._%+-".contains(*c)))
+                    .map_or(0, |(i, c)| i + c.len_utf8());
                 format!("{}***{}", &body[..start], &body[at..])
             }
             _ => mask_digits(body),
@@ -278,5 +280,8 @@ mod tests {
         );
         assert_eq!(redact("no personal data"), "no personal data");
         assert_eq!(redact("a@b"), "a@b");
+        // Quotes of more than one byte before an address.
+        assert_eq!(redact("“ana@example.com”"), "“***@example.com”");
+        assert_eq!(redact("«ana@example.com»"), "«***@example.com»");
     }
 }

@@ -220,7 +220,15 @@ impl KeyStore {
             .optional()?)
     }
 
-    /// Whether any key is live (then the server asks every caller for one).
+    /// Whether any key was ever made, revoked ones included. Once one was, the server asks every
+    /// caller for a key for good: revoking the last key must close the door, not open it.
+    pub fn any(&self) -> Result<bool> {
+        Ok(self
+            .conn()
+            .query_row("SELECT EXISTS (SELECT 1 FROM api_keys)", [], |r| r.get(0))?)
+    }
+
+    /// Whether any key is live.
     pub fn any_live(&self) -> Result<bool> {
         Ok(self.conn().query_row(
             "SELECT EXISTS (SELECT 1 FROM api_keys WHERE revoked_at IS NULL)",

@@ -361,8 +361,10 @@ pub struct ShopConfig {
     pub name: String,
     pub policy: crate::shop::Policy,
     pub seed_demo: bool,
-    /// Conversations idle this many days, and older audit entries, are purged hourly.
+    /// Conversations idle this many days are purged hourly.
     pub retention_days: Option<u32>,
+    /// Audit entries older than this many days are purged hourly.
+    pub audit_retention_days: Option<u32>,
 }
 
 impl ShopConfig {
@@ -387,13 +389,14 @@ impl ShopConfig {
 }
 
 /// Retention: purges at start and then every hour; a failed purge is logged and tried again.
-async fn purge_every_hour(shop: Shop, days: u32) {
+async fn purge_every_hour(shop: Shop, days: u32, audit_days: Option<u32>) {
     let mut tick = tokio::time::interval(Duration::from_secs(3600));
     loop {
         tick.tick().await;
         let s = shop.clone();
         let ctx = crate::shop::Ctx::system(crate::shop::Channel::Api);
-        match tokio::task::spawn_blocking(move || s.purge_older_than(&ctx, days)).await {
+        match tokio::task::spawn_blocking(move || s.purge_older_than(&ctx, days, audit_days)).await
+        {
             Ok(Ok(p)) => tracing::info!(
                 conversations = p.conversations,
                 audit = p.audit,
@@ -419,7 +422,7 @@ pub async fn serve(
     key_store: Option<Arc<keys::KeyStore>>,
 ) -> anyhow::Result<()> {
     let stored_keys = match &key_store {
-        Some(k) => k.any_live()?,
+        Some(k) => k.any()?,
         None => false,
     };
     if config.api_keys.is_empty() && !stored_keys && !addr.ip().is_loopback() {
@@ -443,10 +446,10 @@ pub async fn serve(
     }
     let shop_name = shop.as_ref().map_or_else(String::new, |s| s.name.clone());
     if let Some(sc) = shop {
-        let retention = sc.retention_days;
+        let (retention, audit) = (sc.retention_days, sc.audit_retention_days);
         let shop = tokio::task::spawn_blocking(move || sc.open()).await??;
         if let Some(days) = retention {
-            tokio::spawn(purge_every_hour(shop.clone(), days));
+            tokio::spawn(purge_every_hour(shop.clone(), days, audit));
         }
         state.set_shop(shop);
     }

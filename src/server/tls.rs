@@ -61,15 +61,27 @@ pub struct TlsListener {
 
 /// How long a client may take over its handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Handshakes under way at most; past this, accepting waits, so stalled clients can't use up
+/// the file descriptors.
+const MAX_HANDSHAKES: usize = 256;
 
 impl TlsListener {
     pub fn new(tcp: TcpListener, config: Arc<rustls::ServerConfig>) -> std::io::Result<Self> {
         let local = tcp.local_addr()?;
         let acceptor = TlsAcceptor::from(config);
         let (tx, ready) = mpsc::channel(64);
+        let slots = Arc::new(tokio::sync::Semaphore::new(MAX_HANDSHAKES));
         tokio::spawn(async move {
             loop {
-                let (stream, addr) = match tcp.accept().await {
+                let Ok(slot) = slots.clone().acquire_owned().await else {
+                    return;
+                };
+                // The server gone (the receiver dropped) ends this loop and frees the port.
+                let accepted = tokio::select! {
+                    a = tcp.accept() => a,
+                    _ = tx.closed() => return,
+                };
+                let (stream, addr) = match accepted {
                     Ok(c) => c,
                     Err(e) => {
                         // Out of file descriptors and the like: wait rather than spin.
@@ -78,12 +90,12 @@ impl TlsListener {
                         continue;
                     }
                 };
-                if tx.is_closed() {
-                    return;
-                }
                 let (acceptor, tx) = (acceptor.clone(), tx.clone());
                 tokio::spawn(async move {
-                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                    let handshake =
+                        tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await;
+                    drop(slot);
+                    match handshake {
                         Ok(Ok(tls)) => {
                             let _ = tx.send((tls, addr)).await;
                         }

@@ -633,22 +633,31 @@ impl Shop {
         self.handoff_or_404(id)
     }
 
-    /// Retention: removes conversations idle for `days` days and older logs (see
-    /// [`ShopStore::purge_before`]), and records that it did in the audit log.
-    pub fn purge_older_than(&self, ctx: &Ctx, days: u32) -> Result<crate::shop::store::Purged> {
-        if days == 0 {
+    /// Retention: removes conversations idle for `days` days, and audit entries older than
+    /// `audit_days` when given (the audit log records refunds and erasures, so it usually has a
+    /// longer retention of its own); see [`ShopStore::purge_before`]. The purge is audited.
+    pub fn purge_older_than(
+        &self,
+        ctx: &Ctx,
+        days: u32,
+        audit_days: Option<u32>,
+    ) -> Result<crate::shop::store::Purged> {
+        if days == 0 || audit_days == Some(0) {
             return Err(ShopError::Invalid {
                 field: "retention_days",
                 message: "must be at least 1".into(),
             });
         }
-        let cutoff = unix_now() - i64::from(days) * 86_400;
-        let purged = self.store.purge_before(cutoff)?;
+        let now = unix_now();
+        let before = |d: u32| now - i64::from(d) * 86_400;
+        let purged = self
+            .store
+            .purge_before(before(days), audit_days.map(before))?;
         self.store.record(ctx.audit(
             "retention_purge",
             "retention".to_string(),
             None,
-            json!({ "days": days, "purged": purged }),
+            json!({ "days": days, "audit_days": audit_days, "purged": purged }),
         ))?;
         Ok(purged)
     }

@@ -1474,7 +1474,7 @@ impl ShopStore for SqliteStore {
         )
     }
 
-    fn purge_before(&self, cutoff: i64) -> Result<Purged> {
+    fn purge_before(&self, cutoff: i64, audit_cutoff: Option<i64>) -> Result<Purged> {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
         // Conversations idle since before the cutoff, unless a person still holds them.
@@ -1506,7 +1506,7 @@ impl ShopStore for SqliteStore {
             &format!("DELETE FROM messages WHERE conversation_id IN ({gone})"),
             [],
         )?;
-        let mut handoffs = tx.execute(
+        let handoffs = tx.execute(
             &format!("DELETE FROM handoffs WHERE conversation_id IN ({gone})"),
             [],
         )?;
@@ -1514,11 +1514,10 @@ impl ShopStore for SqliteStore {
             &format!("DELETE FROM conversations WHERE id IN ({gone})"),
             [],
         )?;
-        handoffs += tx.execute(
-            "DELETE FROM handoffs WHERE status = 'closed' AND updated_at < ?1",
-            [cutoff],
-        )?;
-        let audit = tx.execute("DELETE FROM audit WHERE at < ?1", [cutoff])?;
+        let audit = match audit_cutoff {
+            Some(c) => tx.execute("DELETE FROM audit WHERE at < ?1", [c])?,
+            None => 0,
+        };
         let tokens = tx.execute("DELETE FROM tokens WHERE expires_at < ?1", [cutoff])?;
         tx.execute("DELETE FROM purge_conversations", [])?;
         tx.commit()?;

@@ -221,9 +221,9 @@ pub trait ShopStore: Send + Sync {
     /// Every curated answer, oldest first (a shop has tens, not millions).
     fn curated_answers(&self) -> Result<Vec<CuratedAnswer>>;
     /// Deletes, in one transaction, the conversations whose last message is older than `cutoff`
-    /// (with their messages and ratings; none a person still holds), closed handoffs and audit
-    /// entries older than it, and tokens that expired before it.
-    fn purge_before(&self, cutoff: i64) -> Result<Purged>;
+    /// (with their messages, ratings and handoffs; none a person still holds) and tokens that
+    /// expired before it, and audit entries older than `audit_cutoff` when one is given.
+    fn purge_before(&self, cutoff: i64, audit_cutoff: Option<i64>) -> Result<Purged>;
     /// The console's counts over `[since, now)`, days cut at UTC midnight.
     fn analytics(&self, since: i64, now: i64) -> Result<Analytics>;
     fn customer_records(&self, id: &CustomerId) -> Result<CustomerRecords>;
