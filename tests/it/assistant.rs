@@ -6,8 +6,6 @@ use std::sync::{Arc, OnceLock};
 
 use clerk::assistant::{eval, intent, IntentClassifier, Prompts};
 use clerk::retrieval::{demo, Knowledge};
-use clerk::server::auth::ApiKey;
-use clerk::server::{app, AppState, ServerConfig};
 use clerk::shop::{Channel, Ctx, FeedbackClassifier, OrderId, OrderStatus, Policy, Shop};
 use serde_json::{json, Value};
 
@@ -121,24 +119,10 @@ pub(crate) fn user(text: &str) -> Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_clerk_model_keeps_identity_and_confirmations_on_the_server() {
-    let key = "widget-key-0123456789";
-    let config = ServerConfig {
-        api_keys: vec![ApiKey::parse(&format!("widget:{key}")).unwrap()],
-        ..ServerConfig::default()
-    };
-    let (state, _stop) = AppState::new(config, false);
-    let shop = demo_shop("assistant-http");
-    state.set_shop(shop.clone());
-    state.set_assistant(clerk::assistant::Assistant::new(
-        shop.clone(),
-        demo_knowledge(),
-        intents(),
-        Arc::new(Prompts::builtin().unwrap()),
-        "Harbor & Pine",
-    ));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, app(state)).await });
+    let key = crate::web::WIDGET;
+    // The web tests' server: a fresh demo shop behind a widget and a staff key.
+    let crate::web::Server { base, shop } =
+        crate::web::server_with("assistant-http", demo_knowledge()).await;
     let status_of = |id: &str| {
         shop.store()
             .order(&OrderId::parse(id).unwrap())

@@ -79,6 +79,10 @@ pub(crate) async fn call(
     )
 }
 
+pub(crate) async fn delete(url: String, key: &str) -> (u16, Value) {
+    call(reqwest::Method::DELETE, url, key, None, None).await
+}
+
 pub(crate) async fn get(url: String, key: &str) -> (u16, Value) {
     call(reqwest::Method::GET, url, key, None, None).await
 }
@@ -228,21 +232,15 @@ async fn a_correction_staff_approve_answers_the_same_question_next_time() {
 
     // Removing the curated answer gives the question back to retrieval.
     let curated_id = approved["curated"]["id"].as_i64().unwrap();
-    let (status, _) = call(
-        reqwest::Method::DELETE,
+    let (status, _) = delete(
         format!("{}/v1/assistant/curated/{curated_id}", s.base),
         STAFF,
-        None,
-        None,
     )
     .await;
     assert_eq!(status, 200);
-    let (status, _) = call(
-        reqwest::Method::DELETE,
+    let (status, _) = delete(
         format!("{}/v1/assistant/curated/{curated_id}", s.base),
         STAFF,
-        None,
-        None,
     )
     .await;
     assert_eq!(status, 404);
