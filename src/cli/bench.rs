@@ -119,6 +119,7 @@ fn run_one(engine: &Engine, ids: Vec<u32>, gen: usize) -> anyhow::Result<Timed> 
         max_tokens: Some(gen),
         stop: vec![],
         ignore_eos: true,
+        grammar: None,
     })?;
     let mut tokens = Vec::with_capacity(gen);
     while let Some(ev) = g.blocking_next() {

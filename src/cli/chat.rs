@@ -65,6 +65,7 @@ pub fn run(a: ChatArgs) -> anyhow::Result<()> {
             max_tokens: Some(a.sampling.max_tokens),
             stop: a.sampling.stop.clone(),
             ignore_eos: false,
+            grammar: None,
         })?;
         let mut reply = String::new();
         while let Some(ev) = generation.blocking_next() {

@@ -1,11 +1,14 @@
 //! `clerk generate`: one prompt, streamed to stdout.
 
 use std::io::Write;
+use std::path::PathBuf;
+
+use anyhow::Context;
 
 use clap::Args;
 
 use super::{ModelArgs, SamplingArgs};
-use crate::engine::{ChatMessage, Event, GenerateRequest};
+use crate::engine::{ChatMessage, Event, GenerateRequest, Grammar};
 
 #[derive(Debug, Clone, Args)]
 pub struct GenerateArgs {
@@ -19,9 +22,27 @@ pub struct GenerateArgs {
     /// Wrap the prompt as a user turn in the model's chat template instead of continuing it raw.
     #[arg(long)]
     pub chat: bool,
+    /// Constrain the output to JSON valid against the JSON schema in this file.
+    #[arg(long, conflicts_with = "lark")]
+    pub json_schema: Option<PathBuf>,
+    /// Constrain the output to the Lark grammar in this file (llguidance's dialect).
+    #[arg(long)]
+    pub lark: Option<PathBuf>,
     /// Print token counts and speed to stderr at the end.
     #[arg(long)]
     pub verbose: bool,
+}
+
+fn grammar(a: &GenerateArgs) -> anyhow::Result<Option<Grammar>> {
+    let read = |p: &PathBuf| {
+        std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display()))
+    };
+    if let Some(p) = &a.json_schema {
+        let schema = serde_json::from_str(&read(p)?)
+            .with_context(|| format!("{} is not JSON", p.display()))?;
+        return Ok(Some(Grammar::JsonSchema(schema)));
+    }
+    Ok(a.lark.as_ref().map(read).transpose()?.map(Grammar::Lark))
 }
 
 pub fn run(a: GenerateArgs) -> anyhow::Result<()> {
@@ -37,6 +58,7 @@ pub fn run(a: GenerateArgs) -> anyhow::Result<()> {
         max_tokens: Some(a.sampling.max_tokens),
         stop: a.sampling.stop.clone(),
         ignore_eos: false,
+        grammar: grammar(&a)?,
     })?;
     let mut out = std::io::stdout().lock();
     while let Some(ev) = generation.blocking_next() {

@@ -30,6 +30,10 @@ pub enum EngineError {
         param: &'static str,
         message: String,
     },
+    /// A grammar (a JSON schema, a tool's parameters) that does not compile, or a constrained
+    /// generation the grammar engine could not follow.
+    #[error("grammar: {0}")]
+    Grammar(String),
     #[error("generation failed: {0}")]
     Generation(String),
     #[error("the engine has stopped")]

@@ -3,6 +3,7 @@
 //! - `gguf`: opens a GGUF file through `memmap2` and reads its metadata.
 //! - `tokenizer`: builds a tokenizer from GGUF metadata (gpt2-style BPE or SentencePiece-style).
 //! - `template`: renders `tokenizer.chat_template` with minijinja.
+//! - `constraint`: grammar-constrained decoding (JSON schemas, Lark grammars) through llguidance.
 //! - `sampler`: turns logits into a token (greedy, temperature, top-k/p, min-p, penalties, bias, seed,
 //!   logprobs); `stop`: stop strings matched across token boundaries.
 //! - `kernels`: quantized matrix × activation kernels (AVX2/FMA with a portable fallback) and the
@@ -13,6 +14,7 @@
 //! - `embedder`: sentence embeddings from a BERT-family model on candle tensors.
 //! - `registry`: resolves `--model` (a path, a manifest name from `models/`, or a hub `repo:file`).
 
+pub mod constraint;
 pub mod embedder;
 pub mod error;
 pub mod gguf;
@@ -26,6 +28,7 @@ pub mod stop;
 pub mod template;
 pub mod tokenizer;
 
+pub use constraint::Grammar;
 pub use embedder::Embedder;
 pub use error::EngineError;
 pub use registry::resolve_model;

@@ -10,11 +10,12 @@
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender, TryRecvError, TrySendError};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 
+use super::constraint::{Constraint, Grammar, Guidance};
 use super::error::{EngineError, Result};
 use super::gguf::GgufFile;
 use super::kernels::ThreadPool;
@@ -105,6 +106,8 @@ pub struct GenerateRequest {
     pub stop: Vec<String>,
     /// Keep generating past end-of-sequence tokens (benchmarks).
     pub ignore_eos: bool,
+    /// Only tokens this grammar allows are sampled; the generation ends when it is complete.
+    pub grammar: Option<Grammar>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -228,6 +231,7 @@ pub struct ModelInfo {
 
 struct Job {
     req: GenerateRequest,
+    constraint: Option<Constraint>,
     tx: UnboundedSender<Event>,
     submitted: Instant,
 }
@@ -239,6 +243,8 @@ struct Inner {
     template: Option<ChatTemplate>,
     info: ModelInfo,
     stats: Arc<EngineStats>,
+    /// Built on the first request with a grammar; a tokenizer it can't use is remembered as such.
+    guidance: OnceLock<std::result::Result<Arc<Guidance>, String>>,
 }
 
 #[derive(Clone)]
@@ -325,6 +331,7 @@ impl Engine {
                 template,
                 info,
                 stats,
+                guidance: OnceLock::new(),
             }),
         })
     }
@@ -391,9 +398,17 @@ impl Engine {
                 context_length: ctx,
             });
         }
+        // Compiled here, on the caller's thread, so a bad schema is the caller's error at once and
+        // the engine thread never spends a step on it.
+        let constraint = req
+            .grammar
+            .as_ref()
+            .map(|g| self.guidance()?.constraint(g))
+            .transpose()?;
         let (tx, rx) = unbounded_channel();
         let job = Job {
             req,
+            constraint,
             tx,
             submitted: Instant::now(),
         };
@@ -407,6 +422,18 @@ impl Engine {
             }),
             Err(TrySendError::Disconnected(_)) => Err(EngineError::Stopped),
         }
+    }
+
+    fn guidance(&self) -> Result<Arc<Guidance>> {
+        self.inner
+            .guidance
+            .get_or_init(|| {
+                Guidance::new(self.inner.tokenizer.clone(), self.inner.info.vocab_size)
+                    .map(Arc::new)
+                    .map_err(|e| e.to_string())
+            })
+            .clone()
+            .map_err(EngineError::Grammar)
     }
 
     /// Tokenizes, submits and collects a plain-text prompt; for the CLI and tests.
@@ -439,6 +466,7 @@ struct Active<'t> {
     pending_buf: [u32; 1],
     context: Vec<u32>,
     sampler: Sampler,
+    constraint: Option<Constraint>,
     stream: super::tokenizer::DecodeStream<'t>,
     stop: StopMatcher,
     max_new: usize,
@@ -549,6 +577,7 @@ impl Worker {
             .fetch_add(cached as u64, Ordering::Relaxed);
         active.push(Active {
             sampler: Sampler::new(job.req.sampling.clone()),
+            constraint: job.constraint,
             stop: StopMatcher::new(job.req.stop.clone()),
             context: job.req.prompt.clone(),
             stream: tokenizer.decode_stream(true),
@@ -657,6 +686,12 @@ impl Worker {
 
     /// Samples the next token of `a` and sends it; returns whether the sequence is finished.
     fn emit(&self, a: &mut Active<'_>, logits: &mut [f32]) -> bool {
+        if let Some(c) = &mut a.constraint {
+            if let Err(e) = c.mask(logits) {
+                let _ = a.tx.send(Event::Error(e));
+                return true;
+            }
+        }
         let s = a.sampler.sample(logits, &a.context, a.req.prompt.len());
         if a.first_token.is_none() {
             a.first_token = Some(a.submitted.elapsed());
@@ -667,6 +702,14 @@ impl Worker {
             a.flush();
             a.send_done(FinishReason::Stop);
             return true;
+        }
+        let mut grammar_done = false;
+        if let Some(c) = &mut a.constraint {
+            if let Err(e) = c.commit(s.token) {
+                let _ = a.tx.send(Event::Error(e));
+                return true;
+            }
+            grammar_done = c.is_finished();
         }
         let piece = match a.stream.step(s.token) {
             Ok(p) => p.unwrap_or_default(),
@@ -686,6 +729,11 @@ impl Worker {
             logprob,
         });
         if out.stopped {
+            a.send_done(FinishReason::Stop);
+            return true;
+        }
+        if grammar_done {
+            a.flush();
             a.send_done(FinishReason::Stop);
             return true;
         }

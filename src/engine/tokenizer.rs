@@ -340,6 +340,18 @@ impl Tokenizer {
         self.special.get(id as usize).copied().unwrap_or(false)
     }
 
+    /// Every token's bytes, by id, for the grammar engine: special tokens are marked (a leading
+    /// 0xFF) so no grammar literal can match them; ids the vocabulary skips get no bytes.
+    pub fn token_bytes(&self) -> Result<Vec<Vec<u8>>> {
+        let json = serde_json::to_value(&self.inner).map_err(err)?;
+        // llguidance asserts on vocabularies it does not understand; a panic here is a tokenizer
+        // it can't constrain, not a reason to take the engine down.
+        let words = std::panic::catch_unwind(|| llguidance::token_bytes_from_tokenizer_json(&json))
+            .map_err(|_| err("constrained decoding does not understand this tokenizer"))?
+            .map_err(|e| err(format!("constrained decoding: {e}")))?;
+        Ok(words)
+    }
+
     pub fn decode_stream(&self, skip_special: bool) -> DecodeStream<'_> {
         DecodeStream {
             tok: self,

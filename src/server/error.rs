@@ -114,7 +114,7 @@ impl ApiError {
         }
     }
 
-    fn param(&self) -> Option<&str> {
+    pub(crate) fn param(&self) -> Option<&str> {
         match self {
             ApiError::InvalidRequest { param, .. } => param.as_deref(),
             ApiError::ContextOverflow { .. } => Some("messages"),
@@ -252,6 +252,8 @@ impl From<EngineError> for ApiError {
             // input, so a 400 that says why.
             EngineError::Template(message) => ApiError::invalid("messages", message),
             EngineError::Tokenizer(message) => ApiError::invalid("messages", message),
+            // Grammars come from `response_format` unless the caller says otherwise (tools).
+            EngineError::Grammar(message) => ApiError::invalid("response_format", message),
             EngineError::ModelNotFound { name, .. } => ApiError::ModelNotFound(name),
             EngineError::Stopped => ApiError::ShuttingDown,
             e @ (EngineError::Load { .. }

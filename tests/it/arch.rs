@@ -213,6 +213,7 @@ fn check_arch(arch: &'static str, n_layer: usize) {
         max_tokens: Some(12),
         stop: vec![],
         ignore_eos: true,
+        grammar: None,
     };
     let a = engine
         .submit(req("abc"))

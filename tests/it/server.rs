@@ -430,17 +430,49 @@ async fn errors_have_openai_shape_and_status() {
         .await;
     assert_eq!(s, 200, "{b}");
 
-    let (s, b) = server
-        .post(
-            "/v1/chat/completions",
-            chat(
-                json!({"model": MODEL, "messages": [{"role": "user", "content": "hi"}],
-                "tools": [{"type": "function", "function": {"name": "f", "parameters": {}}}]}),
-            ),
-        )
-        .await;
-    assert_eq!(s, 400);
-    assert_eq!(b["error"]["param"], "tools");
+    // Tools and structured output: each bad part is named.
+    let hi = json!([{"role": "user", "content": "hi"}]);
+    for (body, param) in [
+        (
+            json!({"tools": [{"type": "function", "function": {"name": "no spaces"}}]}),
+            "tools[0].function.name",
+        ),
+        (
+            json!({"tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "objectx"}}}]}),
+            "tools",
+        ),
+        (
+            json!({"tools": [{"type": "function", "function": {"name": "f"}}],
+                "tool_choice": {"type": "function", "function": {"name": "g"}}}),
+            "tool_choice",
+        ),
+        (json!({"tool_choice": "required"}), "tool_choice"),
+        (
+            json!({"response_format": {"type": "yaml"}}),
+            "response_format.type",
+        ),
+        (
+            json!({"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "objectx"}}}}),
+            "response_format",
+        ),
+        (
+            json!({"response_format": {"type": "json_schema", "json_schema": {"schema": {}}}}),
+            "response_format.json_schema.name",
+        ),
+    ] {
+        let mut body = body;
+        body["model"] = json!(MODEL);
+        body["messages"] = hi.clone();
+        let (s, b) = server
+            .post("/v1/chat/completions", chat(body.clone()))
+            .await;
+        assert_eq!(s, 400, "{body} -> {b}");
+        assert_eq!(b["error"]["param"], param, "{body} -> {b}");
+        assert!(
+            !b["error"]["message"].as_str().unwrap().contains("%json"),
+            "{b}"
+        );
+    }
 
     let (s, b) = server.post("/v1/nothing-here", "{}").await;
     assert_error(s, &b, 404, "not_found");
@@ -782,4 +814,245 @@ async fn sixteen_concurrent_streams_all_complete() {
         tokens as f64 / secs
     );
     assert!(tokens >= 16);
+}
+
+fn weather_tools() -> Vec<async_openai::types::chat::ChatCompletionTools> {
+    use async_openai::types::chat::{ChatCompletionTool, ChatCompletionTools, FunctionObject};
+    let f = |name: &str, description: &str, parameters: Value| {
+        ChatCompletionTools::Function(ChatCompletionTool {
+            function: FunctionObject {
+                name: name.into(),
+                description: Some(description.into()),
+                parameters: Some(parameters),
+                strict: Some(true),
+            },
+        })
+    };
+    vec![
+        f(
+            "get_weather",
+            "The current weather in a city",
+            json!({"type": "object", "properties": {
+                "city": {"type": "string", "maxLength": 30},
+                "unit": {"enum": ["celsius", "fahrenheit"]}},
+                "required": ["city", "unit"], "additionalProperties": false}),
+        ),
+        f(
+            "get_time",
+            "The local time in a time zone",
+            json!({"type": "object", "properties": {"tz": {"type": "string", "maxLength": 40}},
+                "required": ["tz"], "additionalProperties": false}),
+        ),
+    ]
+}
+
+/// Checks a call against [`weather_tools`]' schemas; returns the parsed arguments.
+fn check_weather_call(name: &str, arguments: &str) -> Value {
+    let args: Value = serde_json::from_str(arguments)
+        .unwrap_or_else(|e| panic!("arguments of {name} are not JSON ({e}): {arguments}"));
+    let obj = args.as_object().expect("arguments are an object");
+    match name {
+        "get_weather" => {
+            assert!(
+                obj["city"]
+                    .as_str()
+                    .is_some_and(|c| c.chars().count() <= 30),
+                "{args}"
+            );
+            assert!(
+                ["celsius", "fahrenheit"].contains(&obj["unit"].as_str().unwrap()),
+                "{args}"
+            );
+            assert_eq!(obj.len(), 2, "{args}");
+        }
+        "get_time" => {
+            assert!(obj["tz"].is_string(), "{args}");
+            assert_eq!(obj.len(), 1, "{args}");
+        }
+        other => panic!("called an undeclared function {other}"),
+    }
+    args
+}
+
+/// `tools` with `required`, a named function and `auto`, whole and streamed, a tool result on the
+/// next turn, and `json_schema`, all through async-openai: constrained decoding means every call
+/// and every JSON reply validates, whatever the small model would have written on its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tools_and_json_schema_through_async_openai() {
+    use async_openai::types::chat::{
+        ChatCompletionMessageToolCall, ChatCompletionMessageToolCalls,
+        ChatCompletionNamedToolChoice, ChatCompletionRequestAssistantMessageArgs,
+        ChatCompletionRequestToolMessageArgs, ChatCompletionToolChoiceOption, ToolChoiceOptions,
+    };
+    use async_openai::types::chat::{
+        FunctionCall, FunctionName, ResponseFormat, ResponseFormatJsonSchema,
+    };
+
+    let server = TestServer::default().await;
+    let client = server.client();
+    let question = "What is the weather in Paris right now?";
+    let base = || {
+        let mut b = CreateChatCompletionRequestArgs::default();
+        b.model(MODEL)
+            .messages(vec![user(question)])
+            .tools(weather_tools())
+            .temperature(0.0)
+            .max_completion_tokens(120u32);
+        b
+    };
+
+    // `required`, one call: a call to a declared function with valid arguments.
+    let res = client
+        .chat()
+        .create(
+            base()
+                .tool_choice(ChatCompletionToolChoiceOption::Mode(
+                    ToolChoiceOptions::Required,
+                ))
+                .parallel_tool_calls(false)
+                .build()
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    let choice = &res.choices[0];
+    assert_eq!(choice.finish_reason, Some(FinishReason::ToolCalls));
+    assert!(choice.message.content.is_none());
+    let calls = choice.message.tool_calls.as_ref().expect("tool_calls");
+    assert_eq!(calls.len(), 1);
+    let ChatCompletionMessageToolCalls::Function(call) = &calls[0] else {
+        panic!("not a function call")
+    };
+    assert!(call.id.starts_with("call_"));
+    check_weather_call(&call.function.name, &call.function.arguments);
+    let first_call = call.clone();
+
+    // A named function, streamed: OpenAI-style tool_calls deltas, then `tool_calls` as the reason.
+    let mut stream = client
+        .chat()
+        .create_stream(
+            base()
+                .tool_choice(ChatCompletionToolChoiceOption::Function(
+                    ChatCompletionNamedToolChoice {
+                        function: FunctionName {
+                            name: "get_time".into(),
+                        },
+                    },
+                ))
+                .build()
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    let (mut name, mut arguments, mut id, mut finish) = (String::new(), String::new(), None, None);
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.expect("a well-formed chunk");
+        for c in chunk.choices {
+            for tc in c.delta.tool_calls.into_iter().flatten() {
+                assert_eq!(tc.index, 0);
+                id = id.or(tc.id);
+                if let Some(f) = tc.function {
+                    name.push_str(&f.name.unwrap_or_default());
+                    arguments.push_str(&f.arguments.unwrap_or_default());
+                }
+            }
+            assert!(c.delta.content.as_deref().unwrap_or("").is_empty());
+            finish = finish.or(c.finish_reason);
+        }
+    }
+    assert_eq!(name, "get_time");
+    assert!(id.is_some_and(|i| i.starts_with("call_")));
+    check_weather_call(&name, &arguments);
+    assert_eq!(finish, Some(FinishReason::ToolCalls));
+
+    // The tool's result on the next turn, under `auto`: either an answer or more valid calls.
+    let assistant = ChatCompletionRequestAssistantMessageArgs::default()
+        .tool_calls(vec![ChatCompletionMessageToolCalls::Function(
+            ChatCompletionMessageToolCall {
+                id: first_call.id.clone(),
+                function: FunctionCall {
+                    name: first_call.function.name.clone(),
+                    arguments: first_call.function.arguments.clone(),
+                },
+            },
+        )])
+        .build()
+        .unwrap();
+    let result = ChatCompletionRequestToolMessageArgs::default()
+        .tool_call_id(first_call.id.clone())
+        .content("{\"city\": \"Paris\", \"temperature\": 18, \"sky\": \"cloudy\"}")
+        .build()
+        .unwrap();
+    let res = client
+        .chat()
+        .create(
+            base()
+                .messages(vec![user(question), assistant.into(), result.into()])
+                .tool_choice(ChatCompletionToolChoiceOption::Mode(
+                    ToolChoiceOptions::Auto,
+                ))
+                .build()
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    let choice = &res.choices[0];
+    match choice.finish_reason {
+        Some(FinishReason::ToolCalls) => {
+            for c in choice.message.tool_calls.as_ref().unwrap() {
+                let ChatCompletionMessageToolCalls::Function(c) = c else {
+                    panic!()
+                };
+                check_weather_call(&c.function.name, &c.function.arguments);
+            }
+        }
+        _ => {
+            let text = choice.message.content.as_deref().unwrap_or("");
+            assert!(!text.is_empty() && !text.starts_with('<'), "{text:?}");
+            assert!(choice.message.tool_calls.is_none());
+        }
+    }
+
+    // `json_schema` with `strict`: the reply parses and validates, at a temperature where an
+    // unconstrained 135M model rarely writes valid JSON.
+    let schema = json!({"type": "object", "properties": {
+        "product": {"type": "string", "maxLength": 40},
+        "price": {"type": "number", "minimum": 0},
+        "in_stock": {"type": "boolean"}},
+        "required": ["product", "price", "in_stock"], "additionalProperties": false});
+    for seed in 0..3 {
+        let res = client
+            .chat()
+            .create(
+                CreateChatCompletionRequestArgs::default()
+                    .model(MODEL)
+                    .messages(vec![user("Describe one product for sale as JSON.")])
+                    .temperature(1.2)
+                    .seed(seed)
+                    .max_completion_tokens(150u32)
+                    .response_format(ResponseFormat::JsonSchema {
+                        json_schema: ResponseFormatJsonSchema {
+                            name: "product".into(),
+                            description: None,
+                            schema: schema.clone(),
+                            strict: Some(true),
+                        },
+                    })
+                    .build()
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        let text = res.choices[0].message.content.clone().unwrap();
+        assert_eq!(
+            res.choices[0].finish_reason,
+            Some(FinishReason::Stop),
+            "{text}"
+        );
+        let v: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"));
+        assert!(v["product"].as_str().unwrap().chars().count() <= 40, "{v}");
+        assert!(v["price"].as_f64().unwrap() >= 0.0, "{v}");
+        assert!(v["in_stock"].is_boolean(), "{v}");
+        assert_eq!(v.as_object().unwrap().len(), 3, "{v}");
+    }
 }

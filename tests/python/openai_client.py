@@ -87,4 +87,100 @@ res = client.chat.completions.create(
 )
 assert res.choices[0].message.content is not None
 
+# Tools: `required` gives a call to a declared function with arguments valid for its schema, whole
+# and streamed; the result goes back as a `tool` message on the next turn.
+import json
+
+tools = [
+    {
+        "type": "function",
+        "function": {
+            "name": "lookup_order",
+            "description": "Look up an order by its id",
+            "parameters": {
+                "type": "object",
+                "properties": {"order_id": {"type": "string", "pattern": "^#W[0-9]{7}$"}},
+                "required": ["order_id"],
+                "additionalProperties": False,
+            },
+        },
+    }
+]
+ask = [{"role": "user", "content": "Where is my order #W2378156?"}]
+res = client.chat.completions.create(
+    model=model, messages=ask, tools=tools, tool_choice="required", parallel_tool_calls=False, temperature=0, max_tokens=60
+)
+msg = res.choices[0].message
+assert res.choices[0].finish_reason == "tool_calls", res
+assert msg.content is None and len(msg.tool_calls) == 1, msg
+call = msg.tool_calls[0]
+assert call.type == "function" and call.function.name == "lookup_order", call
+args = json.loads(call.function.arguments)
+assert set(args) == {"order_id"} and len(args["order_id"]) == 9 and args["order_id"].startswith("#W"), args
+
+streamed_calls = {}
+finish = None
+for c in client.chat.completions.create(
+    model=model,
+    messages=ask,
+    tools=tools,
+    tool_choice={"type": "function", "function": {"name": "lookup_order"}},
+    temperature=0,
+    max_tokens=60,
+    stream=True,
+):
+    for ch in c.choices:
+        for tc in ch.delta.tool_calls or []:
+            entry = streamed_calls.setdefault(tc.index, {"name": "", "arguments": ""})
+            entry["name"] += tc.function.name or ""
+            entry["arguments"] += tc.function.arguments or ""
+        finish = ch.finish_reason or finish
+assert finish == "tool_calls", finish
+assert streamed_calls[0]["name"] == "lookup_order", streamed_calls
+json.loads(streamed_calls[0]["arguments"])
+
+follow = client.chat.completions.create(
+    model=model,
+    messages=ask
+    + [
+        {"role": "assistant", "content": None, "tool_calls": [call.model_dump()]},
+        {"role": "tool", "tool_call_id": call.id, "content": '{"status": "delivered"}'},
+    ],
+    tools=tools,
+    temperature=0,
+    max_tokens=40,
+)
+assert follow.choices[0].finish_reason in ("stop", "length", "tool_calls"), follow
+
+# Structured output: `json_schema` and `json_object` always parse.
+res = client.chat.completions.create(
+    model=model,
+    messages=[{"role": "user", "content": "Rate our shop from 1 to 5 with a comment, as JSON."}],
+    response_format={
+        "type": "json_schema",
+        "json_schema": {
+            "name": "rating",
+            "strict": True,
+            "schema": {
+                "type": "object",
+                "properties": {
+                    "stars": {"type": "integer", "minimum": 1, "maximum": 5},
+                    "comment": {"type": "string", "maxLength": 80},
+                },
+                "required": ["stars", "comment"],
+                "additionalProperties": False,
+            },
+        },
+    },
+    temperature=0.8,
+    seed=7,
+    max_tokens=120,
+)
+rating = json.loads(res.choices[0].message.content)
+assert 1 <= rating["stars"] <= 5 and isinstance(rating["comment"], str), rating
+res = client.chat.completions.create(
+    model=model, messages=question, response_format={"type": "json_object"}, temperature=0, max_tokens=80
+)
+assert isinstance(json.loads(res.choices[0].message.content), dict), res
+
 print("all python client checks passed")

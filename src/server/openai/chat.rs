@@ -11,7 +11,10 @@ use crate::server::error::ApiError;
 use crate::server::extract::Json;
 use crate::server::AppState;
 
+use std::sync::Mutex;
+
 use super::run::{self, finish_reason, Shape};
+use super::tools::{message_with_calls, parse_calls, Piece, StreamParser, ToolSet};
 use super::types::ChatCompletionRequest;
 
 pub async fn handler(
@@ -26,18 +29,44 @@ pub async fn handler(
     // A widget key sits in a public page: it reaches the assistant, not the raw model.
     caller.require(Scope::Staff)?;
     let engine = state.engine(&req.model)?;
-    req.check_unsupported()?;
-    let plan = req.sampling.plan(req.logprobs()?, state.config.max_n)?;
-    let messages = req.engine_messages()?;
+    let mut plan = req.sampling.plan(req.logprobs()?, state.config.max_n)?;
+    let mut messages = req.engine_messages()?;
+    let tools = ToolSet::parse(
+        req.tools.as_deref(),
+        req.tool_choice.as_ref(),
+        req.parallel_tool_calls,
+    )?;
+    let format = match &req.response_format {
+        Some(f) => f.grammar()?,
+        None => None,
+    };
+    let takes_tools = engine.template().is_some_and(|t| t.takes_tools());
+    let mut template_tools = None;
+    if let Some(t) = &tools {
+        if format.is_some() {
+            return Err(ApiError::invalid(
+                "response_format",
+                "`response_format` and callable `tools` can't be combined; set `tool_choice: \"none\"` or drop one",
+            ));
+        }
+        plan.grammar = Some(t.grammar());
+        plan.grammar_param = "tools";
+        messages = t.prepare(messages, takes_tools);
+        template_tools = takes_tools.then(|| t.raw.clone());
+    } else {
+        plan.grammar = format;
+    }
     // Rendering and tokenizing a long conversation is CPU work: keep it off the async runtime.
     let e = engine.clone();
-    let prompt = tokio::task::spawn_blocking(move || e.chat_prompt(&messages, None))
-        .await
-        .map_err(|e| ApiError::Internal(e.to_string()))??;
+    let prompt =
+        tokio::task::spawn_blocking(move || e.chat_prompt(&messages, template_tools.as_ref()))
+            .await
+            .map_err(|e| ApiError::Internal(e.to_string()))??;
+    let n = plan.n;
     run::answer(
         &state,
         &engine,
-        Chat,
+        Chat::new(tools.is_some(), n),
         "chatcmpl-",
         vec![prompt],
         &plan,
@@ -46,7 +75,34 @@ pub async fn handler(
     .await
 }
 
-struct Chat;
+/// Chat's choices; with tools, each choice's text is parsed into calls.
+struct Chat {
+    tools: bool,
+    streams: Mutex<Vec<StreamParser>>,
+}
+
+impl Chat {
+    fn new(tools: bool, n: usize) -> Self {
+        Self {
+            tools,
+            streams: Mutex::new((0..n).map(|_| StreamParser::default()).collect()),
+        }
+    }
+
+    fn with_parser<T>(&self, index: usize, f: impl FnOnce(&mut StreamParser) -> T) -> Option<T> {
+        let mut streams = self.streams.lock().ok()?;
+        streams.get_mut(index).map(f)
+    }
+}
+
+fn tool_delta(index: usize, call: Value) -> Value {
+    json!({
+        "index": index,
+        "delta": { "tool_calls": [call] },
+        "logprobs": null,
+        "finish_reason": null,
+    })
+}
 
 fn token_entry(engine: &Engine, id: u32, logprob: f32) -> Value {
     let text = engine.tokenizer().decode(&[id], false).unwrap_or_default();
@@ -85,6 +141,38 @@ impl Shape for Chat {
         })
     }
 
+    fn stream_piece(&self, index: usize, text: &str, logprobs: Option<Value>) -> Vec<Value> {
+        if !self.tools {
+            return vec![self.delta(index, text, logprobs)];
+        }
+        let pieces = self
+            .with_parser(index, |p| p.push(text))
+            .unwrap_or_default();
+        pieces
+            .into_iter()
+            .map(|p| match p {
+                Piece::Text(t) => self.delta(index, &t, None),
+                Piece::Call(c) => tool_delta(index, c),
+            })
+            .collect()
+    }
+
+    fn stream_end(&self, index: usize, reason: FinishReason) -> Vec<Value> {
+        if !self.tools {
+            return vec![self.closing(index, reason)];
+        }
+        let (rest, called) = self
+            .with_parser(index, |p| (p.finish(), p.called()))
+            .unwrap_or_default();
+        let mut out: Vec<Value> = rest.iter().map(|t| self.delta(index, t, None)).collect();
+        let mut last = self.closing(index, reason);
+        if called && reason == FinishReason::Stop {
+            last["finish_reason"] = json!("tool_calls");
+        }
+        out.push(last);
+        out
+    }
+
     fn whole(
         &self,
         index: usize,
@@ -92,6 +180,16 @@ impl Shape for Chat {
         logprobs: Option<Value>,
         reason: FinishReason,
     ) -> Value {
+        if self.tools && reason == FinishReason::Stop {
+            if let Some(calls) = parse_calls(&text) {
+                return json!({
+                    "index": index,
+                    "message": message_with_calls(&calls),
+                    "logprobs": logprobs,
+                    "finish_reason": "tool_calls",
+                });
+            }
+        }
         json!({
             "index": index,
             "message": { "role": "assistant", "content": text, "refusal": null },

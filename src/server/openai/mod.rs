@@ -7,4 +7,5 @@ pub mod completions;
 pub mod embeddings;
 pub mod models;
 pub mod run;
+pub mod tools;
 pub mod types;

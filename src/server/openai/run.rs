@@ -15,7 +15,8 @@ use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
 use crate::engine::{
-    Done, Engine, Event, FinishReason, GenerateRequest, Generation, TokenLogprob, Usage,
+    Done, Engine, EngineError, Event, FinishReason, GenerateRequest, Generation, TokenLogprob,
+    Usage,
 };
 use crate::server::error::ApiError;
 use crate::server::AppState;
@@ -32,6 +33,15 @@ pub trait Shape: Send + Sync + 'static {
     fn delta(&self, index: usize, text: &str, logprobs: Option<Value>) -> Value;
     /// The last chunk of a choice in a stream.
     fn closing(&self, index: usize, reason: FinishReason) -> Value;
+    /// What a piece of generated text becomes in a stream: by default one delta; a shape that
+    /// parses the text (tool calls) may hold it back or turn it into something else.
+    fn stream_piece(&self, index: usize, text: &str, logprobs: Option<Value>) -> Vec<Value> {
+        vec![self.delta(index, text, logprobs)]
+    }
+    /// The end of a choice in a stream: whatever was held back, then the closing chunk.
+    fn stream_end(&self, index: usize, reason: FinishReason) -> Vec<Value> {
+        vec![self.closing(index, reason)]
+    }
     /// A whole choice in a non-streaming response.
     fn whole(
         &self,
@@ -88,8 +98,14 @@ fn submit(engine: &Engine, prompt: Vec<u32>, plan: &Plan) -> Result<Vec<Generati
                     max_tokens: plan.max_tokens,
                     stop: plan.stop.clone(),
                     ignore_eos: false,
+                    grammar: plan.grammar.clone(),
                 })
-                .map_err(ApiError::from)
+                .map_err(|e| match e {
+                    EngineError::Grammar(m) => {
+                        ApiError::invalid(plan.grammar_param, super::tools::grammar_message(&m))
+                    }
+                    e => e.into(),
+                })
         })
         .collect()
 }
@@ -321,23 +337,25 @@ fn stream<S: Shape>(
                     }
                     let lp = logprob.map(|lp| shape.logprobs(&engine, &[(id, lp)], offsets[i]));
                     offsets[i] += text.len();
-                    chunk(vec![shape.delta(i, &text, lp)])
+                    shape.stream_piece(i, &text, lp)
                 }
                 Event::Text(text) => {
                     offsets[i] += text.len();
-                    chunk(vec![shape.delta(i, &text, None)])
+                    shape.stream_piece(i, &text, None)
                 }
                 Event::Done(done) => {
                     state.metrics.record_generation(&done);
                     add_usage(&mut usage, &done.usage, i % per_prompt == 0);
                     finished += 1;
-                    chunk(vec![shape.closing(i, done.finish_reason)])
+                    shape.stream_end(i, done.finish_reason)
                 }
                 Event::Error(e) => break Some(e.into()),
             };
-            if tx.send(out).await.is_err() {
-                state.metrics.record_disconnect();
-                return;
+            for choice in out {
+                if tx.send(chunk(vec![choice])).await.is_err() {
+                    state.metrics.record_disconnect();
+                    return;
+                }
             }
         };
         // Dropping the other generations here cancels them in the engine.

@@ -8,8 +8,10 @@ use std::collections::HashMap;
 use serde::Deserialize;
 
 use crate::engine::template::{FunctionCall, ToolCall};
-use crate::engine::{ChatMessage, Role, SamplingParams};
+use crate::engine::{ChatMessage, Grammar, Role, SamplingParams};
 use crate::server::error::ApiError;
+
+use super::tools::ResponseFormat;
 
 /// Sampling fields shared by chat and legacy completions (OpenAI's, plus `top_k`, `min_p` and
 /// `repetition_penalty` as the extra fields vLLM and llama.cpp's server also take).
@@ -56,6 +58,10 @@ pub struct Plan {
     pub n: usize,
     pub stream: bool,
     pub include_usage: bool,
+    /// Set by `response_format` or by tools: what every choice must match.
+    pub grammar: Option<Grammar>,
+    /// The parameter a grammar that does not compile is blamed on.
+    pub grammar_param: &'static str,
 }
 
 impl Sampling {
@@ -142,6 +148,8 @@ impl Sampling {
                     .stream_options
                     .as_ref()
                     .is_some_and(|o| o.include_usage),
+            grammar: None,
+            grammar_param: "response_format",
         })
     }
 }
@@ -160,12 +168,6 @@ pub struct ChatCompletionRequest {
     pub response_format: Option<ResponseFormat>,
     /// OpenAI's free-form metadata; the model `clerk` reads `conversation_id` from it.
     pub metadata: Option<serde_json::Map<String, serde_json::Value>>,
-}
-
-#[derive(Debug, Deserialize)]
-pub struct ResponseFormat {
-    #[serde(rename = "type")]
-    pub kind: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -321,31 +323,6 @@ impl ChatCompletionRequest {
                 "`top_logprobs` must be between 0 and 20",
             )),
         }
-    }
-
-    /// Tools and structured output need constrained decoding, which this server does not do yet: a
-    /// request that depends on them is refused rather than answered with unconstrained text.
-    pub fn check_unsupported(&self) -> Result<(), ApiError> {
-        let tools_off =
-            matches!(&self.tool_choice, Some(serde_json::Value::String(s)) if s == "none");
-        if self.tools.as_ref().is_some_and(|t| !t.is_empty()) && !tools_off {
-            return Err(ApiError::invalid(
-                "tools",
-                "tool calling is not supported by this server yet",
-            ));
-        }
-        if let Some(f) = &self.response_format {
-            if f.kind != "text" {
-                return Err(ApiError::invalid(
-                    "response_format",
-                    format!(
-                        "`response_format` of type `{}` is not supported by this server yet",
-                        f.kind
-                    ),
-                ));
-            }
-        }
-        Ok(())
     }
 }
 
