@@ -1078,3 +1078,124 @@ async fn overload_is_shed_with_429_and_memory_stays_bounded() {
         "memory grew from {rss_before} KiB to {rss_peak_during} KiB"
     );
 }
+
+/// SSE `data:` payloads of a streaming response, as they arrive.
+fn sse_events(res: reqwest::Response) -> impl futures_util::Stream<Item = String> + Unpin {
+    use futures_util::StreamExt;
+    Box::pin(futures_util::stream::unfold(
+        (res.bytes_stream(), String::new()),
+        |(mut bytes, mut buf)| async move {
+            loop {
+                if let Some(end) = buf.find("\n\n") {
+                    let event: String = buf.drain(..end + 2).collect();
+                    let data = event
+                        .lines()
+                        .filter_map(|l| l.strip_prefix("data: "))
+                        .collect::<String>();
+                    return Some((data, (bytes, buf)));
+                }
+                match bytes.next().await {
+                    Some(Ok(b)) => buf.push_str(&String::from_utf8_lossy(&b)),
+                    _ => return None,
+                }
+            }
+        },
+    ))
+}
+
+fn sigterm(pid: u32) {
+    let ok = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "kill -TERM {pid}");
+}
+
+/// Waits for the child to exit on its own; returns whether it exited cleanly.
+fn exits_within(child: &mut Child, secs: u64) -> bool {
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    while std::time::Instant::now() < until {
+        if let Some(status) = child.process.try_wait().unwrap() {
+            return status.success();
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let _ = child.process.kill();
+    panic!("clerk serve did not exit within {secs} s of SIGTERM");
+}
+
+/// SIGTERM stops a running server gracefully: a stream in flight finishes normally when it can
+/// within the grace period, and is ended with an error event and `[DONE]` when it can't; either
+/// way the process then exits cleanly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_finishes_or_cleanly_ends_streams_in_flight() {
+    use futures_util::StreamExt;
+    use serde_json::{json, Value};
+
+    let client = reqwest::Client::new();
+    // SmolLM2's end-of-sequence tokens are banned, so a generation runs to `max_tokens`.
+    let stream_body = |max_tokens: u32| {
+        json!({
+            "model": "smollm2-135m-instruct",
+            "messages": [{"role": "user", "content": "Count from one to a thousand."}],
+            "max_tokens": max_tokens,
+            "temperature": 0,
+            "logit_bias": {"0": -100, "2": -100},
+            "stream": true,
+        })
+    };
+    for (grace, max_tokens, finishes) in [("60", 40u32, true), ("1", 5000, false)] {
+        let data = scratch_dir(&format!("trust-shutdown-{grace}"));
+        let mut child = start_server(&data, &["--shutdown-grace-secs", grace]);
+        wait_healthy(&child.base).await;
+        let res = client
+            .post(format!("{}/v1/chat/completions", child.base))
+            .bearer_auth(KILL_KEY)
+            .json(&stream_body(max_tokens))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 200);
+        let mut events = sse_events(res);
+        let first = events.next().await.expect("a first chunk");
+        assert!(first.contains("\"role\":\"assistant\""), "{first}");
+        sigterm(child.process.id());
+        let mut rest = Vec::new();
+        let ended = tokio::time::timeout(std::time::Duration::from_secs(90), async {
+            while let Some(e) = events.next().await {
+                rest.push(e);
+            }
+        })
+        .await;
+        assert!(ended.is_ok(), "the stream did not end ({grace} s grace)");
+        assert_eq!(
+            rest.last().map(String::as_str),
+            Some("[DONE]"),
+            "{grace}: {rest:?}"
+        );
+        let chunks: Vec<Value> = rest[..rest.len() - 1]
+            .iter()
+            .map(|e| serde_json::from_str(e).unwrap_or_else(|_| panic!("malformed: {e}")))
+            .collect();
+        let last = chunks.last().expect("chunks before [DONE]");
+        if finishes {
+            assert_eq!(last["choices"][0]["finish_reason"], "length", "{last}");
+            let text: String = chunks
+                .iter()
+                .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
+                .collect();
+            assert!(!text.is_empty());
+        } else {
+            assert_eq!(last["error"]["code"], "shutting_down", "{last}");
+            assert!(
+                chunks.len() < max_tokens as usize,
+                "the stream ran to the end instead of being cut at the grace period"
+            );
+        }
+        assert!(
+            exits_within(&mut child, 30),
+            "clerk serve exited with a failure"
+        );
+    }
+}
