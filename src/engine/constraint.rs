@@ -80,6 +80,13 @@ impl TokenizerEnv for Env {
             Err(_) => self.trie.greedy_tokenize(s),
         }
     }
+
+    /// clerk's `encode` applies the tokenizer's normalizer (SentencePiece's leading "▁" for
+    /// llama-style vocabularies), so its tokens for a grammar's fragment need not be the ones
+    /// the grammar can accept; llguidance must not force them.
+    fn tokenize_is_canonical(&self) -> bool {
+        false
+    }
 }
 
 /// The shared, per-engine half: compiles grammars into matchers.
@@ -130,6 +137,15 @@ impl Guidance {
     }
 }
 
+/// A grammar that compiled but failed mid-generation (a parser limit, an internal error) is the
+/// server's failure, not the caller's: a generation error, with only the first line of the
+/// grammar engine's message (the rest can be a backtrace).
+fn failed(e: anyhow::Error) -> EngineError {
+    let msg = e.to_string();
+    let first = msg.lines().next().unwrap_or("").trim();
+    EngineError::Generation(format!("constrained decoding failed: {first}"))
+}
+
 /// One generation's grammar state.
 pub struct Constraint {
     matcher: Matcher,
@@ -146,10 +162,7 @@ impl Constraint {
     /// Sets every token the grammar does not allow next to −∞. Where the grammar may end, every
     /// end-of-sequence token is allowed (the trie knows only one).
     pub fn mask(&mut self, logits: &mut [f32]) -> Result<()> {
-        let allowed = self
-            .matcher
-            .compute_mask_or_eos()
-            .map_err(|e| EngineError::Grammar(e.to_string()))?;
+        let allowed = self.matcher.compute_mask_or_eos().map_err(failed)?;
         let may_end = self.eos.iter().any(|&t| allowed.is_allowed(t));
         for (id, l) in logits.iter_mut().enumerate() {
             let id = id as u32;
@@ -162,9 +175,7 @@ impl Constraint {
 
     /// Advances past a sampled token (one the mask allowed).
     pub fn commit(&mut self, token: u32) -> Result<()> {
-        self.matcher
-            .consume_token(token)
-            .map_err(|e| EngineError::Grammar(e.to_string()))
+        self.matcher.consume_token(token).map_err(failed)
     }
 
     /// The grammar is complete and allows nothing more.

@@ -237,6 +237,11 @@ impl Sampler {
             let inv_t = 1.0 / p.temperature;
             if p.top_k > 0 {
                 top_k_of(logits, p.top_k.min(n), &mut self.candidates);
+                // Tokens a grammar ruled out (−∞) may fill the top k when fewer are allowed; they
+                // must never be drawn, not even by the rounding fallback below.
+                if self.candidates.iter().any(|c| c.1.is_finite()) {
+                    self.candidates.retain(|c| c.1.is_finite());
+                }
             } else {
                 // Sorting a 262k vocabulary per token is too slow; tokens more than 30 nats (after
                 // temperature) below the best carry less than e^-30 each and are left out.
@@ -300,7 +305,11 @@ impl Sampler {
                 top_k_of(logits, k, &mut top);
                 (
                     logits[token as usize] - lse,
-                    top.into_iter().map(|(t, l)| (t, l - lse)).collect(),
+                    // Ruled-out tokens (−∞) are no alternatives, and JSON can't carry −∞.
+                    top.into_iter()
+                        .filter(|(_, l)| l.is_finite())
+                        .map(|(t, l)| (t, l - lse))
+                        .collect(),
                 )
             }
         };
@@ -341,6 +350,27 @@ mod tests {
         };
         assert_eq!(draw(1), draw(1));
         assert_ne!(draw(1), draw(2));
+    }
+
+    /// A grammar's mask leaves fewer tokens than `top_k` and `top_logprobs` ask for: the ruled-out
+    /// ones are never drawn and never listed (JSON can't carry −∞).
+    #[test]
+    fn masked_tokens_are_never_drawn_or_listed() {
+        let inf = f32::NEG_INFINITY;
+        let logits = vec![inf, 1.0, inf, 0.5, inf, inf];
+        let mut s = Sampler::new(SamplingParams {
+            temperature: 2.0,
+            top_k: 5,
+            logprobs: Some(4),
+            seed: Some(11),
+            ..params()
+        });
+        for _ in 0..500 {
+            let out = s.sample(&mut logits.clone(), &[], 0);
+            assert!(out.token == 1 || out.token == 3, "{}", out.token);
+            assert_eq!(out.top_logprobs.len(), 2);
+            assert!(out.top_logprobs.iter().all(|(_, l)| l.is_finite()));
+        }
     }
 
     #[test]

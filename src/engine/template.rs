@@ -74,6 +74,7 @@ pub struct ChatTemplate {
     bos: String,
     eos: String,
     takes_tools: bool,
+    hermes_tools: bool,
 }
 
 fn raise_exception(msg: String) -> std::result::Result<Value, JinjaError> {
@@ -140,11 +141,18 @@ impl ChatTemplate {
             bos: bos_token.to_string(),
             eos: eos_token.to_string(),
             takes_tools: source.contains("tools"),
+            hermes_tools: source.contains("tools") && source.contains("<tool_call>"),
         })
     }
 
     pub fn takes_tools(&self) -> bool {
         self.takes_tools
+    }
+
+    /// Renders `tools` and writes earlier calls in the Hermes format (`<tool_call>` JSON
+    /// `</tool_call>`, as Qwen's templates do): the format clerk's tool grammar makes models write.
+    pub fn writes_hermes_tool_calls(&self) -> bool {
+        self.hermes_tools
     }
 
     pub fn render(

@@ -1013,6 +1013,53 @@ async fn tools_and_json_schema_through_async_openai() {
         }
     }
 
+    // Parameters with `$defs`/`$ref`, as Pydantic writes them, resolve within the function's own
+    // schema; raw HTTP here, since the test also needs `tool_choice: "none"` on a history of calls.
+    let refs_tool = json!([{"type": "function", "function": {"name": "start_return",
+        "parameters": {"type": "object", "$defs": {"Item": {"type": "object",
+            "properties": {"sku": {"type": "string", "pattern": "^[0-9]{6}$"}},
+            "required": ["sku"], "additionalProperties": false}},
+            "properties": {"items": {"type": "array", "items": {"$ref": "#/$defs/Item"},
+                "minItems": 1, "maxItems": 2}},
+            "required": ["items"], "additionalProperties": false}}}]);
+    let (s, b) = server
+        .post(
+            "/v1/chat/completions",
+            json!({"model": MODEL, "temperature": 0, "max_tokens": 80, "tools": refs_tool,
+                "messages": [{"role": "user", "content": "Return item 123456 please."}],
+                "tool_choice": {"type": "function", "function": {"name": "start_return"}}})
+            .to_string(),
+        )
+        .await;
+    assert_eq!(s, 200, "{b}");
+    let call = &b["choices"][0]["message"]["tool_calls"][0]["function"];
+    let args: Value = serde_json::from_str(call["arguments"].as_str().unwrap()).unwrap();
+    let items = args["items"].as_array().unwrap();
+    assert!((1..=2).contains(&items.len()), "{args}");
+    for it in items {
+        let sku = it["sku"].as_str().unwrap();
+        assert!(
+            sku.len() == 6 && sku.bytes().all(|c| c.is_ascii_digit()),
+            "{args}"
+        );
+    }
+    let (s, b) = server
+        .post(
+            "/v1/chat/completions",
+            json!({"model": MODEL, "temperature": 0, "max_tokens": 20, "tools": refs_tool,
+                "tool_choice": "none",
+                "messages": [{"role": "user", "content": "Return item 123456 please."},
+                    {"role": "assistant", "content": null, "tool_calls": [{"id": "call_1",
+                        "type": "function", "function": {"name": "start_return",
+                        "arguments": "{\"items\": [{\"sku\": \"123456\"}]}"}}]},
+                    {"role": "tool", "tool_call_id": "call_1", "content": "{\"return\": \"R-1\"}"}]})
+            .to_string(),
+        )
+        .await;
+    assert_eq!(s, 200, "{b}");
+    assert!(b["choices"][0]["message"]["tool_calls"].is_null(), "{b}");
+    assert!(b["choices"][0]["message"]["content"].is_string(), "{b}");
+
     // `json_schema` with `strict`: the reply parses and validates, at a temperature where an
     // unconstrained 135M model rarely writes valid JSON.
     let schema = json!({"type": "object", "properties": {

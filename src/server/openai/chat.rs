@@ -5,7 +5,7 @@ use axum::http::HeaderMap;
 use axum::response::Response;
 use serde_json::{json, Value};
 
-use crate::engine::{Engine, FinishReason, TokenLogprob};
+use crate::engine::{Engine, FinishReason, Grammar, TokenLogprob};
 use crate::server::auth::{Caller, Scope};
 use crate::server::error::ApiError;
 use crate::server::extract::Json;
@@ -14,7 +14,9 @@ use crate::server::AppState;
 use std::sync::Mutex;
 
 use super::run::{self, finish_reason, Shape};
-use super::tools::{message_with_calls, parse_calls, Piece, StreamParser, ToolSet};
+use super::tools::{
+    message_with_calls, parse_calls, written_history, Piece, StreamParser, ToolSet,
+};
 use super::types::ChatCompletionRequest;
 
 pub async fn handler(
@@ -37,24 +39,30 @@ pub async fn handler(
         req.parallel_tool_calls,
     )?;
     let format = match &req.response_format {
-        Some(f) => f.grammar()?,
+        Some(f) => f.schema()?,
         None => None,
     };
-    let takes_tools = engine.template().is_some_and(|t| t.takes_tools());
+    // Only a template that writes Hermes calls itself renders tools natively; for any other the
+    // tools are described in the system message and earlier calls written out, since the grammar
+    // makes the model write Hermes calls whatever its template says.
+    let native = engine
+        .template()
+        .is_some_and(|t| t.writes_hermes_tool_calls());
+    if !native {
+        messages = written_history(messages);
+    }
     let mut template_tools = None;
-    if let Some(t) = &tools {
-        if format.is_some() {
-            return Err(ApiError::invalid(
-                "response_format",
-                "`response_format` and callable `tools` can't be combined; set `tool_choice: \"none\"` or drop one",
-            ));
+    match &tools {
+        Some(t) => {
+            plan.grammar = Some(t.grammar(format.as_ref()));
+            plan.grammar_param = "tools";
+            if native {
+                template_tools = Some(t.raw.clone());
+            } else {
+                messages = t.prepare(messages);
+            }
         }
-        plan.grammar = Some(t.grammar());
-        plan.grammar_param = "tools";
-        messages = t.prepare(messages, takes_tools);
-        template_tools = takes_tools.then(|| t.raw.clone());
-    } else {
-        plan.grammar = format;
+        None => plan.grammar = format.map(Grammar::JsonSchema),
     }
     // Rendering and tokenizing a long conversation is CPU work: keep it off the async runtime.
     let e = engine.clone();
@@ -66,7 +74,7 @@ pub async fn handler(
     run::answer(
         &state,
         &engine,
-        Chat::new(tools.is_some(), n),
+        Chat::new(tools.as_ref().map(ToolSet::names), n),
         "chatcmpl-",
         vec![prompt],
         &plan,
@@ -77,19 +85,36 @@ pub async fn handler(
 
 /// Chat's choices; with tools, each choice's text is parsed into calls.
 struct Chat {
-    tools: bool,
-    streams: Mutex<Vec<StreamParser>>,
+    /// The declared functions' names when tools are callable.
+    tools: Option<Vec<String>>,
+    streams: Mutex<Vec<ToolStream>>,
+}
+
+/// One streamed choice under tools: its parser, and the logprobs of text it holds back (they go
+/// out with that text; calls carry none, as at OpenAI).
+struct ToolStream {
+    parser: StreamParser,
+    logprobs: Vec<Value>,
 }
 
 impl Chat {
-    fn new(tools: bool, n: usize) -> Self {
+    fn new(tools: Option<Vec<String>>, n: usize) -> Self {
+        let streams = match &tools {
+            Some(names) => (0..n)
+                .map(|_| ToolStream {
+                    parser: StreamParser::new(names.clone()),
+                    logprobs: Vec::new(),
+                })
+                .collect(),
+            None => Vec::new(),
+        };
         Self {
             tools,
-            streams: Mutex::new((0..n).map(|_| StreamParser::default()).collect()),
+            streams: Mutex::new(streams),
         }
     }
 
-    fn with_parser<T>(&self, index: usize, f: impl FnOnce(&mut StreamParser) -> T) -> Option<T> {
+    fn with_stream<T>(&self, index: usize, f: impl FnOnce(&mut ToolStream) -> T) -> Option<T> {
         let mut streams = self.streams.lock().ok()?;
         streams.get_mut(index).map(f)
     }
@@ -142,27 +167,39 @@ impl Shape for Chat {
     }
 
     fn stream_piece(&self, index: usize, text: &str, logprobs: Option<Value>) -> Vec<Value> {
-        if !self.tools {
+        if self.tools.is_none() {
             return vec![self.delta(index, text, logprobs)];
         }
-        let pieces = self
-            .with_parser(index, |p| p.push(text))
-            .unwrap_or_default();
-        pieces
-            .into_iter()
-            .map(|p| match p {
-                Piece::Text(t) => self.delta(index, &t, None),
-                Piece::Call(c) => tool_delta(index, c),
-            })
-            .collect()
+        self.with_stream(index, |st| {
+            if let Some(Value::Array(entries)) = logprobs.map(|mut l| l["content"].take()) {
+                st.logprobs.extend(entries);
+            }
+            let mut out = Vec::new();
+            for piece in st.parser.push(text) {
+                match piece {
+                    Piece::Text(t) => {
+                        let lp = (!st.logprobs.is_empty()).then(|| {
+                            json!({ "content": std::mem::take(&mut st.logprobs), "refusal": null })
+                        });
+                        out.push(self.delta(index, &t, lp));
+                    }
+                    Piece::Call(c) => {
+                        st.logprobs.clear();
+                        out.push(tool_delta(index, c));
+                    }
+                }
+            }
+            out
+        })
+        .unwrap_or_default()
     }
 
     fn stream_end(&self, index: usize, reason: FinishReason) -> Vec<Value> {
-        if !self.tools {
+        if self.tools.is_none() {
             return vec![self.closing(index, reason)];
         }
         let (rest, called) = self
-            .with_parser(index, |p| (p.finish(), p.called()))
+            .with_stream(index, |st| (st.parser.finish(), st.parser.called()))
             .unwrap_or_default();
         let mut out: Vec<Value> = rest.iter().map(|t| self.delta(index, t, None)).collect();
         let mut last = self.closing(index, reason);
@@ -180,8 +217,8 @@ impl Shape for Chat {
         logprobs: Option<Value>,
         reason: FinishReason,
     ) -> Value {
-        if self.tools && reason == FinishReason::Stop {
-            if let Some(calls) = parse_calls(&text) {
+        if let (Some(names), FinishReason::Stop) = (&self.tools, reason) {
+            if let Some(calls) = parse_calls(&text, names) {
                 return json!({
                     "index": index,
                     "message": message_with_calls(&calls),

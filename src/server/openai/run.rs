@@ -173,11 +173,28 @@ pub async fn answer<S: Shape>(
     plan: &Plan,
     echo: Option<Vec<String>>,
 ) -> Result<Response, ApiError> {
-    let mut gens = Vec::with_capacity(prompts.len() * plan.n);
-    for ids in prompts {
+    for ids in &prompts {
         state.record_prompt(ids.len());
-        gens.extend(submit(engine, ids, plan)?);
     }
+    let submit_all = {
+        let (engine, plan) = (engine.clone(), plan.clone());
+        move || -> Result<Vec<Generation>, ApiError> {
+            let mut gens = Vec::with_capacity(prompts.len() * plan.n);
+            for ids in prompts {
+                gens.extend(submit(&engine, ids, &plan)?);
+            }
+            Ok(gens)
+        }
+    };
+    // Compiling a grammar (and, the first time, indexing the vocabulary for it) is CPU work that
+    // must not hold an async worker.
+    let gens = if plan.grammar.is_some() {
+        tokio::task::spawn_blocking(submit_all)
+            .await
+            .map_err(|e| ApiError::Internal(e.to_string()))??
+    } else {
+        submit_all()?
+    };
     let env = Envelope::new(id_prefix, &engine.info().name);
     let choices = Choices {
         gens,

@@ -43,14 +43,12 @@ pub struct JsonSchemaFormat {
 }
 
 impl ResponseFormat {
-    /// The grammar a `response_format` asks for; None for plain text.
-    pub fn grammar(&self) -> Result<Option<Grammar>, ApiError> {
+    /// The JSON schema a `response_format` asks the reply to match, in clerk's JSON style; None for
+    /// plain text.
+    pub fn schema(&self) -> Result<Option<Value>, ApiError> {
         match self.kind.as_str() {
             "text" => Ok(None),
-            "json_object" => Ok(Some(Grammar::JsonSchema(styled(
-                json!({ "type": "object" }),
-                false,
-            )))),
+            "json_object" => Ok(Some(styled(json!({ "type": "object" }), false))),
             "json_schema" => {
                 let f = self.json_schema.as_ref().ok_or_else(|| {
                     ApiError::invalid(
@@ -71,10 +69,7 @@ impl ResponseFormat {
                         "`json_schema.schema` must be a JSON schema object",
                     ));
                 }
-                Ok(Some(Grammar::JsonSchema(styled(
-                    schema,
-                    f.strict.unwrap_or(false),
-                ))))
+                Ok(Some(styled(schema, f.strict.unwrap_or(false))))
             }
             other => Err(ApiError::invalid(
                 "response_format.type",
@@ -233,52 +228,64 @@ impl ToolSet {
         }))
     }
 
-    /// The schema of one call's JSON: the function's name, then its arguments.
-    fn call_schema(tool: &Tool) -> Value {
-        let params = tool
-            .function
-            .parameters
-            .clone()
-            .unwrap_or_else(|| json!({ "type": "object" }));
-        json!({
-            "type": "object",
-            "properties": {
-                "name": { "const": tool.function.name },
-                "arguments": params,
-            },
-            "required": ["name", "arguments"],
-            "additionalProperties": false,
-        })
+    pub fn names(&self) -> Vec<String> {
+        self.tools.iter().map(|t| t.function.name.clone()).collect()
     }
 
-    /// The grammar every choice is generated under.
-    pub fn grammar(&self) -> Grammar {
-        let callable: Vec<&Tool> = match &self.choice {
-            Choice::Named(n) => self
-                .tools
-                .iter()
-                .filter(|t| &t.function.name == n)
-                .collect(),
-            _ => self.tools.iter().collect(),
+    /// The grammar every choice is generated under. `reply` is the `response_format` schema a
+    /// non-call reply must match under `auto` (plain text when None).
+    ///
+    /// Each function gets its own rule and its own `%json` root, so `$ref`s in its parameters
+    /// resolve against its own schema, as the client wrote them.
+    pub fn grammar(&self, reply: Option<&Value>) -> Grammar {
+        let callable: Vec<(usize, &Tool)> = self
+            .tools
+            .iter()
+            .enumerate()
+            .filter(|(_, t)| match &self.choice {
+                Choice::Named(n) => &t.function.name == n,
+                _ => true,
+            })
+            .collect();
+        let mut rules = Vec::new();
+        let alternatives: Vec<String> = callable.iter().map(|(i, _)| format!("fn_{i}")).collect();
+        rules.push(format!(
+            "call: {} ({}) {}",
+            lark_string(&format!("{OPEN}\n")),
+            alternatives.join(" | "),
+            lark_string(&format!("\n{CLOSE}")),
+        ));
+        for (i, t) in &callable {
+            let f = &t.function;
+            let head = format!(
+                "{{\"name\": {}, \"arguments\": ",
+                Value::from(f.name.clone())
+            );
+            let params = f
+                .parameters
+                .clone()
+                .unwrap_or_else(|| json!({ "type": "object" }));
+            // serde_json writes a schema on one line, as `%json` inside a Lark rule needs.
+            let params = styled(params, f.strict.unwrap_or(false));
+            rules.push(format!("fn_{i}: {} args_{i} \"}}\"", lark_string(&head)));
+            rules.push(format!("args_{i}: %json {params}"));
+        }
+        // A newline may follow the last call, as models trained on this format write one.
+        rules.push(
+            if self.parallel && !matches!(self.choice, Choice::Named(_)) {
+                "calls: call (\"\\n\" call)* \"\\n\"?".to_string()
+            } else {
+                "calls: call \"\\n\"?".to_string()
+            },
+        );
+        let start = match (&self.choice, reply) {
+            (Choice::Auto, Some(schema)) => format!("start: calls | reply\nreply: %json {schema}"),
+            // Text may not begin with `<` or a space, so a reply is all calls or all text and
+            // nothing before a call escapes the grammar.
+            (Choice::Auto, None) => "start: calls | TEXT\nTEXT: /[^<\\s][\\s\\S]*/".to_string(),
+            _ => "start: calls".to_string(),
         };
-        let strict = callable.iter().all(|t| t.function.strict.unwrap_or(false));
-        let mut schema =
-            json!({ "anyOf": callable.iter().map(|t| Self::call_schema(t)).collect::<Vec<_>>() });
-        schema = styled(schema, strict);
-        // serde_json writes the schema as one line with no raw newlines, which is what `%json`
-        // needs inside a Lark rule.
-        let call = format!("call: \"{OPEN}\\n\" %json {schema} \"\\n{CLOSE}\"");
-        let calls = if self.parallel && !matches!(self.choice, Choice::Named(_)) {
-            "calls: call (\"\\n\" call)*"
-        } else {
-            "calls: call"
-        };
-        let start = match self.choice {
-            // Plain text may not begin with `<`, so a reply is either all calls or all text.
-            Choice::Auto => "start: calls | TEXT\nTEXT: /[^<][\\s\\S]*/",
-            _ => "start: calls",
-        };
-        Grammar::Lark(format!("{start}\n{calls}\n{call}\n"))
+        Grammar::Lark(format!("{start}\n{}\n", rules.join("\n")))
     }
 
     /// How the tools are described to a model whose template does not render them.
@@ -307,64 +314,78 @@ impl ToolSet {
         s
     }
 
-    /// The conversation as the template will render it. A template that takes `tools` gets the
-    /// messages as they are (and `tools` separately); for any other, the tools are described in the
-    /// system message, earlier calls are written as the model writes them, and tool results become
-    /// user turns, since such templates know no `tool` role.
-    pub fn prepare(
-        &self,
-        messages: Vec<ChatMessage>,
-        template_takes_tools: bool,
-    ) -> Vec<ChatMessage> {
-        if template_takes_tools {
-            return messages;
-        }
-        let mut out = Vec::with_capacity(messages.len() + 1);
+    /// The conversation for a template that does not render tools: the tools are described in the
+    /// system message (see [`written_history`] for the rest).
+    pub fn prepare(&self, messages: Vec<ChatMessage>) -> Vec<ChatMessage> {
+        let mut messages = written_history(messages);
         let instructions = self.instructions();
-        let mut iter = messages.into_iter().peekable();
-        match iter.peek() {
+        match messages.first_mut() {
             Some(m) if m.role == Role::System => {
-                let mut m = iter.next().unwrap_or_else(|| ChatMessage::system(""));
                 m.content = format!("{}\n\n{instructions}", m.content);
-                out.push(m);
             }
-            _ => out.push(ChatMessage::system(instructions)),
+            _ => messages.insert(0, ChatMessage::system(instructions)),
         }
-        for mut m in iter {
-            match m.role {
-                Role::Assistant => {
-                    if let Some(calls) = m.tool_calls.take() {
-                        let mut text = m.content.clone();
-                        for c in calls {
-                            if !text.is_empty() {
-                                text.push('\n');
-                            }
-                            text.push_str(&format_call(&c.function));
-                        }
-                        m.content = text;
-                    }
-                }
-                Role::Tool => {
-                    m = ChatMessage::user(format!(
-                        "<tool_response>\n{}\n</tool_response>",
-                        m.content
-                    ));
-                }
-                Role::System | Role::User => {}
-            }
-            out.push(m);
-        }
-        out
+        messages
     }
+}
+
+/// A Lark string literal for `s` (JSON's escapes, which Lark strings share).
+fn lark_string(s: &str) -> String {
+    Value::from(s).to_string()
+}
+
+/// Earlier calls and results for a template that knows no tools: calls written as the model writes
+/// them, and each run of tool results as one user turn (templates that insist on alternating
+/// turns refuse two user turns in a row).
+pub fn written_history(messages: Vec<ChatMessage>) -> Vec<ChatMessage> {
+    let mut out: Vec<ChatMessage> = Vec::with_capacity(messages.len());
+    let mut last_was_tool = false;
+    for mut m in messages {
+        match m.role {
+            Role::Assistant => {
+                if let Some(calls) = m.tool_calls.take() {
+                    let mut text = m.content.clone();
+                    for c in calls {
+                        if !text.is_empty() {
+                            text.push('\n');
+                        }
+                        text.push_str(&format_call(&c.function));
+                    }
+                    m.content = text;
+                }
+            }
+            Role::Tool => {
+                let block = format!("<tool_response>\n{}\n</tool_response>", m.content);
+                match out.last_mut() {
+                    Some(prev) if last_was_tool => {
+                        prev.content.push('\n');
+                        prev.content.push_str(&block);
+                    }
+                    _ => out.push(ChatMessage::user(block)),
+                }
+                last_was_tool = true;
+                continue;
+            }
+            Role::System | Role::User => {}
+        }
+        last_was_tool = false;
+        out.push(m);
+    }
+    out
 }
 
 /// The part of a grammar engine error that speaks of the caller's schema, without the grammar text
 /// clerk wrapped it in.
 pub fn grammar_message(raw: &str) -> String {
     const SCHEMA: &str = "failed to compile JSON schema: ";
-    let tail = raw.find(SCHEMA).map_or(raw, |i| &raw[i + SCHEMA.len()..]);
-    let line = tail.lines().next().unwrap_or(tail).trim();
-    format!("the schema can't be enforced: {line}")
+    match raw.find(SCHEMA) {
+        Some(i) => {
+            let tail = &raw[i + SCHEMA.len()..];
+            let line = tail.lines().next().unwrap_or(tail).trim();
+            format!("the schema can't be enforced: {line}")
+        }
+        None => raw.lines().next().unwrap_or(raw).trim().to_string(),
+    }
 }
 
 fn format_call(f: &FunctionCall) -> String {
@@ -385,31 +406,69 @@ fn call_json(index: usize, call: &ToolCall) -> Value {
     })
 }
 
-/// The JSON between `<tool_call>` and `</tool_call>`, as a call with a fresh id.
-fn parse_call(body: &str) -> Option<ToolCall> {
-    let v: Value = serde_json::from_str(body.trim()).ok()?;
-    let name = v.get("name")?.as_str()?.to_string();
-    let arguments = v.get("arguments").cloned().unwrap_or_else(|| json!({}));
-    Some(ToolCall {
+/// What the text after a `<tool_call>` tag holds.
+enum Parsed {
+    /// A call to a declared function, and the bytes it took up to and including `</tool_call>`.
+    Call(ToolCall, usize),
+    /// Not finished yet (a stream).
+    Incomplete,
+    /// Not a call to a declared function.
+    Invalid,
+}
+
+/// Reads one call after its opening tag. The JSON is read as JSON, so a `</tool_call>` inside an
+/// argument's string does not end the call.
+fn parse_one(after_open: &str, names: &[String]) -> Parsed {
+    let lead = after_open.len() - after_open.trim_start().len();
+    let body = &after_open[lead..];
+    let mut values = serde_json::Deserializer::from_str(body).into_iter::<Value>();
+    let v = match values.next() {
+        None => return Parsed::Incomplete,
+        Some(Err(e)) if e.is_eof() => return Parsed::Incomplete,
+        Some(Err(_)) => return Parsed::Invalid,
+        Some(Ok(v)) => v,
+    };
+    let end = values.byte_offset();
+    let rest = &body[end..];
+    let gap = rest.len() - rest.trim_start().len();
+    let rest = &rest[gap..];
+    if !rest.starts_with(CLOSE) {
+        return if CLOSE.starts_with(rest) {
+            Parsed::Incomplete
+        } else {
+            Parsed::Invalid
+        };
+    }
+    let name = match v.get("name").and_then(Value::as_str) {
+        Some(n) if names.iter().any(|d| d == n) => n.to_string(),
+        _ => return Parsed::Invalid,
+    };
+    let Some(arguments) = v.get("arguments").cloned() else {
+        return Parsed::Invalid;
+    };
+    let call = ToolCall {
         id: random_id("call_"),
         kind: "function".into(),
         function: FunctionCall { name, arguments },
-    })
+    };
+    Parsed::Call(call, lead + end + gap + CLOSE.len())
 }
 
-/// A whole reply's calls, when it is calls; None for plain text or calls cut short.
-pub fn parse_calls(text: &str) -> Option<Vec<ToolCall>> {
+/// A whole reply's calls, when it is nothing but calls to declared functions; None otherwise
+/// (plain text, or calls cut short), and the reply is then returned as text.
+pub fn parse_calls(text: &str, names: &[String]) -> Option<Vec<ToolCall>> {
     let mut rest = text.trim_start();
-    if !rest.starts_with(OPEN) {
-        return None;
-    }
     let mut calls = Vec::new();
-    while let Some(after) = rest.trim_start().strip_prefix(OPEN) {
-        let end = after.find(CLOSE)?;
-        calls.push(parse_call(&after[..end])?);
-        rest = &after[end + CLOSE.len()..];
+    while let Some(after) = rest.strip_prefix(OPEN) {
+        match parse_one(after, names) {
+            Parsed::Call(call, used) => {
+                calls.push(call);
+                rest = after[used..].trim_start();
+            }
+            Parsed::Incomplete | Parsed::Invalid => return None,
+        }
     }
-    rest.trim().is_empty().then_some(calls)
+    (!calls.is_empty() && rest.is_empty()).then_some(calls)
 }
 
 /// The `message` of a whole choice with calls.
@@ -437,9 +496,10 @@ pub enum Piece {
 
 /// Splits one choice's streamed text into content and calls: text that might still become
 /// `<tool_call>` is held back until it can't, and a call goes out whole once its closing tag
-/// arrives.
-#[derive(Debug, Default)]
+/// arrives. Anything that turns out not to be a call goes out as text: nothing generated is lost.
+#[derive(Debug)]
 pub struct StreamParser {
+    names: Vec<String>,
     buf: String,
     /// None until the reply shows whether it is text or calls.
     calls: Option<bool>,
@@ -447,6 +507,15 @@ pub struct StreamParser {
 }
 
 impl StreamParser {
+    pub fn new(names: Vec<String>) -> Self {
+        Self {
+            names,
+            buf: String::new(),
+            calls: None,
+            emitted: 0,
+        }
+    }
+
     pub fn push(&mut self, text: &str) -> Vec<Piece> {
         let mut out = Vec::new();
         if self.calls == Some(false) {
@@ -456,40 +525,43 @@ impl StreamParser {
             return out;
         }
         self.buf.push_str(text);
-        if self.calls.is_none() {
+        loop {
             let head = self.buf.trim_start();
-            if head.starts_with(OPEN) {
-                self.calls = Some(true);
-            } else if head.is_empty() || OPEN.starts_with(head) {
-                return out;
-            } else {
+            if head.is_empty() {
+                break;
+            }
+            let Some(after) = head.strip_prefix(OPEN) else {
+                if OPEN.starts_with(head) {
+                    break;
+                }
+                // Not a call: the rest of the reply is text.
                 self.calls = Some(false);
                 out.push(Piece::Text(std::mem::take(&mut self.buf)));
-                return out;
-            }
-        }
-        while let Some(start) = self.buf.find(OPEN) {
-            let Some(len) = self.buf[start..].find(CLOSE) else {
                 break;
             };
-            let body = &self.buf[start + OPEN.len()..start + len];
-            if let Some(call) = parse_call(body) {
-                out.push(Piece::Call(call_json(self.emitted, &call)));
-                self.emitted += 1;
+            self.calls = Some(true);
+            match parse_one(after, &self.names) {
+                Parsed::Call(call, used) => {
+                    out.push(Piece::Call(call_json(self.emitted, &call)));
+                    self.emitted += 1;
+                    let consumed = self.buf.len() - after.len() + used;
+                    self.buf.drain(..consumed);
+                }
+                Parsed::Incomplete => break,
+                Parsed::Invalid => {
+                    self.calls = Some(false);
+                    out.push(Piece::Text(std::mem::take(&mut self.buf)));
+                    break;
+                }
             }
-            self.buf.drain(..start + len + CLOSE.len());
         }
         out
     }
 
-    /// Whatever was held back when the generation ended: text, or a call cut short (sent as text
-    /// so nothing generated is lost).
+    /// Whatever was held back when the generation ended (a call cut short goes out as text).
     pub fn finish(&mut self) -> Option<String> {
         let rest = std::mem::take(&mut self.buf);
-        if self.calls == Some(true) && rest.trim().is_empty() {
-            return None;
-        }
-        (!rest.is_empty()).then_some(rest)
+        (!rest.trim().is_empty()).then_some(rest)
     }
 
     pub fn called(&self) -> bool {
@@ -538,72 +610,130 @@ mod tests {
 
     #[test]
     fn grammars_follow_the_choice() {
-        let Grammar::Lark(auto) = set(json!("auto"), None).grammar() else {
+        let Grammar::Lark(auto) = set(json!("auto"), None).grammar(None) else {
             panic!()
         };
         assert!(
             auto.contains("start: calls | TEXT") && auto.contains("(\"\\n\" call)*"),
             "{auto}"
         );
-        let Grammar::Lark(one) = set(json!("required"), Some(false)).grammar() else {
+        // Each function's parameters are their own `%json` root, so `$ref`s resolve in them.
+        assert!(
+            auto.contains(
+                "fn_0: \"{\\\"name\\\": \\\"lookup\\\", \\\"arguments\\\": \" args_0 \"}\""
+            ),
+            "{auto}"
+        );
+        assert!(auto.contains("args_0: %json {"), "{auto}");
+        // With several functions, the alternatives sit between the tags (Lark's `|` binds
+        // loosest).
+        let two = vec![
+            json!({"type": "function", "function": {"name": "a"}}),
+            json!({"type": "function", "function": {"name": "b"}}),
+        ];
+        let Grammar::Lark(g) = ToolSet::parse(Some(&two), None, None)
+            .unwrap()
+            .unwrap()
+            .grammar(None)
+        else {
             panic!()
         };
-        assert!(one.contains("start: calls\ncalls: call\n"), "{one}");
-        assert!(one.contains("\"const\":\"lookup\""), "{one}");
+        assert!(
+            g.contains("call: \"<tool_call>\\n\" (fn_0 | fn_1) \"\\n</tool_call>\""),
+            "{g}"
+        );
+        let Grammar::Lark(one) = set(json!("required"), Some(false)).grammar(None) else {
+            panic!()
+        };
+        assert!(one.starts_with("start: calls\n"), "{one}");
+        assert!(one.contains("calls: call \"\\n\"?"), "{one}");
+        let reply = json!({"type": "object"});
+        let Grammar::Lark(json_reply) = set(json!("auto"), None).grammar(Some(&reply)) else {
+            panic!()
+        };
+        assert!(
+            json_reply.starts_with("start: calls | reply\nreply: %json {\"type\":\"object\"}"),
+            "{json_reply}"
+        );
+    }
+
+    fn names() -> Vec<String> {
+        vec!["lookup".to_string()]
     }
 
     #[test]
     fn whole_replies_parse_into_calls() {
-        let text = "<tool_call>\n{\"name\": \"lookup\", \"arguments\": {\"id\": \"W1\"}}\n</tool_call>\n<tool_call>\n{\"name\": \"lookup\", \"arguments\": {\"id\": \"W2\"}}\n</tool_call>";
-        let calls = parse_calls(text).unwrap();
+        let text = "<tool_call>\n{\"name\": \"lookup\", \"arguments\": {\"id\": \"W1\"}}\n</tool_call>\n<tool_call>\n{\"name\": \"lookup\", \"arguments\": {\"id\": \"</tool_call>\"}}\n</tool_call>\n";
+        let calls = parse_calls(text, &names()).unwrap();
         assert_eq!(calls.len(), 2);
-        assert_eq!(calls[1].function.arguments["id"], "W2");
+        // A closing tag inside an argument's string does not end the call.
+        assert_eq!(calls[1].function.arguments["id"], "</tool_call>");
         assert_ne!(calls[0].id, calls[1].id);
-        assert!(parse_calls("Hello").is_none());
-        assert!(parse_calls("<tool_call>\n{\"name\": \"lookup\", \"argu").is_none());
+        assert!(parse_calls("Hello", &names()).is_none());
+        assert!(parse_calls("<tool_call>\n{\"name\": \"lookup\", \"argu", &names()).is_none());
+        // Undeclared functions and text after the calls make the reply text, not calls.
+        let other = "<tool_call>\n{\"name\": \"rm_rf\", \"arguments\": {}}\n</tool_call>";
+        assert!(parse_calls(other, &names()).is_none());
+        let trailing = format!("{}\nand then some", &text[..text.len() - 1]);
+        assert!(parse_calls(&trailing, &names()).is_none());
     }
 
     #[test]
     fn the_stream_parser_holds_back_only_what_might_be_a_call() {
-        let mut p = StreamParser::default();
+        let mut p = StreamParser::new(names());
         assert!(p.push("<tool").is_empty());
         assert!(p.push("_call>\n{\"name\": \"lookup\", ").is_empty());
-        let out = p.push("\"arguments\": {\"id\": \"W1\"}}\n</tool_call>\n<tool_call>\n{\"name\"");
-        assert_eq!(out.len(), 1);
+        let out = p.push(
+            "\"arguments\": {\"id\": \"</tool_call>\"}}\n</tool_call>\n<tool_call>\n{\"name\"",
+        );
+        assert_eq!(out.len(), 1, "{out:?}");
         let Piece::Call(c) = &out[0] else { panic!() };
         assert_eq!(c["index"], 0);
-        assert_eq!(c["function"]["arguments"], "{\"id\":\"W1\"}");
+        assert_eq!(c["function"]["arguments"], "{\"id\":\"</tool_call>\"}");
         assert!(p.called());
         // A second call cut short comes out as text rather than vanishing.
         assert!(p.finish().unwrap().contains("<tool_call>"));
 
-        let mut t = StreamParser::default();
+        let mut t = StreamParser::new(names());
         assert!(t.push("<").is_empty());
         assert_eq!(t.push("b>Hi"), vec![Piece::Text("<b>Hi".into())]);
         assert_eq!(t.push(" there"), vec![Piece::Text(" there".into())]);
         assert!(!t.called());
         assert_eq!(t.finish(), None);
+
+        // A call to an undeclared function is passed on as text, not dropped.
+        let mut u = StreamParser::new(names());
+        let bad = "<tool_call>\n{\"name\": \"rm_rf\", \"arguments\": {}}\n</tool_call>";
+        assert_eq!(u.push(bad), vec![Piece::Text(bad.into())]);
+        assert!(!u.called());
     }
 
     #[test]
     fn templates_without_tools_get_instructions_and_written_calls() {
         let s = set(json!("auto"), None);
-        let mut asked = ChatMessage::assistant("");
-        asked.tool_calls = Some(vec![ToolCall {
-            id: "call_1".into(),
+        let call = |id: &str| ToolCall {
+            id: id.into(),
             kind: "function".into(),
             function: FunctionCall {
                 name: "lookup".into(),
-                arguments: json!({"id": "W1"}),
+                arguments: json!({"id": id}),
             },
-        }]);
-        let mut result = ChatMessage::user("");
-        result.role = Role::Tool;
-        result.content = "{\"status\": \"shipped\"}".into();
-        let out = s.prepare(
-            vec![ChatMessage::user("Where is W1?"), asked, result],
-            false,
-        );
+        };
+        let mut asked = ChatMessage::assistant("");
+        asked.tool_calls = Some(vec![call("W1"), call("W2")]);
+        let result = |text: &str| {
+            let mut m = ChatMessage::user(text);
+            m.role = Role::Tool;
+            m.tool_call_id = Some("x".into());
+            m
+        };
+        let out = s.prepare(vec![
+            ChatMessage::user("Where are W1 and W2?"),
+            asked,
+            result("{\"status\": \"shipped\"}"),
+            result("{\"status\": \"pending\"}"),
+        ]);
+        assert_eq!(out.len(), 4, "{out:?}");
         assert_eq!(out[0].role, Role::System);
         assert!(out[0].content.contains("\"name\":\"lookup\""));
         assert!(
@@ -613,10 +743,11 @@ mod tests {
             "{}",
             out[2].content
         );
+        assert_eq!(out[2].content.matches("<tool_call>").count(), 2);
+        // Both results in one user turn, so turns still alternate.
         assert_eq!(out[3].role, Role::User);
         assert!(out[3]
             .content
-            .contains("<tool_response>\n{\"status\": \"shipped\"}"));
-        assert_eq!(s.prepare(vec![ChatMessage::user("x")], true).len(), 1);
+            .contains("<tool_response>\n{\"status\": \"shipped\"}\n</tool_response>\n<tool_response>\n{\"status\": \"pending\"}"));
     }
 }
