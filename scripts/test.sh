@@ -22,3 +22,9 @@ fi
 [ -d tests/web/node_modules/playwright-core ] || npm ci --prefix tests/web --no-audit --no-fund
 export CLERK_TEST_CHROMIUM=/usr/bin/chromium
 cargo test --all-targets "$@"
+# A short, bounded fuzz of the request parsers, the ingest parsers and the chat-template renderer
+# (CLERK_FUZZ_SECS per target; 0 skips it). Longer runs: scripts/fuzz.sh 3600.
+fuzz_secs=${CLERK_FUZZ_SECS:-15}
+if [ "$fuzz_secs" -gt 0 ] && [ $# -eq 0 ]; then
+  scripts/fuzz.sh "$fuzz_secs"
+fi

@@ -250,7 +250,13 @@ fn decode_entities(s: &str, out: &mut String) {
     while let Some(amp) = rest.find('&') {
         out.push_str(&rest[..amp]);
         rest = &rest[amp..];
-        let Some(semi) = rest[..rest.len().min(12)].find(';') else {
+        // An entity is short: look for its `;` in the next dozen bytes, cut at a character
+        // boundary (found by fuzzing: a multi-byte character there made the slice panic).
+        let mut window = rest.len().min(12);
+        while !rest.is_char_boundary(window) {
+            window -= 1;
+        }
+        let Some(semi) = rest[..window].find(';') else {
             out.push('&');
             rest = &rest[1..];
             continue;
@@ -287,6 +293,16 @@ fn decode_entities(s: &str, out: &mut String) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Found by `cargo fuzz` (target `ingest`): an `&` followed by a multi-byte character
+    /// within a dozen bytes.
+    #[test]
+    fn entities_next_to_multibyte_characters_do_not_panic() {
+        let html = "<p>&&&&&&&&&&&&&&&&&&&&&&&&&&&&&&\u{5d7}1>Returns &amp;&#x4e2d; &\u{4e2d}\u{6587};</p>";
+        let text = html_to_text(html);
+        assert!(text.contains("\u{5d7}1>Returns &\u{4e2d}"), "{text}");
+        assert!(text.ends_with("&\u{4e2d}\u{6587};"), "{text}");
+    }
 
     #[test]
     fn chinese_becomes_bigrams_and_english_stems() {

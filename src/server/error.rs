@@ -159,9 +159,10 @@ impl ApiError {
     }
 }
 
-/// Text fit for a log: email addresses keep only their domain, and runs of six or more digits
-/// (phone, card, tracking and postal numbers) keep only their last two. An error's detail may
-/// quote a record; the log must not hold a shopper's personal data in clear.
+/// Text fit for a log: email addresses keep only their domain, and numbers of six or more digits
+/// (phone, card, tracking and postal numbers), even written in groups (`4111 1111 1111 1111`,
+/// `(555) 123-4567`), keep only their last two characters. An error's detail may quote a record;
+/// the log must not hold a shopper's personal data in clear.
 pub fn redact(text: &str) -> String {
     let mut out: Vec<String> = Vec::new();
     for word in text.split_inclusive(char::is_whitespace) {
@@ -175,35 +176,50 @@ pub fn redact(text: &str) -> String {
                     .map_or(0, |(i, c)| i + c.len_utf8());
                 format!("{}***{}", &body[..start], &body[at..])
             }
-            _ => mask_digits(body),
+            _ => body.to_string(),
         };
         out.push(masked + space);
     }
-    out.concat()
+    mask_digits(&out.concat())
 }
 
+/// Masks runs of digits joined by at most two separators each (space, `-`, `.`, `/`, brackets)
+/// that hold six digits or more.
 fn mask_digits(s: &str) -> String {
     let chars: Vec<char> = s.chars().collect();
+    let separator = |c: char| " -./()".contains(c);
     let mut out = String::with_capacity(s.len());
     let mut i = 0;
     while i < chars.len() {
-        let start = i;
-        while i < chars.len() && (chars[i].is_ascii_digit() || (i > start && chars[i] == '-')) {
+        if !chars[i].is_ascii_digit() {
+            out.push(chars[i]);
             i += 1;
+            continue;
         }
-        let run = &chars[start..i];
-        let digits = run.iter().filter(|c| c.is_ascii_digit()).count();
-        if digits >= 6 {
-            let keep: String = run[run.len() - 2..].iter().collect();
+        let start = i;
+        let mut j = i;
+        let end = loop {
+            while j < chars.len() && chars[j].is_ascii_digit() {
+                j += 1;
+            }
+            let mut k = j;
+            while k < chars.len() && k - j < 2 && separator(chars[k]) {
+                k += 1;
+            }
+            if k > j && k < chars.len() && chars[k].is_ascii_digit() {
+                j = k;
+            } else {
+                break j;
+            }
+        };
+        let run = &chars[start..end];
+        if run.iter().filter(|c| c.is_ascii_digit()).count() >= 6 {
             out.push_str(&"*".repeat(run.len() - 2));
-            out.push_str(&keep);
+            out.extend(&run[run.len() - 2..]);
         } else {
             out.extend(run);
         }
-        if i == start {
-            out.push(chars[i]);
-            i += 1;
-        }
+        i = end;
     }
     out
 }
@@ -285,5 +301,16 @@ mod tests {
         // Quotes of more than one byte before an address.
         assert_eq!(redact("“ana@example.com”"), "“***@example.com”");
         assert_eq!(redact("«ana@example.com»"), "«***@example.com»");
+        // Numbers written in groups are numbers too.
+        assert_eq!(
+            redact("card 4111 1111 1111 1111 expired"),
+            "card *****************11 expired"
+        );
+        assert_eq!(redact("call +1 (555) 123-4567."), "call +**************67.");
+        assert_eq!(
+            redact("postcode 28 013, 3 items"),
+            "postcode 28 013, 3 items"
+        );
+        assert_eq!(redact("12 items and 345 more"), "12 items and 345 more");
     }
 }
