@@ -6,7 +6,7 @@
 //! them walks the whole vocabulary (tens of milliseconds) and most deployments never ask for a
 //! grammar.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use llguidance::api::TopLevelGrammar;
 use llguidance::toktrie::{TokEnv, TokRxInfo, TokTrie, TokenizerEnv};
@@ -93,6 +93,9 @@ impl TokenizerEnv for Env {
 pub struct Guidance {
     factory: ParserFactory,
     eos: Vec<u32>,
+    /// The last grammar compiled, fresh: the `n` choices of one request, and clients that send
+    /// the same tools or schema with every request, clone it instead of compiling again.
+    last: Mutex<Option<(Grammar, Matcher)>>,
 }
 
 impl Guidance {
@@ -120,16 +123,33 @@ impl Guidance {
             .map_err(|e| EngineError::Grammar(format!("cannot prepare the tokenizer: {e}")))?;
         // llguidance logs grammar warnings to stderr by default; errors reach the caller instead.
         factory.quiet();
-        Ok(Self { factory, eos })
+        Ok(Self {
+            factory,
+            eos,
+            last: Mutex::new(None),
+        })
     }
 
     /// Compiles `grammar`; a grammar that does not compile is the caller's error.
     pub fn constraint(&self, grammar: &Grammar) -> Result<Constraint> {
-        let parser = self.factory.create_parser(grammar.top_level());
-        let matcher = Matcher::new(parser);
-        if let Some(e) = matcher.get_error() {
-            return Err(EngineError::Grammar(e));
-        }
+        let cached = self.last.lock().ok().and_then(|last| {
+            last.as_ref()
+                .filter(|(g, _)| g == grammar)
+                .map(|(_, m)| m.clone())
+        });
+        let matcher = match cached {
+            Some(m) => m,
+            None => {
+                let matcher = Matcher::new(self.factory.create_parser(grammar.top_level()));
+                if let Some(e) = matcher.get_error() {
+                    return Err(EngineError::Grammar(e));
+                }
+                if let Ok(mut last) = self.last.lock() {
+                    *last = Some((grammar.clone(), matcher.clone()));
+                }
+                matcher
+            }
+        };
         Ok(Constraint {
             matcher,
             eos: self.eos.clone(),

@@ -1082,20 +1082,21 @@ async fn overload_is_shed_with_429_and_memory_stays_bounded() {
 /// SSE `data:` payloads of a streaming response, as they arrive.
 fn sse_events(res: reqwest::Response) -> impl futures_util::Stream<Item = String> + Unpin {
     use futures_util::StreamExt;
+    // Bytes are kept until an event is whole: a network chunk may end inside a character.
     Box::pin(futures_util::stream::unfold(
-        (res.bytes_stream(), String::new()),
+        (res.bytes_stream(), Vec::<u8>::new()),
         |(mut bytes, mut buf)| async move {
             loop {
-                if let Some(end) = buf.find("\n\n") {
-                    let event: String = buf.drain(..end + 2).collect();
-                    let data = event
+                if let Some(end) = buf.windows(2).position(|w| w == b"\n\n") {
+                    let event: Vec<u8> = buf.drain(..end + 2).collect();
+                    let data = String::from_utf8_lossy(&event)
                         .lines()
                         .filter_map(|l| l.strip_prefix("data: "))
                         .collect::<String>();
                     return Some((data, (bytes, buf)));
                 }
                 match bytes.next().await {
-                    Some(Ok(b)) => buf.push_str(&String::from_utf8_lossy(&b)),
+                    Some(Ok(b)) => buf.extend_from_slice(&b),
                     _ => return None,
                 }
             }

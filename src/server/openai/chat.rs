@@ -1,5 +1,7 @@
 //! `POST /v1/chat/completions`.
 
+use std::sync::Mutex;
+
 use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::Response;
@@ -10,8 +12,6 @@ use crate::server::auth::{Caller, Scope};
 use crate::server::error::ApiError;
 use crate::server::extract::Json;
 use crate::server::AppState;
-
-use std::sync::Mutex;
 
 use super::run::{self, finish_reason, Shape};
 use super::tools::{
