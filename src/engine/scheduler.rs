@@ -577,8 +577,14 @@ impl Worker {
             .fetch_add(cached as u64, Ordering::Relaxed);
         active.push(Active {
             sampler: Sampler::new(job.req.sampling.clone()),
+            // Constrained output ends where its grammar does: a stop string would cut a tool
+            // call or a JSON document short of parsing, which the constraint promises it does.
+            stop: StopMatcher::new(if job.constraint.is_some() {
+                Vec::new()
+            } else {
+                job.req.stop.clone()
+            }),
             constraint: job.constraint,
-            stop: StopMatcher::new(job.req.stop.clone()),
             context: job.req.prompt.clone(),
             stream: tokenizer.decode_stream(true),
             req: job.req,

@@ -15,7 +15,7 @@ use crate::server::AppState;
 
 use super::run::{self, finish_reason, Shape};
 use super::tools::{
-    message_with_calls, parse_calls, written_history, Piece, StreamParser, ToolSet,
+    finished_calls, message_with_calls, parse_calls, written_history, Piece, StreamParser, ToolSet,
 };
 use super::types::ChatCompletionRequest;
 
@@ -198,10 +198,21 @@ impl Shape for Chat {
         if self.tools.is_none() {
             return vec![self.closing(index, reason)];
         }
-        let (rest, called) = self
-            .with_stream(index, |st| (st.parser.finish(), st.parser.called()))
+        let (rest, called, logprobs) = self
+            .with_stream(index, |st| {
+                let lp = (!st.logprobs.is_empty()).then(
+                    || json!({ "content": std::mem::take(&mut st.logprobs), "refusal": null }),
+                );
+                (st.parser.finish(), st.parser.called(), lp)
+            })
             .unwrap_or_default();
-        let mut out: Vec<Value> = rest.iter().map(|t| self.delta(index, t, None)).collect();
+        // A reply cut short after some calls drops the call it was still writing, as a whole
+        // reply does; held-back text keeps its logprobs.
+        let rest = rest.filter(|_| !(called && reason == FinishReason::Length));
+        let mut out: Vec<Value> = rest
+            .iter()
+            .map(|t| self.delta(index, t, logprobs.clone()))
+            .collect();
         let mut last = self.closing(index, reason);
         if called && reason == FinishReason::Stop {
             last["finish_reason"] = json!("tool_calls");
@@ -217,13 +228,21 @@ impl Shape for Chat {
         logprobs: Option<Value>,
         reason: FinishReason,
     ) -> Value {
-        if let (Some(names), FinishReason::Stop) = (&self.tools, reason) {
-            if let Some(calls) = parse_calls(&text, names) {
+        if let Some(names) = &self.tools {
+            let calls = match reason {
+                FinishReason::Stop => parse_calls(&text, names),
+                FinishReason::Length => finished_calls(&text, names),
+            };
+            if let Some(calls) = calls {
+                let finish = match reason {
+                    FinishReason::Stop => "tool_calls",
+                    other => finish_reason(other),
+                };
                 return json!({
                     "index": index,
                     "message": message_with_calls(&calls),
                     "logprobs": logprobs,
-                    "finish_reason": "tool_calls",
+                    "finish_reason": finish,
                 });
             }
         }

@@ -471,6 +471,26 @@ pub fn parse_calls(text: &str, names: &[String]) -> Option<Vec<ToolCall>> {
     (!calls.is_empty() && rest.is_empty()).then_some(calls)
 }
 
+/// The calls a reply cut short by `max_tokens` had finished; the one it was still writing is
+/// dropped, as a stream drops it. None when it finished none, or holds text besides calls.
+pub fn finished_calls(text: &str, names: &[String]) -> Option<Vec<ToolCall>> {
+    let mut rest = text.trim_start();
+    let mut calls = Vec::new();
+    loop {
+        let Some(after) = rest.strip_prefix(OPEN) else {
+            return (!calls.is_empty() && OPEN.starts_with(rest)).then_some(calls);
+        };
+        match parse_one(after, names) {
+            Parsed::Call(call, used) => {
+                calls.push(call);
+                rest = after[used..].trim_start();
+            }
+            Parsed::Incomplete => return (!calls.is_empty()).then_some(calls),
+            Parsed::Invalid => return None,
+        }
+    }
+}
+
 /// The `message` of a whole choice with calls.
 pub fn message_with_calls(calls: &[ToolCall]) -> Value {
     json!({
@@ -676,6 +696,15 @@ mod tests {
         assert!(parse_calls(other, &names()).is_none());
         let trailing = format!("{}\nand then some", &text[..text.len() - 1]);
         assert!(parse_calls(&trailing, &names()).is_none());
+        // Cut short by the token limit: the finished calls stay, the unfinished one goes.
+        let one =
+            "<tool_call>\n{\"name\": \"lookup\", \"arguments\": {\"id\": \"W1\"}}\n</tool_call>\n";
+        for cut in ["", "<tool", "<tool_call>\n{\"name\": \"look"] {
+            let calls = finished_calls(&format!("{one}{cut}"), &names()).unwrap();
+            assert_eq!(calls.len(), 1, "{cut:?}");
+        }
+        assert!(finished_calls("<tool_call>\n{\"name\": \"look", &names()).is_none());
+        assert!(finished_calls(&format!("{one}and text"), &names()).is_none());
     }
 
     #[test]
