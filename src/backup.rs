@@ -53,6 +53,10 @@ pub struct Manifest {
     pub clerk_version: String,
     /// The knowledge base's generation in the backup, if it has one.
     pub knowledge_generation: Option<u64>,
+    /// The id of the data key the shop's personal fields are sealed with. The key itself is
+    /// never in a backup: whoever holds the backup alone reads no personal field.
+    #[serde(default)]
+    pub data_key_id: Option<String>,
     pub files: Vec<FileEntry>,
 }
 
@@ -174,6 +178,7 @@ fn write_backup(data_dir: &Path, tmp: &Path) -> Result<Manifest> {
             })?;
     }
     let knowledge_generation = copy_knowledge(data_dir, tmp)?;
+    let data_key_id = sealed_with(&tmp.join("shop.sqlite"))?;
     let mut files = Vec::new();
     for rel in files_under(tmp)? {
         let abs = tmp.join(&rel);
@@ -190,10 +195,34 @@ fn write_backup(data_dir: &Path, tmp: &Path) -> Result<Manifest> {
         created_at: crate::clock::unix_now(),
         clerk_version: env!("CARGO_PKG_VERSION").to_string(),
         knowledge_generation,
+        data_key_id,
         files,
     };
     write_manifest(tmp, &manifest)?;
     Ok(manifest)
+}
+
+/// The data key id a shop database is sealed with (none before its first start).
+fn sealed_with(db: &Path) -> Result<Option<String>> {
+    let sqlite = |e: rusqlite::Error| BackupError::Sqlite {
+        path: db.to_path_buf(),
+        message: e.to_string(),
+    };
+    let conn = rusqlite::Connection::open(db).map_err(sqlite)?;
+    let has_table: bool = conn
+        .query_row(
+            "SELECT count(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = 'crypto'",
+            [],
+            |r| r.get(0),
+        )
+        .map_err(sqlite)?;
+    if !has_table {
+        return Ok(None);
+    }
+    use rusqlite::OptionalExtension;
+    conn.query_row("SELECT key_id FROM crypto WHERE id = 1", [], |r| r.get(0))
+        .optional()
+        .map_err(sqlite)
 }
 
 /// Copies the live knowledge generation; starts over if an ingest replaced it meanwhile.

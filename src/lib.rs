@@ -15,7 +15,8 @@
 //!   atomically; hybrid search fused by reciprocal rank; the labeled-set evaluation; the built-in
 //!   demo shop. Handle: [`retrieval::Knowledge`].
 //! - [`shop`]: the shop's records and the actions clerk may take on them. Domain types parsed at
-//!   the boundary, the [`shop::ShopStore`] trait and its SQLite implementation, the merchant's
+//!   the boundary, the [`shop::ShopStore`] trait and its SQLite implementation (personal fields
+//!   sealed at rest under the operator's data key), the merchant's
 //!   policy, identity, order actions confirmed by one-use tokens, feedback classification,
 //!   complaints, handoffs, privacy export and erasure, recommendations, imports and the demo seed.
 //!   Handle: [`shop::Shop`].

@@ -148,6 +148,7 @@ pub fn open_assistant(
         seed_demo: true,
         retention_days: None,
         audit_retention_days: None,
+        data_key: crate::shop::KeySource::Auto,
     }
     .open()?;
     shop.set_classifier(Arc::new(FeedbackClassifier::new(embedder.clone())?));

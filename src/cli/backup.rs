@@ -36,6 +36,13 @@ pub fn backup(a: BackupArgs) -> anyhow::Result<()> {
         m.knowledge_generation
             .map_or_else(|| "none".into(), |g| g.to_string())
     );
+    if let Some(id) = &m.data_key_id {
+        println!(
+            "personal fields are sealed with data key {id}; the backup does not hold the key, so \
+             keep it apart (the --data-key-file you serve with, or {}/data.key)",
+            a.data_dir.display()
+        );
+    }
     Ok(())
 }
 

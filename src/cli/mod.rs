@@ -12,6 +12,7 @@ pub mod assistant;
 pub mod backup;
 pub mod bench;
 pub mod chat;
+pub mod data_key;
 pub mod generate;
 pub mod keys;
 pub mod knowledge;
@@ -54,6 +55,9 @@ pub enum Command {
     Purge(shop::PurgeArgs),
     /// Make, list and revoke API keys (stored hashed, with a scope and a rate limit).
     Keys(keys::KeysArgs),
+    /// Make a data key, or rotate the one the shop's personal fields are sealed with.
+    #[command(subcommand)]
+    DataKey(data_key::DataKeyCommand),
     /// Copy a data folder (shop database, keys, knowledge base) consistently, while serving.
     Backup(backup::BackupArgs),
     /// Bring a backup back into a new data folder, after checking every file.
@@ -86,6 +90,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Import(a) => shop::import(a),
         Command::Purge(a) => shop::purge(a),
         Command::Keys(a) => keys::run(a),
+        Command::DataKey(c) => data_key::run(c),
         Command::Backup(a) => backup::backup(a),
         Command::Restore(a) => backup::restore(a),
     }
@@ -157,6 +162,33 @@ impl ModelArgs {
 
     pub fn load(&self) -> anyhow::Result<Engine> {
         Ok(Engine::load(self.engine_config()?)?)
+    }
+}
+
+/// Where the key that seals the shop's personal fields comes from; shared by every subcommand
+/// that opens the shop database.
+#[derive(Debug, Clone, Default, Args)]
+pub struct DataKeyArgs {
+    /// File holding the data key that seals personal fields (emails, phones, addresses, payment
+    /// details, what shoppers wrote): base64 of 32 bytes, made with `clerk data-key new FILE`.
+    /// Default: DATA_DIR/data.key, made on first start.
+    #[arg(long, env = "CLERK_DATA_KEY_FILE")]
+    pub data_key_file: Option<PathBuf>,
+}
+
+impl DataKeyArgs {
+    /// The file if one is given, else the key itself from `CLERK_DATA_KEY` (an environment
+    /// variable only, never a flag: arguments are visible to every user of the machine), else
+    /// the automatic key in the data folder.
+    pub fn source(&self) -> crate::shop::KeySource {
+        use crate::shop::KeySource;
+        if let Some(f) = &self.data_key_file {
+            return KeySource::File(f.clone());
+        }
+        match std::env::var("CLERK_DATA_KEY").ok() {
+            Some(v) if !v.trim().is_empty() => KeySource::Value(v),
+            _ => KeySource::Auto,
+        }
     }
 }
 

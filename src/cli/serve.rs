@@ -69,6 +69,8 @@ pub struct ServeArgs {
     /// when the data folder has none.
     #[arg(long, env = "CLERK_NO_DEMO")]
     pub no_demo: bool,
+    #[command(flatten)]
+    pub data_key: super::DataKeyArgs,
     /// The shop's policy as JSON (fields left out keep the defaults, which model tau2's retail
     /// policy).
     #[arg(long, env = "CLERK_SHOP_POLICY")]
@@ -164,6 +166,7 @@ pub fn run(a: ServeArgs) -> anyhow::Result<()> {
         seed_demo: !a.no_demo,
         retention_days: a.retention_days,
         audit_retention_days: a.audit_retention_days,
+        data_key: a.data_key.source(),
     });
     if a.retention_days == Some(0) || a.audit_retention_days == Some(0) {
         anyhow::bail!("--retention-days and --audit-retention-days must be at least 1");

@@ -20,6 +20,8 @@ pub struct ImportArgs {
     /// Folder holding clerk's stored data (knowledge base, shop database).
     #[arg(long, env = "CLERK_DATA_DIR", default_value = "./clerk-data")]
     pub data_dir: PathBuf,
+    #[command(flatten)]
+    pub data_key: super::DataKeyArgs,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -34,10 +36,12 @@ pub struct PurgeArgs {
     /// Folder holding clerk's stored data.
     #[arg(long, env = "CLERK_DATA_DIR", default_value = "./clerk-data")]
     pub data_dir: PathBuf,
+    #[command(flatten)]
+    pub data_key: super::DataKeyArgs,
 }
 
 pub fn purge(a: PurgeArgs) -> anyhow::Result<()> {
-    let shop = Shop::open(&a.data_dir, Policy::default())?;
+    let shop = Shop::open_with_key(&a.data_dir, Policy::default(), &a.data_key.source())?;
     let p = shop.purge_older_than(&Ctx::system(Channel::Cli), a.days, a.audit_days)?;
     println!(
         "purged {} conversations ({} messages), {} handoffs, {} audit entries, {} expired tokens",
@@ -47,7 +51,7 @@ pub fn purge(a: PurgeArgs) -> anyhow::Result<()> {
 }
 
 pub fn import(a: ImportArgs) -> anyhow::Result<()> {
-    let shop = Shop::open(&a.data_dir, Policy::default())?;
+    let shop = Shop::open_with_key(&a.data_dir, Policy::default(), &a.data_key.source())?;
     let paths: Vec<&std::path::Path> = a.paths.iter().map(PathBuf::as_path).collect();
     let counts = shop.import_paths(&Ctx::system(Channel::Cli), &paths)?;
     println!(

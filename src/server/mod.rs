@@ -365,12 +365,14 @@ pub struct ShopConfig {
     pub retention_days: Option<u32>,
     /// Audit entries older than this many days are purged hourly.
     pub audit_retention_days: Option<u32>,
+    /// The key the personal fields are sealed with.
+    pub data_key: crate::shop::KeySource,
 }
 
 impl ShopConfig {
     /// Opens (and on first run seeds) the shop database; blocking.
     pub fn open(&self) -> anyhow::Result<Shop> {
-        let shop = Shop::open(&self.data_dir, self.policy.clone())?;
+        let shop = Shop::open_with_key(&self.data_dir, self.policy.clone(), &self.data_key)?;
         if self.seed_demo && shop.counts()?.customers == 0 {
             let data = crate::shop::seed::demo_shop(40, crate::shop::unix_now())?;
             let counts = shop.import(

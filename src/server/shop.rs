@@ -73,7 +73,7 @@ impl From<ShopError> for ApiError {
                 param: None,
                 code: Some("invalid_import"),
             },
-            ShopError::Storage(detail) => ApiError::Internal(detail),
+            ShopError::Storage(detail) | ShopError::Key(detail) => ApiError::Internal(detail),
         }
     }
 }

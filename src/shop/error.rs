@@ -58,6 +58,9 @@ pub enum ShopError {
     Import { file: String, message: String },
     #[error("shop storage: {0}")]
     Storage(String),
+    /// The data key is missing, malformed, or not the one the database was sealed with.
+    #[error("data key: {0}")]
+    Key(String),
 }
 
 impl ShopError {

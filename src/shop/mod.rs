@@ -11,6 +11,8 @@
 //! - `policy`: the merchant's rules ([`Policy`]), tau2's retail policy by default.
 //! - `actions`: identity ([`Shop::identify`]), order status, and the order changes, each in two
 //!   steps: a summary with a one-use token, then the change with that token.
+//! - `crypto`: personal fields sealed at rest under the operator's data key, with a blind index
+//!   for email lookups and key rotation.
 //! - `care`: feedback classification and routing, complaints with suggested resolutions,
 //!   handoffs to staff, conversations, and the privacy export and erasure.
 //! - `recommend`: products for a customer, from their history, the shop's order history and the
@@ -19,6 +21,7 @@
 
 pub mod actions;
 pub mod care;
+pub mod crypto;
 pub mod domain;
 pub mod error;
 pub mod import;
@@ -38,6 +41,7 @@ pub use actions::{
     Outcome, Summary,
 };
 pub use care::{cosine, FeedbackClassifier};
+pub use crypto::KeySource;
 pub use domain::*;
 pub use error::{Refusal, ShopError};
 pub use policy::{ActionKind, Policy};
@@ -62,10 +66,16 @@ impl Shop {
         }
     }
 
-    /// Opens the SQLite shop in `data_dir`.
+    /// Opens the SQLite shop in `data_dir`, its personal fields under the automatic data key
+    /// (`data_dir/data.key`, made on first use).
     pub fn open(data_dir: &Path, policy: Policy) -> error::Result<Self> {
+        Self::open_with_key(data_dir, policy, &KeySource::Auto)
+    }
+
+    /// Opens the SQLite shop in `data_dir` with the data key `key` names.
+    pub fn open_with_key(data_dir: &Path, policy: Policy, key: &KeySource) -> error::Result<Self> {
         Ok(Self::new(
-            Arc::new(sqlite::SqliteStore::open(data_dir)?),
+            Arc::new(sqlite::SqliteStore::open(data_dir, key)?),
             policy,
         ))
     }

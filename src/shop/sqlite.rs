@@ -7,6 +7,7 @@ use std::sync::{Mutex, MutexGuard};
 
 use rusqlite::{params, Connection, OptionalExtension, Row, Transaction as SqlTx};
 
+use super::crypto::{KeySource, Sealer, SEALED};
 use super::domain::*;
 use super::error::{Result, ShopError};
 use super::records::*;
@@ -17,12 +18,15 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/001_init.sql"),
     include_str!("migrations/002_saved_addresses.sql"),
     include_str!("migrations/003_answers_and_console.sql"),
+    include_str!("migrations/004_sealed_personal_fields.sql"),
 ];
 
 pub struct SqliteStore {
     // One connection: SQLite serialises writers anyway, and shop traffic is small next to the
     // model's. Held only for the length of one statement group, never across an await.
     conn: Mutex<Connection>,
+    /// Seals and opens the personal fields (shop/crypto.rs).
+    sealer: Sealer,
 }
 
 fn storage(e: impl std::fmt::Display) -> ShopError {
@@ -30,22 +34,76 @@ fn storage(e: impl std::fmt::Display) -> ShopError {
 }
 
 impl SqliteStore {
-    /// Opens (creating if needed) `dir/shop.sqlite` and brings its schema up to date.
-    pub fn open(dir: &Path) -> Result<Self> {
+    /// Opens (creating if needed) `dir/shop.sqlite`, brings its schema up to date, and seals
+    /// any personal field still in clear with the data key `key` names.
+    pub fn open(dir: &Path, key: &KeySource) -> Result<Self> {
         std::fs::create_dir_all(dir).map_err(storage)?;
-        let conn = Connection::open(dir.join("shop.sqlite"))?;
-        Self::init(conn)
+        let conn = Self::migrate(Connection::open(dir.join("shop.sqlite"))?)?;
+        let sealer = Sealer::resolve(dir, key, sealed_with(&conn)?.as_deref())?;
+        Self::unlock(conn, sealer)
     }
 
-    /// A private database in memory, for tests and one-off evaluations.
+    /// A private database in memory, for tests and one-off evaluations, under a random key.
     pub fn in_memory() -> Result<Self> {
-        Self::init(Connection::open_in_memory()?)
+        let sealer = Sealer::from_text(&Sealer::generate(), "memory")?;
+        Self::unlock(Self::migrate(Connection::open_in_memory()?)?, sealer)
     }
 
-    fn init(mut conn: Connection) -> Result<Self> {
+    /// The data key's id, as a backup manifest records it.
+    pub fn key_id(&self) -> &str {
+        self.sealer.id()
+    }
+
+    /// Checks `sealer` against the key the database is sealed with, or seals it now.
+    fn unlock(mut conn: Connection, sealer: Sealer) -> Result<Self> {
+        match sealed_with(&conn)? {
+            Some(id) if id == sealer.id() => {}
+            Some(id) => {
+                return Err(ShopError::Key(format!(
+                    "the shop's personal fields are sealed with data key {id}, not with the key \
+                     given ({}); pass the key the database was sealed or last rotated with",
+                    sealer.id()
+                )))
+            }
+            None => {
+                let tx = conn.transaction()?;
+                let sealed = reseal(&tx, &sealer, &sealer)?;
+                tx.execute(
+                    "INSERT INTO crypto (id, key_id) VALUES (1, ?1)",
+                    [sealer.id()],
+                )?;
+                tx.commit()?;
+                if sealed > 0 {
+                    scrub(&conn)?;
+                }
+            }
+        }
+        Ok(Self {
+            conn: Mutex::new(conn),
+            sealer,
+        })
+    }
+
+    /// Re-seals every personal field under `new` in one transaction, then scrubs the old
+    /// ciphertexts from the file. Run it with the server stopped: a server still holding the old
+    /// key refuses to write once it sees the rotation, but can no longer read either.
+    pub fn rotate(&self, new: Sealer) -> Result<u64> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let n = reseal(&tx, &self.sealer, &new)?;
+        tx.execute("UPDATE crypto SET key_id = ?1 WHERE id = 1", [new.id()])?;
+        tx.commit()?;
+        scrub(&conn)?;
+        Ok(n)
+    }
+
+    fn migrate(mut conn: Connection) -> Result<Connection> {
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
+        // Deleted and overwritten content is zeroed, so an erased shopper or a rotated-away
+        // ciphertext does not linger in free pages.
+        conn.pragma_update(None, "secure_delete", "ON")?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
         let version = usize::try_from(version).unwrap_or(usize::MAX);
@@ -62,9 +120,7 @@ impl SqliteStore {
             tx.pragma_update(None, "user_version", (i + 1) as i64)?;
             tx.commit()?;
         }
-        Ok(Self {
-            conn: Mutex::new(conn),
-        })
+        Ok(conn)
     }
 
     fn conn(&self) -> MutexGuard<'_, Connection> {
@@ -72,6 +128,92 @@ impl SqliteStore {
         // so the connection is still sound.
         self.conn.lock().unwrap_or_else(|p| p.into_inner())
     }
+}
+
+/// The id of the key the database is sealed with, if it is sealed yet.
+fn sealed_with(conn: &Connection) -> Result<Option<String>> {
+    Ok(conn
+        .query_row("SELECT key_id FROM crypto WHERE id = 1", [], |r| r.get(0))
+        .optional()?)
+}
+
+/// Opens every personal field with `from` (text never sealed passes through) and seals it with
+/// `to`, recomputing the email index; returns the rows touched.
+fn reseal(tx: &SqlTx, from: &Sealer, to: &Sealer) -> Result<u64> {
+    let mut touched = 0;
+    for (table, cols) in SEALED {
+        let select = format!("SELECT rowid, {} FROM {table}", cols.join(", "));
+        let rows: Vec<(i64, Vec<Option<String>>)> = all(tx, &select, [], |r| {
+            let values = (0..cols.len())
+                .map(|i| r.get::<_, Option<String>>(i + 1))
+                .collect::<rusqlite::Result<_>>()?;
+            Ok((r.get(0)?, values))
+        })?;
+        let sets: Vec<String> = cols
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!("{c} = ?{}", i + 2))
+            .collect();
+        let update = format!("UPDATE {table} SET {} WHERE rowid = ?1", sets.join(", "));
+        for (rowid, values) in rows {
+            let mut plain = Vec::with_capacity(values.len());
+            for (col, v) in cols.iter().zip(values) {
+                plain.push(from.open_opt(col, v)?);
+            }
+            let sealed: Vec<Option<String>> = cols
+                .iter()
+                .zip(&plain)
+                .map(|(col, v)| to.seal_opt(col, v.as_deref()))
+                .collect();
+            let mut args: Vec<&dyn rusqlite::ToSql> = vec![&rowid];
+            args.extend(sealed.iter().map(|v| v as &dyn rusqlite::ToSql));
+            tx.execute(&update, args.as_slice())?;
+            if *table == "customers" {
+                let hash = plain[0]
+                    .as_deref()
+                    .filter(|e| !e.is_empty())
+                    .map(|e| to.blind(e));
+                tx.execute(
+                    "UPDATE customers SET email_hash = ?1 WHERE rowid = ?2",
+                    params![hash, rowid],
+                )?;
+            }
+            touched += 1;
+        }
+    }
+    Ok(touched)
+}
+
+/// Rewrites the file and empties the write-ahead log, so no page written before a sealing or a
+/// rotation survives anywhere on disk.
+fn scrub(conn: &Connection) -> Result<()> {
+    conn.execute_batch("VACUUM")?;
+    conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
+    Ok(())
+}
+
+/// A personal field read back: opened with the store's key.
+fn opened(s: &Sealer, row: &Row, idx: usize, field: &str) -> rusqlite::Result<String> {
+    let stored: String = row.get(idx)?;
+    parsed(idx, s.open(field, &stored))
+}
+
+fn opened_opt(s: &Sealer, row: &Row, idx: usize, field: &str) -> rusqlite::Result<Option<String>> {
+    let stored: Option<String> = row.get(idx)?;
+    parsed(idx, s.open_opt(field, stored))
+}
+
+/// A sealed JSON column read back.
+fn opened_json<T: serde::de::DeserializeOwned>(
+    s: &Sealer,
+    row: &Row,
+    idx: usize,
+    field: &str,
+) -> rusqlite::Result<T> {
+    let text = opened(s, row, idx, field)?;
+    serde_json::from_str(&text).map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(idx, rusqlite::types::Type::Text, Box::new(e))
+    })
 }
 
 /// Every row of a cached statement, mapped by `f`.
@@ -101,20 +243,32 @@ fn parsed<T>(idx: usize, r: Result<T>) -> rusqlite::Result<T> {
     })
 }
 
-fn address_at(row: &Row, start: usize) -> rusqlite::Result<Address> {
+fn address_at(s: &Sealer, row: &Row, start: usize) -> rusqlite::Result<Address> {
     Ok(Address {
-        address1: row.get(start)?,
-        address2: row.get(start + 1)?,
-        city: row.get(start + 2)?,
-        state: row.get(start + 3)?,
-        country: row.get(start + 4)?,
-        zip: row.get(start + 5)?,
+        address1: opened(s, row, start, "address1")?,
+        address2: opened(s, row, start + 1, "address2")?,
+        city: opened(s, row, start + 2, "city")?,
+        state: opened(s, row, start + 3, "state")?,
+        country: opened(s, row, start + 4, "country")?,
+        zip: opened(s, row, start + 5, "zip")?,
     })
+}
+
+/// An address as the six sealed column values, in `ADDRESS_COLS` order.
+fn sealed_address(s: &Sealer, a: &Address) -> [String; 6] {
+    [
+        s.seal("address1", &a.address1),
+        s.seal("address2", &a.address2),
+        s.seal("city", &a.city),
+        s.seal("state", &a.state),
+        s.seal("country", &a.country),
+        s.seal("zip", &a.zip),
+    ]
 }
 
 const ADDRESS_COLS: &str = "address1, address2, city, state, country, zip";
 
-fn load_customer(conn: &Connection, id: &CustomerId) -> Result<Option<Customer>> {
+fn load_customer(conn: &Connection, s: &Sealer, id: &CustomerId) -> Result<Option<Customer>> {
     let row = conn
         .query_row(
             &format!(
@@ -122,35 +276,35 @@ fn load_customer(conn: &Connection, id: &CustomerId) -> Result<Option<Customer>>
                  FROM customers WHERE id = ?1"
             ),
             [id.as_str()],
-            customer_from_row,
+            |r| customer_from_row(s, r),
         )
         .optional()?;
     let Some(mut customer) = row else {
         return Ok(None);
     };
-    customer.payment_methods = payment_methods(conn, id)?;
-    customer.saved_addresses = saved_addresses(conn, id)?;
+    customer.payment_methods = payment_methods(conn, s, id)?;
+    customer.saved_addresses = saved_addresses(conn, s, id)?;
     Ok(Some(customer))
 }
 
-fn customer_from_row(row: &Row) -> rusqlite::Result<Customer> {
+fn customer_from_row(s: &Sealer, row: &Row) -> rusqlite::Result<Customer> {
     let id: String = row.get(0)?;
-    let email: Option<String> = row.get(3)?;
+    let email = opened_opt(s, row, 3, "email")?;
     Ok(Customer {
         id: parsed(0, CustomerId::parse(&id))?,
         first_name: row.get(1)?,
         last_name: row.get(2)?,
         // An erased customer's email is gone; a malformed imported one reads as none.
         email: email.and_then(|e| Email::parse(&e).ok()),
-        phone: row.get(4)?,
+        phone: opened_opt(s, row, 4, "phone")?,
         erased_at: row.get(5)?,
-        address: address_at(row, 6)?,
+        address: address_at(s, row, 6)?,
         saved_addresses: Vec::new(),
         payment_methods: Vec::new(),
     })
 }
 
-fn saved_addresses(conn: &Connection, id: &CustomerId) -> Result<Vec<SavedAddress>> {
+fn saved_addresses(conn: &Connection, s: &Sealer, id: &CustomerId) -> Result<Vec<SavedAddress>> {
     all(
         conn,
         &format!(
@@ -160,13 +314,13 @@ fn saved_addresses(conn: &Connection, id: &CustomerId) -> Result<Vec<SavedAddres
         |row| {
             Ok(SavedAddress {
                 label: row.get(0)?,
-                address: address_at(row, 1)?,
+                address: address_at(s, row, 1)?,
             })
         },
     )
 }
 
-fn payment_methods(conn: &Connection, id: &CustomerId) -> Result<Vec<PaymentMethod>> {
+fn payment_methods(conn: &Connection, s: &Sealer, id: &CustomerId) -> Result<Vec<PaymentMethod>> {
     all(
         conn,
         "SELECT id, source, brand, last_four, balance FROM payment_methods \
@@ -178,8 +332,8 @@ fn payment_methods(conn: &Connection, id: &CustomerId) -> Result<Vec<PaymentMeth
             Ok(PaymentMethod {
                 id: parsed(0, PaymentMethodId::parse(&id))?,
                 source: parsed(1, PaymentSource::parse(&source))?,
-                brand: row.get(2)?,
-                last_four: row.get(3)?,
+                brand: opened_opt(s, row, 2, "brand")?,
+                last_four: opened_opt(s, row, 3, "last_four")?,
                 balance: row.get::<_, Option<i64>>(4)?.map(Money),
             })
         },
@@ -233,7 +387,7 @@ fn load_product(conn: &Connection, id: &str) -> Result<Option<Product>> {
     }))
 }
 
-fn load_order(conn: &Connection, id: &OrderId) -> Result<Option<Order>> {
+fn load_order(conn: &Connection, s: &Sealer, id: &OrderId) -> Result<Option<Order>> {
     let head = conn
         .query_row(
             &format!(
@@ -252,7 +406,7 @@ fn load_order(conn: &Connection, id: &OrderId) -> Result<Option<Order>> {
                     cancel_reason: row.get(3)?,
                     estimated_delivery: row.get(4)?,
                     created_at: row.get(5)?,
-                    address: address_at(row, 6)?,
+                    address: address_at(s, row, 6)?,
                     items: Vec::new(),
                     payments: Vec::new(),
                     fulfillments: Vec::new(),
@@ -339,31 +493,34 @@ fn load_order(conn: &Connection, id: &OrderId) -> Result<Option<Order>> {
     Ok(Some(order))
 }
 
-fn insert_customer(tx: &SqlTx, c: &Customer) -> Result<()> {
-    let a = &c.address;
+fn insert_customer(tx: &SqlTx, s: &Sealer, c: &Customer) -> Result<()> {
+    let [a1, a2, city, state, country, zip] = sealed_address(s, &c.address);
+    let email = c.email.as_ref().map(Email::as_str);
     tx.execute(
         &format!(
-            "INSERT INTO customers (id, first_name, last_name, email, phone, erased_at, \
-             {ADDRESS_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)"
+            "INSERT INTO customers (id, first_name, last_name, email, email_hash, phone, \
+             erased_at, {ADDRESS_COLS}) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)"
         ),
         params![
             c.id.as_str(),
             c.first_name,
             c.last_name,
-            c.email.as_ref().map(Email::as_str),
-            c.phone,
+            s.seal_opt("email", email),
+            email.map(|e| s.blind(e)),
+            s.seal_opt("phone", c.phone.as_deref()),
             c.erased_at,
-            a.address1,
-            a.address2,
-            a.city,
-            a.state,
-            a.country,
-            a.zip
+            a1,
+            a2,
+            city,
+            state,
+            country,
+            zip
         ],
     )
     .map_err(|e| duplicate(e, "customer", c.id.as_str()))?;
-    for (i, s) in c.saved_addresses.iter().enumerate() {
-        let a = &s.address;
+    for (i, saved) in c.saved_addresses.iter().enumerate() {
+        let [a1, a2, city, state, country, zip] = sealed_address(s, &saved.address);
         tx.execute(
             &format!(
                 "INSERT INTO addresses (customer_id, position, label, {ADDRESS_COLS}) \
@@ -372,13 +529,13 @@ fn insert_customer(tx: &SqlTx, c: &Customer) -> Result<()> {
             params![
                 c.id.as_str(),
                 i as i64,
-                s.label,
-                a.address1,
-                a.address2,
-                a.city,
-                a.state,
-                a.country,
-                a.zip
+                saved.label,
+                a1,
+                a2,
+                city,
+                state,
+                country,
+                zip
             ],
         )?;
     }
@@ -390,8 +547,8 @@ fn insert_customer(tx: &SqlTx, c: &Customer) -> Result<()> {
                 p.id.as_str(),
                 c.id.as_str(),
                 p.source.as_str(),
-                p.brand,
-                p.last_four,
+                s.seal_opt("brand", p.brand.as_deref()),
+                s.seal_opt("last_four", p.last_four.as_deref()),
                 p.balance.map(Money::cents),
                 i as i64
             ],
@@ -439,8 +596,8 @@ fn insert_product(tx: &SqlTx, p: &Product) -> Result<()> {
     Ok(())
 }
 
-fn insert_order(tx: &SqlTx, o: &Order, position: i64) -> Result<()> {
-    let a = &o.address;
+fn insert_order(tx: &SqlTx, s: &Sealer, o: &Order, position: i64) -> Result<()> {
+    let [a1, a2, city, state, country, zip] = sealed_address(s, &o.address);
     tx.execute(
         &format!(
             "INSERT INTO orders (id, customer_id, status, cancel_reason, estimated_delivery, \
@@ -455,12 +612,12 @@ fn insert_order(tx: &SqlTx, o: &Order, position: i64) -> Result<()> {
             o.estimated_delivery,
             o.created_at,
             position,
-            a.address1,
-            a.address2,
-            a.city,
-            a.state,
-            a.country,
-            a.zip
+            a1,
+            a2,
+            city,
+            state,
+            country,
+            zip
         ],
     )
     .map_err(|e| duplicate(e, "order", o.id.as_str()))?;
@@ -533,7 +690,7 @@ fn insert_return(tx: &SqlTx, order: &OrderId, r: &ReturnRequest) -> Result<()> {
     Ok(())
 }
 
-fn insert_audit(tx: &Connection, a: &AuditEntry) -> Result<()> {
+fn insert_audit(tx: &Connection, s: &Sealer, a: &AuditEntry) -> Result<()> {
     tx.execute(
         "INSERT INTO audit (at, actor, channel, action, target, customer_id, detail) \
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
@@ -544,7 +701,7 @@ fn insert_audit(tx: &Connection, a: &AuditEntry) -> Result<()> {
             a.action,
             a.target,
             a.customer_id.as_ref().map(CustomerId::as_str),
-            serde_json::to_string(&a.detail)?
+            s.seal("detail", &serde_json::to_string(&a.detail)?)
         ],
     )?;
     Ok(())
@@ -559,7 +716,7 @@ fn expect_one(changed: usize, what: impl FnOnce() -> String) -> Result<()> {
     }
 }
 
-fn apply(tx: &SqlTx, change: &Change, inserted: &mut Vec<i64>) -> Result<()> {
+fn apply(tx: &SqlTx, s: &Sealer, change: &Change, inserted: &mut Vec<i64>) -> Result<()> {
     match change {
         Change::OrderStatus { order, from, to } => {
             let n = tx.execute(
@@ -577,19 +734,12 @@ fn apply(tx: &SqlTx, change: &Change, inserted: &mut Vec<i64>) -> Result<()> {
             )?;
             expect_one(n, || format!("order {order} disappeared"))
         }
-        Change::OrderAddress { order, address: a } => {
+        Change::OrderAddress { order, address } => {
+            let [a1, a2, city, state, country, zip] = sealed_address(s, address);
             let n = tx.execute(
                 "UPDATE orders SET address1 = ?1, address2 = ?2, city = ?3, state = ?4, \
                  country = ?5, zip = ?6 WHERE id = ?7",
-                params![
-                    a.address1,
-                    a.address2,
-                    a.city,
-                    a.state,
-                    a.country,
-                    a.zip,
-                    order.as_str()
-                ],
+                params![a1, a2, city, state, country, zip, order.as_str()],
             )?;
             expect_one(n, || format!("order {order} disappeared"))
         }
@@ -635,7 +785,7 @@ fn apply(tx: &SqlTx, change: &Change, inserted: &mut Vec<i64>) -> Result<()> {
                 params![
                     f.conversation_id,
                     f.customer_id.as_ref().map(CustomerId::as_str),
-                    f.text,
+                    s.seal("text", &f.text),
                     f.rating,
                     f.topic.as_str(),
                     f.sentiment.as_str(),
@@ -656,7 +806,7 @@ fn apply(tx: &SqlTx, change: &Change, inserted: &mut Vec<i64>) -> Result<()> {
                     c.customer_id.as_ref().map(CustomerId::as_str),
                     c.order_id.as_ref().map(OrderId::as_str),
                     c.conversation_id,
-                    c.text,
+                    s.seal("text", &c.text),
                     c.category.as_str(),
                     c.severity.as_str(),
                     c.resolution.as_str(),
@@ -677,7 +827,7 @@ fn apply(tx: &SqlTx, change: &Change, inserted: &mut Vec<i64>) -> Result<()> {
                     h.conversation_id,
                     h.customer_id.as_ref().map(CustomerId::as_str),
                     h.reason,
-                    h.summary,
+                    s.seal("summary", &h.summary),
                     h.status.as_str(),
                     h.claimed_by,
                     h.created_at,
@@ -739,7 +889,7 @@ fn apply(tx: &SqlTx, change: &Change, inserted: &mut Vec<i64>) -> Result<()> {
                     m.conversation_id,
                     m.role.as_str(),
                     m.author,
-                    m.content,
+                    s.seal("content", &m.content),
                     m.created_at,
                     m.meta.as_ref().map(|v| v.to_string())
                 ],
@@ -784,9 +934,9 @@ fn apply(tx: &SqlTx, change: &Change, inserted: &mut Vec<i64>) -> Result<()> {
                     r.message_id,
                     r.conversation_id,
                     r.rating,
-                    r.question,
-                    r.answer,
-                    r.correction,
+                    s.seal("question", &r.question),
+                    s.seal("answer", &r.answer),
+                    s.seal_opt("correction", r.correction.as_deref()),
                     r.status.as_str(),
                     r.created_at
                 ],
@@ -841,7 +991,7 @@ fn apply(tx: &SqlTx, change: &Change, inserted: &mut Vec<i64>) -> Result<()> {
                     t.hash,
                     t.kind.as_str(),
                     t.customer_id.as_str(),
-                    serde_json::to_string(&t.payload)?,
+                    s.seal("payload", &serde_json::to_string(&t.payload)?),
                     t.created_at,
                     t.expires_at,
                     t.used_at
@@ -858,7 +1008,7 @@ fn erase(tx: &SqlTx, id: &CustomerId) -> Result<()> {
     let key = id.as_str();
     let n = tx.execute(
         "UPDATE customers SET first_name = 'erased', last_name = 'erased', email = NULL, \
-         phone = NULL, address1 = '', address2 = '', city = '', state = '', zip = '', \
+         email_hash = NULL, phone = NULL, address1 = '', address2 = '', city = '', state = '', zip = '', \
          erased_at = ?2 WHERE id = ?1 AND erased_at IS NULL",
         params![key, unix_now()],
     )?;
@@ -912,7 +1062,7 @@ fn erase(tx: &SqlTx, id: &CustomerId) -> Result<()> {
     Ok(())
 }
 
-fn feedback_from_row(row: &Row) -> rusqlite::Result<Feedback> {
+fn feedback_from_row(s: &Sealer, row: &Row) -> rusqlite::Result<Feedback> {
     let customer: Option<String> = row.get(2)?;
     let topic: String = row.get(5)?;
     let sentiment: String = row.get(6)?;
@@ -920,7 +1070,7 @@ fn feedback_from_row(row: &Row) -> rusqlite::Result<Feedback> {
         id: row.get(0)?,
         conversation_id: row.get(1)?,
         customer_id: customer.and_then(|c| CustomerId::parse(&c).ok()),
-        text: row.get(3)?,
+        text: opened(s, row, 3, "text")?,
         rating: row.get(4)?,
         topic: Topic::parse(&topic).unwrap_or(Topic::Other),
         sentiment: Sentiment::parse(&sentiment).unwrap_or(Sentiment::Neutral),
@@ -933,7 +1083,7 @@ fn feedback_from_row(row: &Row) -> rusqlite::Result<Feedback> {
 const FEEDBACK_COLS: &str = "id, conversation_id, customer_id, text, rating, topic, sentiment, \
                              confidence, queue, created_at";
 
-fn complaint_from_row(row: &Row) -> rusqlite::Result<Complaint> {
+fn complaint_from_row(s: &Sealer, row: &Row) -> rusqlite::Result<Complaint> {
     let customer: Option<String> = row.get(1)?;
     let order: Option<String> = row.get(2)?;
     let category: String = row.get(5)?;
@@ -945,7 +1095,7 @@ fn complaint_from_row(row: &Row) -> rusqlite::Result<Complaint> {
         customer_id: customer.and_then(|c| CustomerId::parse(&c).ok()),
         order_id: order.and_then(|o| OrderId::parse(&o).ok()),
         conversation_id: row.get(3)?,
-        text: row.get(4)?,
+        text: opened(s, row, 4, "text")?,
         category: Topic::parse(&category).unwrap_or(Topic::Other),
         severity: Severity::parse(&severity).unwrap_or(Severity::Medium),
         resolution: super::policy::Resolution::parse(&resolution)
@@ -963,7 +1113,7 @@ const COMPLAINT_COLS: &str = "id, customer_id, order_id, conversation_id, text, 
                               severity, resolution, resolution_note, auto_approved, created_at, \
                               status, resolved_by, resolved_at";
 
-fn handoff_from_row(row: &Row) -> rusqlite::Result<Handoff> {
+fn handoff_from_row(s: &Sealer, row: &Row) -> rusqlite::Result<Handoff> {
     let customer: Option<String> = row.get(2)?;
     let status: String = row.get(5)?;
     Ok(Handoff {
@@ -971,7 +1121,7 @@ fn handoff_from_row(row: &Row) -> rusqlite::Result<Handoff> {
         conversation_id: row.get(1)?,
         customer_id: customer.and_then(|c| CustomerId::parse(&c).ok()),
         reason: row.get(3)?,
-        summary: row.get(4)?,
+        summary: opened(s, row, 4, "summary")?,
         status: HandoffStatus::parse(&status).unwrap_or(HandoffStatus::Open),
         claimed_by: row.get(6)?,
         created_at: row.get(7)?,
@@ -994,7 +1144,7 @@ fn conversation_from_row(row: &Row) -> rusqlite::Result<Conversation> {
     })
 }
 
-fn message_from_row(row: &Row) -> rusqlite::Result<Message> {
+fn message_from_row(s: &Sealer, row: &Row) -> rusqlite::Result<Message> {
     let role: String = row.get(2)?;
     let meta: Option<String> = row.get(6)?;
     Ok(Message {
@@ -1002,7 +1152,7 @@ fn message_from_row(row: &Row) -> rusqlite::Result<Message> {
         conversation_id: row.get(1)?,
         role: Role::parse(&role).unwrap_or(Role::System),
         author: row.get(3)?,
-        content: row.get(4)?,
+        content: opened(s, row, 4, "content")?,
         created_at: row.get(5)?,
         // A meta that no longer parses is dropped, not fatal: the message text is what counts.
         meta: meta.and_then(|m| serde_json::from_str(&m).ok()),
@@ -1011,16 +1161,16 @@ fn message_from_row(row: &Row) -> rusqlite::Result<Message> {
 
 const MESSAGE_COLS: &str = "id, conversation_id, role, author, content, created_at, meta";
 
-fn rating_from_row(row: &Row) -> rusqlite::Result<AnswerRating> {
+fn rating_from_row(s: &Sealer, row: &Row) -> rusqlite::Result<AnswerRating> {
     let status: String = row.get(7)?;
     Ok(AnswerRating {
         id: row.get(0)?,
         message_id: row.get(1)?,
         conversation_id: row.get(2)?,
         rating: row.get(3)?,
-        question: row.get(4)?,
-        answer: row.get(5)?,
-        correction: row.get(6)?,
+        question: opened(s, row, 4, "question")?,
+        answer: opened(s, row, 5, "answer")?,
+        correction: opened_opt(s, row, 6, "correction")?,
         status: RatingStatus::parse(&status).unwrap_or(RatingStatus::Noted),
         reviewed_by: row.get(8)?,
         created_at: row.get(9)?,
@@ -1044,7 +1194,7 @@ fn curated_from_row(row: &Row) -> rusqlite::Result<CuratedAnswer> {
 
 const CURATED_COLS: &str = "id, question, answer, rating_id, created_by, created_at";
 
-fn audit_from_row(row: &Row) -> rusqlite::Result<AuditEntry> {
+fn audit_from_row(s: &Sealer, row: &Row) -> rusqlite::Result<AuditEntry> {
     let channel: String = row.get(3)?;
     let customer: Option<String> = row.get(6)?;
     Ok(AuditEntry {
@@ -1055,11 +1205,45 @@ fn audit_from_row(row: &Row) -> rusqlite::Result<AuditEntry> {
         action: row.get(4)?,
         target: row.get(5)?,
         customer_id: customer.and_then(|c| CustomerId::parse(&c).ok()),
-        detail: json_col(row, 7)?,
+        detail: opened_json(s, row, 7, "detail")?,
     })
 }
 
 const AUDIT_COLS: &str = "id, at, actor, channel, action, target, customer_id, detail";
+
+/// The most asked of `questions`, case folded (the first spelling seen is shown), erased ones
+/// left out; ties by text.
+fn top_questions(questions: Vec<String>, limit: usize) -> Vec<Counted> {
+    let mut groups: std::collections::HashMap<String, Counted> = Default::default();
+    for q in questions {
+        if q == "[erased]" {
+            continue;
+        }
+        groups
+            .entry(q.to_lowercase())
+            .or_insert_with(|| Counted { label: q, count: 0 })
+            .count += 1;
+    }
+    let mut out: Vec<Counted> = groups.into_values().collect();
+    out.sort_by(|a, b| b.count.cmp(&a.count).then_with(|| a.label.cmp(&b.label)));
+    out.truncate(limit);
+    out
+}
+
+impl SqliteStore {
+    /// Refuses a write when another process rotated the data key since this one opened the
+    /// database: what it wrote would be sealed under a key the database no longer uses.
+    fn check_key(&self, tx: &SqlTx) -> Result<()> {
+        match sealed_with(tx)? {
+            Some(id) if id == self.sealer.id() => Ok(()),
+            other => Err(ShopError::Key(format!(
+                "the data key was rotated (the database is now under {}); restart clerk with \
+                 the new key",
+                other.unwrap_or_else(|| "no key".into())
+            ))),
+        }
+    }
+}
 
 /// Numeric keyset cursor; a malformed one is the caller's error.
 fn after_id(page: &Page) -> Result<i64> {
@@ -1099,15 +1283,15 @@ impl ShopStore for SqliteStore {
     }
 
     fn customer(&self, id: &CustomerId) -> Result<Option<Customer>> {
-        load_customer(&self.conn(), id)
+        load_customer(&self.conn(), &self.sealer, id)
     }
 
     fn customers_by_email(&self, email: &Email) -> Result<Vec<CustomerId>> {
         let conn = self.conn();
         let ids = all(
             &conn,
-            "SELECT id FROM customers WHERE email = ?1 AND erased_at IS NULL ORDER BY id",
-            [email.as_str()],
+            "SELECT id FROM customers WHERE email_hash = ?1 AND erased_at IS NULL ORDER BY id",
+            [self.sealer.blind(email.as_str())],
             |r| {
                 let id: String = r.get(0)?;
                 parsed(0, CustomerId::parse(&id))
@@ -1118,17 +1302,26 @@ impl ShopStore for SqliteStore {
 
     fn customers_by_name_zip(&self, first: &str, last: &str, zip: &str) -> Result<Vec<CustomerId>> {
         let conn = self.conn();
-        let ids = all(
+        let zip = zip.trim();
+        let named = all(
             &conn,
-            "SELECT id FROM customers WHERE lower(first_name) = lower(?1) \
-             AND lower(last_name) = lower(?2) AND zip = ?3 AND erased_at IS NULL ORDER BY id",
-            params![first.trim(), last.trim(), zip.trim()],
+            "SELECT id, zip FROM customers WHERE lower(first_name) = lower(?1) \
+             AND lower(last_name) = lower(?2) AND erased_at IS NULL ORDER BY id",
+            params![first.trim(), last.trim()],
             |r| {
                 let id: String = r.get(0)?;
-                parsed(0, CustomerId::parse(&id))
+                Ok((
+                    parsed(0, CustomerId::parse(&id))?,
+                    opened(&self.sealer, r, 1, "zip")?,
+                ))
             },
         )?;
-        Ok(ids)
+        // The postal code is sealed, so it is compared here, among the few namesakes.
+        Ok(named
+            .into_iter()
+            .filter(|(_, z)| z == zip)
+            .map(|(id, _)| id)
+            .collect())
     }
 
     fn list_customers(&self, page: &Page) -> Result<Vec<Customer>> {
@@ -1140,17 +1333,17 @@ impl ShopStore for SqliteStore {
              FROM customers WHERE id > ?1 ORDER BY id LIMIT ?2"
             ),
             params![page.after.as_deref().unwrap_or(""), page.limit as i64],
-            customer_from_row,
+            |r| customer_from_row(&self.sealer, r),
         )?;
         for c in &mut customers {
-            c.payment_methods = payment_methods(&conn, &c.id)?;
-            c.saved_addresses = saved_addresses(&conn, &c.id)?;
+            c.payment_methods = payment_methods(&conn, &self.sealer, &c.id)?;
+            c.saved_addresses = saved_addresses(&conn, &self.sealer, &c.id)?;
         }
         Ok(customers)
     }
 
     fn order(&self, id: &OrderId) -> Result<Option<Order>> {
-        load_order(&self.conn(), id)
+        load_order(&self.conn(), &self.sealer, id)
     }
 
     fn list_orders(&self, filter: &OrderFilter, page: &Page) -> Result<Vec<OrderSummary>> {
@@ -1236,6 +1429,7 @@ impl ShopStore for SqliteStore {
         {
             let mut conn = self.conn();
             let tx = conn.transaction()?;
+            self.check_key(&tx)?;
             let start: i64 = tx.query_row(
                 "SELECT coalesce(max(position) + 1, 0) FROM orders",
                 [],
@@ -1245,12 +1439,12 @@ impl ShopStore for SqliteStore {
                 insert_product(&tx, p)?;
             }
             for c in &data.customers {
-                insert_customer(&tx, c)?;
+                insert_customer(&tx, &self.sealer, c)?;
             }
             for (i, o) in data.orders.iter().enumerate() {
-                insert_order(&tx, o, start + i as i64)?;
+                insert_order(&tx, &self.sealer, o, start + i as i64)?;
             }
-            insert_audit(&tx, &audit)?;
+            insert_audit(&tx, &self.sealer, &audit)?;
             tx.commit()?;
         }
         self.counts()
@@ -1259,6 +1453,7 @@ impl ShopStore for SqliteStore {
     fn commit(&self, write: Write) -> Result<Vec<i64>> {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
+        self.check_key(&tx)?;
         if let Some(hash) = &write.consume_token {
             let n = tx.execute(
                 "UPDATE tokens SET used_at = ?1 WHERE hash = ?2 AND kind = 'confirmation' \
@@ -1273,15 +1468,20 @@ impl ShopStore for SqliteStore {
         }
         let mut inserted = Vec::new();
         for change in &write.changes {
-            apply(&tx, change, &mut inserted)?;
+            apply(&tx, &self.sealer, change, &mut inserted)?;
         }
-        insert_audit(&tx, &write.audit)?;
+        insert_audit(&tx, &self.sealer, &write.audit)?;
         tx.commit()?;
         Ok(inserted)
     }
 
     fn record(&self, audit: AuditEntry) -> Result<()> {
-        insert_audit(&self.conn(), &audit)
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        self.check_key(&tx)?;
+        insert_audit(&tx, &self.sealer, &audit)?;
+        tx.commit()?;
+        Ok(())
     }
 
     fn audit(&self, filter: &AuditFilter, page: &Page) -> Result<Vec<AuditEntry>> {
@@ -1298,7 +1498,7 @@ impl ShopStore for SqliteStore {
                 filter.target,
                 page.limit as i64
             ],
-            audit_from_row,
+            |r| audit_from_row(&self.sealer, r),
         )?;
         Ok(rows)
     }
@@ -1317,7 +1517,7 @@ impl ShopStore for SqliteStore {
                         hash: row.get(0)?,
                         kind: TokenKind::parse(&kind).unwrap_or(TokenKind::Session),
                         customer_id: parsed(2, CustomerId::parse(&customer))?,
-                        payload: json_col(row, 3)?,
+                        payload: opened_json(&self.sealer, row, 3, "payload")?,
                         created_at: row.get(4)?,
                         expires_at: row.get(5)?,
                         used_at: row.get(6)?,
@@ -1336,7 +1536,7 @@ impl ShopStore for SqliteStore {
              ORDER BY id LIMIT ?3"
         ),
             params![after_id(page)?, queue, page.limit as i64],
-            feedback_from_row,
+            |r| feedback_from_row(&self.sealer, r),
         )?;
         Ok(rows)
     }
@@ -1347,7 +1547,7 @@ impl ShopStore for SqliteStore {
             &conn,
             &format!("SELECT {COMPLAINT_COLS} FROM complaints WHERE id > ?1 ORDER BY id LIMIT ?2"),
             params![after_id(page)?, page.limit as i64],
-            complaint_from_row,
+            |r| complaint_from_row(&self.sealer, r),
         )?;
         Ok(rows)
     }
@@ -1358,7 +1558,7 @@ impl ShopStore for SqliteStore {
             .query_row(
                 &format!("SELECT {HANDOFF_COLS} FROM handoffs WHERE id = ?1"),
                 [id],
-                handoff_from_row,
+                |r| handoff_from_row(&self.sealer, r),
             )
             .optional()?)
     }
@@ -1376,7 +1576,7 @@ impl ShopStore for SqliteStore {
                 status.map(HandoffStatus::as_str),
                 page.limit as i64
             ],
-            handoff_from_row,
+            |r| handoff_from_row(&self.sealer, r),
         )?;
         Ok(rows)
     }
@@ -1386,7 +1586,7 @@ impl ShopStore for SqliteStore {
             &self.conn(),
             &format!("SELECT {HANDOFF_COLS} FROM handoffs WHERE conversation_id = ?1 ORDER BY id"),
             [conversation],
-            handoff_from_row,
+            |r| handoff_from_row(&self.sealer, r),
         )
     }
 
@@ -1411,7 +1611,7 @@ impl ShopStore for SqliteStore {
                  WHERE conversation_id = ?1 AND id > ?2 ORDER BY id"
             ),
             params![conversation, after],
-            message_from_row,
+            |r| message_from_row(&self.sealer, r),
         )?;
         Ok(rows)
     }
@@ -1422,7 +1622,7 @@ impl ShopStore for SqliteStore {
             .query_row(
                 &format!("SELECT {MESSAGE_COLS} FROM messages WHERE id = ?1"),
                 [id],
-                message_from_row,
+                |r| message_from_row(&self.sealer, r),
             )
             .optional()?)
     }
@@ -1433,7 +1633,7 @@ impl ShopStore for SqliteStore {
             .query_row(
                 &format!("SELECT {COMPLAINT_COLS} FROM complaints WHERE id = ?1"),
                 [id],
-                complaint_from_row,
+                |r| complaint_from_row(&self.sealer, r),
             )
             .optional()?)
     }
@@ -1444,7 +1644,7 @@ impl ShopStore for SqliteStore {
             .query_row(
                 &format!("SELECT {RATING_COLS} FROM answer_ratings WHERE id = ?1"),
                 [id],
-                rating_from_row,
+                |r| rating_from_row(&self.sealer, r),
             )
             .optional()?)
     }
@@ -1461,7 +1661,7 @@ impl ShopStore for SqliteStore {
                 status.map(RatingStatus::as_str),
                 page.limit as i64
             ],
-            rating_from_row,
+            |r| rating_from_row(&self.sealer, r),
         )
     }
 
@@ -1593,16 +1793,19 @@ impl ShopStore for SqliteStore {
              AND json_extract(meta, '$.intent') IS NOT NULL \
              GROUP BY 1 ORDER BY 2 DESC, 1 LIMIT 10",
         )?;
-        // The shopper's message just before each reply that found no answer.
-        let unanswered = counted(
-            "SELECT q, COUNT(*) FROM (SELECT (SELECT p.content FROM messages p \
+        // The shopper's message just before each reply that found no answer. Messages are
+        // sealed, so they are opened and grouped here rather than in SQL.
+        let questions: Vec<String> = all(
+            &conn,
+            "SELECT (SELECT p.content FROM messages p \
                WHERE p.conversation_id = m.conversation_id AND p.id < m.id \
                AND p.role = 'shopper' ORDER BY p.id DESC LIMIT 1) AS q FROM messages m \
              WHERE m.role = 'assistant' AND m.created_at >= ?1 AND m.created_at < ?2 \
-             AND json_extract(m.meta, '$.unanswered') = 1) \
-             WHERE q IS NOT NULL AND q <> '[erased]' \
-             GROUP BY lower(q) ORDER BY 2 DESC, 1 LIMIT 20",
+             AND json_extract(m.meta, '$.unanswered') = 1 AND q IS NOT NULL",
+            params![since, now],
+            |r| opened(&self.sealer, r, 0, "content"),
         )?;
+        let unanswered = top_questions(questions, 20);
         let (up, down): (i64, i64) = conn.query_row(
             "SELECT COALESCE(SUM(rating = 1), 0), COALESCE(SUM(rating = -1), 0) \
              FROM answer_ratings WHERE created_at >= ?1 AND created_at < ?2",
@@ -1653,19 +1856,19 @@ impl ShopStore for SqliteStore {
             &conn,
             &format!("SELECT {FEEDBACK_COLS} FROM feedback WHERE customer_id = ?1 ORDER BY id"),
             [key],
-            feedback_from_row,
+            |r| feedback_from_row(&self.sealer, r),
         )?;
         let complaints = all(
             &conn,
             &format!("SELECT {COMPLAINT_COLS} FROM complaints WHERE customer_id = ?1 ORDER BY id"),
             [key],
-            complaint_from_row,
+            |r| complaint_from_row(&self.sealer, r),
         )?;
         let handoffs = all(
             &conn,
             &format!("SELECT {HANDOFF_COLS} FROM handoffs WHERE customer_id = ?1 ORDER BY id"),
             [key],
-            handoff_from_row,
+            |r| handoff_from_row(&self.sealer, r),
         )?;
         let conversations: Vec<Conversation> = all(
             &conn,
@@ -1682,7 +1885,7 @@ impl ShopStore for SqliteStore {
                     "SELECT {MESSAGE_COLS} FROM messages WHERE conversation_id = ?1 ORDER BY id"
                 ),
                 [c.id.as_str()],
-                message_from_row,
+                |r| message_from_row(&self.sealer, r),
             )?;
             with_messages.push((c, messages));
         }
@@ -1690,7 +1893,7 @@ impl ShopStore for SqliteStore {
             &conn,
             &format!("SELECT {AUDIT_COLS} FROM audit WHERE customer_id = ?1 ORDER BY id"),
             [key],
-            audit_from_row,
+            |r| audit_from_row(&self.sealer, r),
         )?;
         Ok(CustomerRecords {
             feedback,
@@ -1722,7 +1925,7 @@ mod tests {
             )
             .unwrap();
         }
-        let store = SqliteStore::open(&dir).unwrap();
+        let store = SqliteStore::open(&dir, &KeySource::Auto).unwrap();
         let c = store
             .customer(&CustomerId::parse("old_1").unwrap())
             .unwrap()
@@ -1731,6 +1934,21 @@ mod tests {
             (c.first_name.as_str(), c.saved_addresses.len()),
             ("Olga", 0)
         );
+        // The plaintext email was sealed in place, is found through its blind index, and is
+        // gone from every file of the database.
+        assert_eq!(
+            store
+                .customers_by_email(&Email::parse("olga@example.com").unwrap())
+                .unwrap(),
+            vec![c.id.clone()]
+        );
+        for file in ["shop.sqlite", "shop.sqlite-wal"] {
+            let bytes = std::fs::read(dir.join(file)).unwrap_or_default();
+            assert!(
+                !bytes.windows(16).any(|w| w == b"olga@example.com"),
+                "{file} still holds the email in clear"
+            );
+        }
         let version: i64 = store
             .conn()
             .pragma_query_value(None, "user_version", |r| r.get(0))
@@ -1741,7 +1959,7 @@ mod tests {
             .pragma_update(None, "user_version", 99i64)
             .unwrap();
         drop(store);
-        let err = SqliteStore::open(&dir)
+        let err = SqliteStore::open(&dir, &KeySource::Auto)
             .err()
             .expect("a newer schema is refused")
             .to_string();

@@ -204,8 +204,21 @@ fn a_backup_taken_while_writing_restores_into_a_fresh_folder() {
     ]);
     assert!(ok, "{err}");
 
+    // The backup holds no data key: the restored shop opens with the original's key only.
+    assert!(out.contains("sealed with data key"), "{out}");
+    assert!(!fresh.join("data.key").exists());
+    let err = Shop::open(&fresh, Policy::default())
+        .err()
+        .expect("a sealed shop without its key")
+        .to_string();
+    assert!(err.contains("--data-key-file"), "{err}");
     // The shop: the same records, and the messages a gapless prefix of what was written.
-    let restored = Shop::open(&fresh, Policy::default()).unwrap();
+    let restored = Shop::open_with_key(
+        &fresh,
+        Policy::default(),
+        &clerk::shop::KeySource::File(dir.join("data.key")),
+    )
+    .unwrap();
     assert_eq!(restored.counts().unwrap(), shop.counts().unwrap());
     let got = restored.store().messages("conv-backup", 0).unwrap();
     assert!(
@@ -1199,4 +1212,153 @@ async fn sigterm_finishes_or_cleanly_ends_streams_in_flight() {
             "clerk serve exited with a failure"
         );
     }
+}
+
+/// Personal fields are sealed at rest: after importing the tau2 shop and a conversation, no
+/// email, phone, street or shopper's words is in the database files, yet every lookup works.
+/// Rotating the key re-seals everything, leaves no ciphertext of the old key in the files, and
+/// the old key no longer opens the shop; a plaintext database is sealed in place on upgrade.
+#[test]
+fn personal_fields_are_sealed_at_rest_and_the_key_rotates() {
+    use clerk::shop::care::About;
+    use clerk::shop::{Channel, Ctx, Email, IdentifyBy, KeySource, OrderId, Policy, Role, Shop};
+
+    let dir = scratch_dir("trust-sealed");
+    let keys = scratch_dir("trust-sealed-keys");
+    let (old_key, new_key) = (keys.join("old.key"), keys.join("new.key"));
+    for k in [&old_key, &new_key] {
+        let (ok, out, err) = clerk(&["data-key", "new", k.to_str().unwrap()]);
+        assert!(ok && out.contains("wrote data key"), "{out}{err}");
+    }
+    // Never overwrites a key file.
+    let (ok, _, err) = clerk(&["data-key", "new", old_key.to_str().unwrap()]);
+    assert!(!ok && err.contains("exists"), "{err}");
+
+    let db_json = crate::common::dataset_dir("tau2-retail").join("db.json");
+    let raw: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&db_json).unwrap()).unwrap();
+    let users = raw["users"].as_object().unwrap();
+    let mut secrets: Vec<String> = Vec::new();
+    for u in users.values() {
+        secrets.push(u["email"].as_str().unwrap().to_string());
+        secrets.push(u["address"]["address1"].as_str().unwrap().to_string());
+    }
+    let said = "please send it to 42 Wallaby Way, Sydney; call me on +61 2 5550 1234";
+    secrets.push(said.to_string());
+    secrets.push("the parcel came soaked and torn".to_string());
+
+    let old = KeySource::File(old_key.clone());
+    let (customer, order) = {
+        let shop = Shop::open_with_key(&dir, Policy::default(), &old).unwrap();
+        let sys = Ctx::system(Channel::Import);
+        shop.import_paths(&sys, &[db_json.as_path()]).unwrap();
+        let ctx = Ctx::shopper(Channel::Assistant);
+        shop.ensure_conversation(&ctx, "conv-sealed", None).unwrap();
+        shop.append_message(&ctx, "conv-sealed", Role::Shopper, said)
+            .unwrap();
+        let about = About {
+            conversation_id: Some("conv-sealed".into()),
+            ..About::default()
+        };
+        shop.complaint(&ctx, None, &about, "the parcel came soaked and torn")
+            .unwrap();
+        let (id, user) = users.iter().next().unwrap();
+        let email = Email::parse(user["email"].as_str().unwrap()).unwrap();
+        let who = shop
+            .identify(
+                &ctx,
+                &IdentifyBy::Email {
+                    email: email.clone(),
+                },
+            )
+            .unwrap();
+        assert_eq!(who.customer_id().as_str(), id);
+        let by_zip = shop
+            .identify(
+                &ctx,
+                &IdentifyBy::NameAndZip {
+                    first_name: user["name"]["first_name"].as_str().unwrap().into(),
+                    last_name: user["name"]["last_name"].as_str().unwrap().into(),
+                    zip: user["address"]["zip"].as_str().unwrap().into(),
+                },
+            )
+            .unwrap();
+        assert_eq!(by_zip.customer_id(), who.customer_id());
+        let order = OrderId::parse(user["orders"][0].as_str().unwrap()).unwrap();
+        (
+            shop.store().customer(who.customer_id()).unwrap().unwrap(),
+            order,
+        )
+    };
+    assert_eq!(
+        customer.address.address1,
+        users[customer.id.as_str()]["address"]["address1"]
+    );
+    let files = |d: &std::path::Path| -> Vec<u8> {
+        ["shop.sqlite", "shop.sqlite-wal"]
+            .iter()
+            .flat_map(|f| std::fs::read(d.join(f)).unwrap_or_default())
+            .collect()
+    };
+    let holds =
+        |bytes: &[u8], needle: &str| bytes.windows(needle.len()).any(|w| w == needle.as_bytes());
+    let bytes = files(&dir);
+    for s in &secrets {
+        assert!(!holds(&bytes, s), "the database holds `{s}` in clear");
+    }
+    // What is not personal stays readable to SQL (and to the analytics).
+    assert!(holds(&bytes, order.as_str()));
+
+    // Rotation, from the command line, as an operator does it.
+    let (ok, out, err) = clerk(&[
+        "data-key",
+        "rotate",
+        "--new-key-file",
+        new_key.to_str().unwrap(),
+        "--data-dir",
+        dir.to_str().unwrap(),
+        "--data-key-file",
+        old_key.to_str().unwrap(),
+    ]);
+    assert!(ok && out.contains("re-sealed"), "{out}{err}");
+    let old_id = clerk::shop::crypto::Sealer::from_file(&old_key)
+        .unwrap()
+        .id()
+        .to_string();
+    let bytes = files(&dir);
+    assert!(
+        !holds(&bytes, &format!("ck1.{old_id}.")),
+        "a value sealed under the rotated-away key is still in the files"
+    );
+    for s in &secrets {
+        assert!(!holds(&bytes, s), "after rotation the database holds `{s}`");
+    }
+    let err = Shop::open_with_key(&dir, Policy::default(), &old)
+        .err()
+        .expect("the old key no longer opens the shop")
+        .to_string();
+    assert!(err.contains(&old_id), "{err}");
+    let shop =
+        Shop::open_with_key(&dir, Policy::default(), &KeySource::File(new_key.clone())).unwrap();
+    assert_eq!(
+        shop.store().customer(&customer.id).unwrap().unwrap(),
+        customer
+    );
+    let ctx = Ctx::shopper(Channel::Assistant);
+    let messages = shop.store().messages("conv-sealed", 0).unwrap();
+    assert_eq!(messages[0].content, said);
+    let who = shop
+        .identify(
+            &ctx,
+            &IdentifyBy::Email {
+                email: customer.email.clone().unwrap(),
+            },
+        )
+        .unwrap();
+    assert_eq!(who.customer_id(), &customer.id);
+    assert!(shop.store().order(&order).unwrap().is_some());
+    let _ = (
+        std::fs::remove_dir_all(&dir),
+        std::fs::remove_dir_all(&keys),
+    );
 }
