@@ -137,6 +137,7 @@ pub fn eval_conversations(a: EvalConversationsArgs) -> anyhow::Result<()> {
 /// and makes the assistant over them, as `clerk serve` does.
 pub fn open_assistant(
     data_dir: &std::path::Path,
+    data_key: &crate::shop::KeySource,
     embedder: Arc<crate::engine::Embedder>,
     answer_threshold: f32,
     shop_name: &str,
@@ -148,7 +149,7 @@ pub fn open_assistant(
         seed_demo: true,
         retention_days: None,
         audit_retention_days: None,
-        data_key: crate::shop::KeySource::Auto,
+        data_key: data_key.clone(),
     }
     .open()?;
     shop.set_classifier(Arc::new(FeedbackClassifier::new(embedder.clone())?));
@@ -172,6 +173,7 @@ pub fn open_assistant(
 pub fn open_default(
     models_dir: Option<&std::path::Path>,
     data_dir: &std::path::Path,
+    data_key: &crate::shop::KeySource,
 ) -> anyhow::Result<crate::assistant::Assistant> {
     let models = models_dir.map_or_else(crate::engine::registry::default_models_dir, |p| {
         p.to_path_buf()
@@ -183,6 +185,7 @@ pub fn open_default(
     let embedder = Arc::new(crate::engine::Embedder::load(&dir, &name)?);
     open_assistant(
         data_dir,
+        data_key,
         embedder,
         crate::retrieval::DEFAULT_ANSWER_THRESHOLD,
         "Harbor & Pine",

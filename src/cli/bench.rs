@@ -42,6 +42,8 @@ pub struct BenchArgs {
     /// Folder for the assistant benchmark's shop and knowledge base (filled with the demo shop).
     #[arg(long, env = "CLERK_DATA_DIR", default_value = "./clerk-data")]
     pub data_dir: std::path::PathBuf,
+    #[command(flatten)]
+    pub data_key: super::DataKeyArgs,
 }
 
 #[derive(Debug, Serialize)]
@@ -276,7 +278,11 @@ pub fn measure(a: &BenchArgs) -> anyhow::Result<BenchReport> {
 
 pub fn run(a: BenchArgs) -> anyhow::Result<()> {
     if a.assistant {
-        let assistant = super::assistant::open_default(a.model.models_dir.as_deref(), &a.data_dir)?;
+        let assistant = super::assistant::open_default(
+            a.model.models_dir.as_deref(),
+            &a.data_dir,
+            &a.data_key.source(),
+        )?;
         let r = super::assistant::bench(assistant, a.repetitions.max(1))?;
         if a.json {
             println!("{}", serde_json::to_string_pretty(&r)?);

@@ -20,6 +20,8 @@ pub struct ChatArgs {
     /// when no --model is given.
     #[arg(long, env = "CLERK_DATA_DIR", default_value = "./clerk-data")]
     pub data_dir: std::path::PathBuf,
+    #[command(flatten)]
+    pub data_key: super::DataKeyArgs,
 }
 
 /// Whether the command line (or the environment) names a model; without one, `clerk chat` talks
@@ -42,7 +44,11 @@ pub(super) fn next_line(out: &mut impl Write) -> std::io::Result<Option<String>>
 
 pub fn run(a: ChatArgs) -> anyhow::Result<()> {
     if !model_named() || a.model.model == "clerk" {
-        let assistant = super::assistant::open_default(a.model.models_dir.as_deref(), &a.data_dir)?;
+        let assistant = super::assistant::open_default(
+            a.model.models_dir.as_deref(),
+            &a.data_dir,
+            &a.data_key.source(),
+        )?;
         return super::assistant::chat(assistant);
     }
     let engine = a.model.load()?;

@@ -54,7 +54,8 @@ pub fn run(c: DataKeyCommand) -> anyhow::Result<()> {
             );
             if a.data_key.data_key_file.is_none() && std::env::var_os("CLERK_DATA_KEY").is_none() {
                 println!(
-                    "the old automatic key {} is no longer used",
+                    "the old automatic key {} no longer opens this shop (backups taken before \
+                     the rotation still need it)",
                     a.data_dir
                         .join(crate::shop::crypto::AUTO_KEY_FILE)
                         .display()

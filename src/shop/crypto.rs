@@ -26,7 +26,7 @@ const PREFIX: &str = "ck1.";
 pub const AUTO_KEY_FILE: &str = "data.key";
 
 /// Where the data key comes from.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Clone, Default, PartialEq, Eq)]
 pub enum KeySource {
     /// `DATA_DIR/data.key`, made on first start if the database holds nothing sealed yet.
     #[default]
@@ -35,6 +35,17 @@ pub enum KeySource {
     File(PathBuf),
     /// The key itself, base64 (from the environment).
     Value(String),
+}
+
+impl std::fmt::Debug for KeySource {
+    // Never the key itself: configs get logged.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            KeySource::Auto => write!(f, "Auto"),
+            KeySource::File(p) => write!(f, "File({})", p.display()),
+            KeySource::Value(_) => write!(f, "Value(<redacted>)"),
+        }
+    }
 }
 
 /// The data key with the two keys derived from it.
@@ -204,23 +215,32 @@ impl Sealer {
                          given: pass --data-key-file FILE or set CLERK_DATA_KEY"
                     )));
                 }
-                let text = Self::generate();
-                write_key_file(&path, &text)?;
-                tracing::warn!(
-                    path = %path.display(),
-                    "made a new data key for the shop's personal fields; keep a copy of it off \
-                     this disk (backups do not include it) and pass it with --data-key-file"
-                );
-                Self::from_text(&text, &path.display().to_string())
+                match write_key_file(&path, &Self::generate()) {
+                    Ok(()) => tracing::warn!(
+                        path = %path.display(),
+                        "made a new data key for the shop's personal fields; keep a copy of it \
+                         off this disk (backups do not include it) and pass it with \
+                         --data-key-file"
+                    ),
+                    // Another process starting on the same folder made it first: use theirs.
+                    Err(_) if path.exists() => {}
+                    Err(e) => return Err(e),
+                }
+                // Read back from the file, so what seals the data is what is on disk.
+                Self::from_file(&path)
             }
         }
     }
 }
 
-/// Writes a key file readable by its owner alone, without ever leaving a partial one.
+/// Writes a key file readable by its owner alone, durably, without ever leaving a partial one
+/// or replacing one that exists (it may be the only copy of a key in use).
 pub fn write_key_file(path: &Path, text: &str) -> Result<()> {
     use std::io::Write;
     let io = |e: std::io::Error| ShopError::Key(format!("{}: {e}", path.display()));
+    if path.exists() {
+        return Err(io(std::io::ErrorKind::AlreadyExists.into()));
+    }
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create_new(true);
     #[cfg(unix)]
@@ -228,16 +248,26 @@ pub fn write_key_file(path: &Path, text: &str) -> Result<()> {
         use std::os::unix::fs::OpenOptionsExt;
         options.mode(0o600);
     }
-    let tmp = path.with_extension("key.tmp");
+    // A name of its own, so two processes making a key at once never share a temporary file.
+    let mut tag = [0u8; 8];
+    getrandom::fill(&mut tag).expect("the operating system's random generator failed");
+    let tag: String = tag.iter().map(|b| format!("{b:02x}")).collect();
+    let tmp = path.with_extension(format!("key.{tag}.tmp"));
+    let written = (|| {
+        let mut f = options.open(&tmp)?;
+        f.write_all(format!("{text}\n").as_bytes())?;
+        f.sync_all()?;
+        drop(f);
+        // Linking fails if the name exists: the first writer wins, atomically.
+        std::fs::hard_link(&tmp, path)?;
+        // The new name must survive a power cut as surely as the data sealed under it.
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::File::open(dir)?.sync_all()?;
+        }
+        Ok(())
+    })();
     let _ = std::fs::remove_file(&tmp);
-    let mut f = options.open(&tmp).map_err(io)?;
-    f.write_all(format!("{text}\n").as_bytes()).map_err(io)?;
-    f.sync_all().map_err(io)?;
-    drop(f);
-    // A key file already there is never overwritten: it may be the only copy of a key in use.
-    std::fs::hard_link(&tmp, path).map_err(io)?;
-    let _ = std::fs::remove_file(&tmp);
-    Ok(())
+    written.map_err(io)
 }
 
 /// The columns that hold personal data, by table: what sealing and rotation walk.
@@ -264,6 +294,8 @@ pub const SEALED: &[(&str, &[&str])] = &[
     ("answer_ratings", &["question", "answer", "correction"]),
     ("tokens", &["payload"]),
     ("audit", &["detail"]),
+    // Approved from a shopper's own question.
+    ("curated_answers", &["question", "answer"]),
 ];
 
 #[cfg(test)]
@@ -347,6 +379,20 @@ mod tests {
             err.contains(first.id()) && err.contains("--data-key-file"),
             "{err}"
         );
+        // Processes starting together on a fresh folder all end up with the one key on disk.
+        let ids: Vec<String> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..4)
+                .map(|_| s.spawn(|| Sealer::resolve(&dir, &KeySource::Auto, None).unwrap()))
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().unwrap().id().to_string())
+                .collect()
+        });
+        let on_disk = Sealer::from_file(&dir.join(AUTO_KEY_FILE)).unwrap();
+        assert!(ids.iter().all(|id| id == on_disk.id()), "{ids:?}");
+        let leftovers = std::fs::read_dir(&dir).unwrap().count();
+        assert_eq!(leftovers, 1, "temporary key files were left behind");
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

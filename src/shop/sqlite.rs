@@ -74,7 +74,7 @@ impl SqliteStore {
                 )?;
                 tx.commit()?;
                 if sealed > 0 {
-                    scrub(&conn)?;
+                    scrub(&conn);
                 }
             }
         }
@@ -93,7 +93,8 @@ impl SqliteStore {
         let n = reseal(&tx, &self.sealer, &new)?;
         tx.execute("UPDATE crypto SET key_id = ?1 WHERE id = 1", [new.id()])?;
         tx.commit()?;
-        scrub(&conn)?;
+        // The rotation stands once committed; a scrub that fails is reported, not the rotation.
+        scrub(&conn);
         Ok(n)
     }
 
@@ -158,12 +159,12 @@ fn reseal(tx: &SqlTx, from: &Sealer, to: &Sealer) -> Result<u64> {
         for (rowid, values) in rows {
             let mut plain = Vec::with_capacity(values.len());
             for (col, v) in cols.iter().zip(values) {
-                plain.push(from.open_opt(col, v)?);
+                plain.push(from.open_opt(&format!("{table}.{col}"), v)?);
             }
             let sealed: Vec<Option<String>> = cols
                 .iter()
                 .zip(&plain)
-                .map(|(col, v)| to.seal_opt(col, v.as_deref()))
+                .map(|(col, v)| to.seal_opt(&format!("{table}.{col}"), v.as_deref()))
                 .collect();
             let mut args: Vec<&dyn rusqlite::ToSql> = vec![&rowid];
             args.extend(sealed.iter().map(|v| v as &dyn rusqlite::ToSql));
@@ -185,11 +186,26 @@ fn reseal(tx: &SqlTx, from: &Sealer, to: &Sealer) -> Result<u64> {
 }
 
 /// Rewrites the file and empties the write-ahead log, so no page written before a sealing or a
-/// rotation survives anywhere on disk.
-fn scrub(conn: &Connection) -> Result<()> {
-    conn.execute_batch("VACUUM")?;
-    conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
-    Ok(())
+/// rotation survives anywhere on disk. Runs after the commit: a failure (a full disk, another
+/// process reading) is logged, and leaves the committed data as it is.
+fn scrub(conn: &Connection) {
+    let done = conn.execute_batch("VACUUM").and_then(|()| {
+        conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
+            r.get::<_, i64>(0)
+        })
+    });
+    match done {
+        Ok(0) => {}
+        Ok(_) => tracing::warn!(
+            "the write-ahead log could not be emptied (another process is reading the shop); \
+             older pages stay in shop.sqlite-wal until the next checkpoint"
+        ),
+        Err(e) => tracing::warn!(
+            error = %e,
+            "rewriting shop.sqlite after sealing failed; the data is sealed, but older pages may \
+             stay in free space until the next VACUUM"
+        ),
+    }
 }
 
 /// A personal field read back: opened with the store's key.
@@ -243,26 +259,26 @@ fn parsed<T>(idx: usize, r: Result<T>) -> rusqlite::Result<T> {
     })
 }
 
-fn address_at(s: &Sealer, row: &Row, start: usize) -> rusqlite::Result<Address> {
+fn address_at(s: &Sealer, table: &str, row: &Row, start: usize) -> rusqlite::Result<Address> {
     Ok(Address {
-        address1: opened(s, row, start, "address1")?,
-        address2: opened(s, row, start + 1, "address2")?,
-        city: opened(s, row, start + 2, "city")?,
-        state: opened(s, row, start + 3, "state")?,
-        country: opened(s, row, start + 4, "country")?,
-        zip: opened(s, row, start + 5, "zip")?,
+        address1: opened(s, row, start, &format!("{table}.address1"))?,
+        address2: opened(s, row, start + 1, &format!("{table}.address2"))?,
+        city: opened(s, row, start + 2, &format!("{table}.city"))?,
+        state: opened(s, row, start + 3, &format!("{table}.state"))?,
+        country: opened(s, row, start + 4, &format!("{table}.country"))?,
+        zip: opened(s, row, start + 5, &format!("{table}.zip"))?,
     })
 }
 
 /// An address as the six sealed column values, in `ADDRESS_COLS` order.
-fn sealed_address(s: &Sealer, a: &Address) -> [String; 6] {
+fn sealed_address(s: &Sealer, table: &str, a: &Address) -> [String; 6] {
     [
-        s.seal("address1", &a.address1),
-        s.seal("address2", &a.address2),
-        s.seal("city", &a.city),
-        s.seal("state", &a.state),
-        s.seal("country", &a.country),
-        s.seal("zip", &a.zip),
+        s.seal(&format!("{table}.address1"), &a.address1),
+        s.seal(&format!("{table}.address2"), &a.address2),
+        s.seal(&format!("{table}.city"), &a.city),
+        s.seal(&format!("{table}.state"), &a.state),
+        s.seal(&format!("{table}.country"), &a.country),
+        s.seal(&format!("{table}.zip"), &a.zip),
     ]
 }
 
@@ -289,16 +305,16 @@ fn load_customer(conn: &Connection, s: &Sealer, id: &CustomerId) -> Result<Optio
 
 fn customer_from_row(s: &Sealer, row: &Row) -> rusqlite::Result<Customer> {
     let id: String = row.get(0)?;
-    let email = opened_opt(s, row, 3, "email")?;
+    let email = opened_opt(s, row, 3, "customers.email")?;
     Ok(Customer {
         id: parsed(0, CustomerId::parse(&id))?,
         first_name: row.get(1)?,
         last_name: row.get(2)?,
         // An erased customer's email is gone; a malformed imported one reads as none.
         email: email.and_then(|e| Email::parse(&e).ok()),
-        phone: opened_opt(s, row, 4, "phone")?,
+        phone: opened_opt(s, row, 4, "customers.phone")?,
         erased_at: row.get(5)?,
-        address: address_at(s, row, 6)?,
+        address: address_at(s, "customers", row, 6)?,
         saved_addresses: Vec::new(),
         payment_methods: Vec::new(),
     })
@@ -314,7 +330,7 @@ fn saved_addresses(conn: &Connection, s: &Sealer, id: &CustomerId) -> Result<Vec
         |row| {
             Ok(SavedAddress {
                 label: row.get(0)?,
-                address: address_at(s, row, 1)?,
+                address: address_at(s, "addresses", row, 1)?,
             })
         },
     )
@@ -332,8 +348,8 @@ fn payment_methods(conn: &Connection, s: &Sealer, id: &CustomerId) -> Result<Vec
             Ok(PaymentMethod {
                 id: parsed(0, PaymentMethodId::parse(&id))?,
                 source: parsed(1, PaymentSource::parse(&source))?,
-                brand: opened_opt(s, row, 2, "brand")?,
-                last_four: opened_opt(s, row, 3, "last_four")?,
+                brand: opened_opt(s, row, 2, "payment_methods.brand")?,
+                last_four: opened_opt(s, row, 3, "payment_methods.last_four")?,
                 balance: row.get::<_, Option<i64>>(4)?.map(Money),
             })
         },
@@ -406,7 +422,7 @@ fn load_order(conn: &Connection, s: &Sealer, id: &OrderId) -> Result<Option<Orde
                     cancel_reason: row.get(3)?,
                     estimated_delivery: row.get(4)?,
                     created_at: row.get(5)?,
-                    address: address_at(s, row, 6)?,
+                    address: address_at(s, "orders", row, 6)?,
                     items: Vec::new(),
                     payments: Vec::new(),
                     fulfillments: Vec::new(),
@@ -494,7 +510,7 @@ fn load_order(conn: &Connection, s: &Sealer, id: &OrderId) -> Result<Option<Orde
 }
 
 fn insert_customer(tx: &SqlTx, s: &Sealer, c: &Customer) -> Result<()> {
-    let [a1, a2, city, state, country, zip] = sealed_address(s, &c.address);
+    let [a1, a2, city, state, country, zip] = sealed_address(s, "customers", &c.address);
     let email = c.email.as_ref().map(Email::as_str);
     tx.execute(
         &format!(
@@ -506,9 +522,9 @@ fn insert_customer(tx: &SqlTx, s: &Sealer, c: &Customer) -> Result<()> {
             c.id.as_str(),
             c.first_name,
             c.last_name,
-            s.seal_opt("email", email),
+            s.seal_opt("customers.email", email),
             email.map(|e| s.blind(e)),
-            s.seal_opt("phone", c.phone.as_deref()),
+            s.seal_opt("customers.phone", c.phone.as_deref()),
             c.erased_at,
             a1,
             a2,
@@ -520,7 +536,7 @@ fn insert_customer(tx: &SqlTx, s: &Sealer, c: &Customer) -> Result<()> {
     )
     .map_err(|e| duplicate(e, "customer", c.id.as_str()))?;
     for (i, saved) in c.saved_addresses.iter().enumerate() {
-        let [a1, a2, city, state, country, zip] = sealed_address(s, &saved.address);
+        let [a1, a2, city, state, country, zip] = sealed_address(s, "addresses", &saved.address);
         tx.execute(
             &format!(
                 "INSERT INTO addresses (customer_id, position, label, {ADDRESS_COLS}) \
@@ -547,8 +563,8 @@ fn insert_customer(tx: &SqlTx, s: &Sealer, c: &Customer) -> Result<()> {
                 p.id.as_str(),
                 c.id.as_str(),
                 p.source.as_str(),
-                s.seal_opt("brand", p.brand.as_deref()),
-                s.seal_opt("last_four", p.last_four.as_deref()),
+                s.seal_opt("payment_methods.brand", p.brand.as_deref()),
+                s.seal_opt("payment_methods.last_four", p.last_four.as_deref()),
                 p.balance.map(Money::cents),
                 i as i64
             ],
@@ -597,7 +613,7 @@ fn insert_product(tx: &SqlTx, p: &Product) -> Result<()> {
 }
 
 fn insert_order(tx: &SqlTx, s: &Sealer, o: &Order, position: i64) -> Result<()> {
-    let [a1, a2, city, state, country, zip] = sealed_address(s, &o.address);
+    let [a1, a2, city, state, country, zip] = sealed_address(s, "orders", &o.address);
     tx.execute(
         &format!(
             "INSERT INTO orders (id, customer_id, status, cancel_reason, estimated_delivery, \
@@ -701,7 +717,7 @@ fn insert_audit(tx: &Connection, s: &Sealer, a: &AuditEntry) -> Result<()> {
             a.action,
             a.target,
             a.customer_id.as_ref().map(CustomerId::as_str),
-            s.seal("detail", &serde_json::to_string(&a.detail)?)
+            s.seal("audit.detail", &serde_json::to_string(&a.detail)?)
         ],
     )?;
     Ok(())
@@ -735,7 +751,7 @@ fn apply(tx: &SqlTx, s: &Sealer, change: &Change, inserted: &mut Vec<i64>) -> Re
             expect_one(n, || format!("order {order} disappeared"))
         }
         Change::OrderAddress { order, address } => {
-            let [a1, a2, city, state, country, zip] = sealed_address(s, address);
+            let [a1, a2, city, state, country, zip] = sealed_address(s, "orders", address);
             let n = tx.execute(
                 "UPDATE orders SET address1 = ?1, address2 = ?2, city = ?3, state = ?4, \
                  country = ?5, zip = ?6 WHERE id = ?7",
@@ -785,7 +801,7 @@ fn apply(tx: &SqlTx, s: &Sealer, change: &Change, inserted: &mut Vec<i64>) -> Re
                 params![
                     f.conversation_id,
                     f.customer_id.as_ref().map(CustomerId::as_str),
-                    s.seal("text", &f.text),
+                    s.seal("feedback.text", &f.text),
                     f.rating,
                     f.topic.as_str(),
                     f.sentiment.as_str(),
@@ -806,7 +822,7 @@ fn apply(tx: &SqlTx, s: &Sealer, change: &Change, inserted: &mut Vec<i64>) -> Re
                     c.customer_id.as_ref().map(CustomerId::as_str),
                     c.order_id.as_ref().map(OrderId::as_str),
                     c.conversation_id,
-                    s.seal("text", &c.text),
+                    s.seal("complaints.text", &c.text),
                     c.category.as_str(),
                     c.severity.as_str(),
                     c.resolution.as_str(),
@@ -827,7 +843,7 @@ fn apply(tx: &SqlTx, s: &Sealer, change: &Change, inserted: &mut Vec<i64>) -> Re
                     h.conversation_id,
                     h.customer_id.as_ref().map(CustomerId::as_str),
                     h.reason,
-                    s.seal("summary", &h.summary),
+                    s.seal("handoffs.summary", &h.summary),
                     h.status.as_str(),
                     h.claimed_by,
                     h.created_at,
@@ -889,7 +905,7 @@ fn apply(tx: &SqlTx, s: &Sealer, change: &Change, inserted: &mut Vec<i64>) -> Re
                     m.conversation_id,
                     m.role.as_str(),
                     m.author,
-                    s.seal("content", &m.content),
+                    s.seal("messages.content", &m.content),
                     m.created_at,
                     m.meta.as_ref().map(|v| v.to_string())
                 ],
@@ -934,9 +950,9 @@ fn apply(tx: &SqlTx, s: &Sealer, change: &Change, inserted: &mut Vec<i64>) -> Re
                     r.message_id,
                     r.conversation_id,
                     r.rating,
-                    s.seal("question", &r.question),
-                    s.seal("answer", &r.answer),
-                    s.seal_opt("correction", r.correction.as_deref()),
+                    s.seal("answer_ratings.question", &r.question),
+                    s.seal("answer_ratings.answer", &r.answer),
+                    s.seal_opt("answer_ratings.correction", r.correction.as_deref()),
                     r.status.as_str(),
                     r.created_at
                 ],
@@ -973,7 +989,13 @@ fn apply(tx: &SqlTx, s: &Sealer, change: &Change, inserted: &mut Vec<i64>) -> Re
             tx.execute(
                 "INSERT INTO curated_answers (question, answer, rating_id, created_by, created_at) \
                  VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![c.question, c.answer, c.rating_id, c.created_by, c.created_at],
+                params![
+                    s.seal("curated_answers.question", &c.question),
+                    s.seal("curated_answers.answer", &c.answer),
+                    c.rating_id,
+                    c.created_by,
+                    c.created_at
+                ],
             )?;
             inserted.push(tx.last_insert_rowid());
             Ok(())
@@ -991,7 +1013,7 @@ fn apply(tx: &SqlTx, s: &Sealer, change: &Change, inserted: &mut Vec<i64>) -> Re
                     t.hash,
                     t.kind.as_str(),
                     t.customer_id.as_str(),
-                    s.seal("payload", &serde_json::to_string(&t.payload)?),
+                    s.seal("tokens.payload", &serde_json::to_string(&t.payload)?),
                     t.created_at,
                     t.expires_at,
                     t.used_at
@@ -1070,7 +1092,7 @@ fn feedback_from_row(s: &Sealer, row: &Row) -> rusqlite::Result<Feedback> {
         id: row.get(0)?,
         conversation_id: row.get(1)?,
         customer_id: customer.and_then(|c| CustomerId::parse(&c).ok()),
-        text: opened(s, row, 3, "text")?,
+        text: opened(s, row, 3, "feedback.text")?,
         rating: row.get(4)?,
         topic: Topic::parse(&topic).unwrap_or(Topic::Other),
         sentiment: Sentiment::parse(&sentiment).unwrap_or(Sentiment::Neutral),
@@ -1095,7 +1117,7 @@ fn complaint_from_row(s: &Sealer, row: &Row) -> rusqlite::Result<Complaint> {
         customer_id: customer.and_then(|c| CustomerId::parse(&c).ok()),
         order_id: order.and_then(|o| OrderId::parse(&o).ok()),
         conversation_id: row.get(3)?,
-        text: opened(s, row, 4, "text")?,
+        text: opened(s, row, 4, "complaints.text")?,
         category: Topic::parse(&category).unwrap_or(Topic::Other),
         severity: Severity::parse(&severity).unwrap_or(Severity::Medium),
         resolution: super::policy::Resolution::parse(&resolution)
@@ -1121,7 +1143,7 @@ fn handoff_from_row(s: &Sealer, row: &Row) -> rusqlite::Result<Handoff> {
         conversation_id: row.get(1)?,
         customer_id: customer.and_then(|c| CustomerId::parse(&c).ok()),
         reason: row.get(3)?,
-        summary: opened(s, row, 4, "summary")?,
+        summary: opened(s, row, 4, "handoffs.summary")?,
         status: HandoffStatus::parse(&status).unwrap_or(HandoffStatus::Open),
         claimed_by: row.get(6)?,
         created_at: row.get(7)?,
@@ -1152,7 +1174,7 @@ fn message_from_row(s: &Sealer, row: &Row) -> rusqlite::Result<Message> {
         conversation_id: row.get(1)?,
         role: Role::parse(&role).unwrap_or(Role::System),
         author: row.get(3)?,
-        content: opened(s, row, 4, "content")?,
+        content: opened(s, row, 4, "messages.content")?,
         created_at: row.get(5)?,
         // A meta that no longer parses is dropped, not fatal: the message text is what counts.
         meta: meta.and_then(|m| serde_json::from_str(&m).ok()),
@@ -1168,9 +1190,9 @@ fn rating_from_row(s: &Sealer, row: &Row) -> rusqlite::Result<AnswerRating> {
         message_id: row.get(1)?,
         conversation_id: row.get(2)?,
         rating: row.get(3)?,
-        question: opened(s, row, 4, "question")?,
-        answer: opened(s, row, 5, "answer")?,
-        correction: opened_opt(s, row, 6, "correction")?,
+        question: opened(s, row, 4, "answer_ratings.question")?,
+        answer: opened(s, row, 5, "answer_ratings.answer")?,
+        correction: opened_opt(s, row, 6, "answer_ratings.correction")?,
         status: RatingStatus::parse(&status).unwrap_or(RatingStatus::Noted),
         reviewed_by: row.get(8)?,
         created_at: row.get(9)?,
@@ -1181,11 +1203,11 @@ fn rating_from_row(s: &Sealer, row: &Row) -> rusqlite::Result<AnswerRating> {
 const RATING_COLS: &str = "id, message_id, conversation_id, rating, question, answer, correction, \
                            status, reviewed_by, created_at, updated_at";
 
-fn curated_from_row(row: &Row) -> rusqlite::Result<CuratedAnswer> {
+fn curated_from_row(s: &Sealer, row: &Row) -> rusqlite::Result<CuratedAnswer> {
     Ok(CuratedAnswer {
         id: row.get(0)?,
-        question: row.get(1)?,
-        answer: row.get(2)?,
+        question: opened(s, row, 1, "curated_answers.question")?,
+        answer: opened(s, row, 2, "curated_answers.answer")?,
         rating_id: row.get(3)?,
         created_by: row.get(4)?,
         created_at: row.get(5)?,
@@ -1205,7 +1227,7 @@ fn audit_from_row(s: &Sealer, row: &Row) -> rusqlite::Result<AuditEntry> {
         action: row.get(4)?,
         target: row.get(5)?,
         customer_id: customer.and_then(|c| CustomerId::parse(&c).ok()),
-        detail: opened_json(s, row, 7, "detail")?,
+        detail: opened_json(s, row, 7, "audit.detail")?,
     })
 }
 
@@ -1312,7 +1334,7 @@ impl ShopStore for SqliteStore {
                 let id: String = r.get(0)?;
                 Ok((
                     parsed(0, CustomerId::parse(&id))?,
-                    opened(&self.sealer, r, 1, "zip")?,
+                    opened(&self.sealer, r, 1, "customers.zip")?,
                 ))
             },
         )?;
@@ -1517,7 +1539,7 @@ impl ShopStore for SqliteStore {
                         hash: row.get(0)?,
                         kind: TokenKind::parse(&kind).unwrap_or(TokenKind::Session),
                         customer_id: parsed(2, CustomerId::parse(&customer))?,
-                        payload: opened_json(&self.sealer, row, 3, "payload")?,
+                        payload: opened_json(&self.sealer, row, 3, "tokens.payload")?,
                         created_at: row.get(4)?,
                         expires_at: row.get(5)?,
                         used_at: row.get(6)?,
@@ -1670,7 +1692,7 @@ impl ShopStore for SqliteStore {
             &self.conn(),
             &format!("SELECT {CURATED_COLS} FROM curated_answers ORDER BY id"),
             [],
-            curated_from_row,
+            |r| curated_from_row(&self.sealer, r),
         )
     }
 
@@ -1803,7 +1825,7 @@ impl ShopStore for SqliteStore {
              WHERE m.role = 'assistant' AND m.created_at >= ?1 AND m.created_at < ?2 \
              AND json_extract(m.meta, '$.unanswered') = 1 AND q IS NOT NULL",
             params![since, now],
-            |r| opened(&self.sealer, r, 0, "content"),
+            |r| opened(&self.sealer, r, 0, "messages.content"),
         )?;
         let unanswered = top_questions(questions, 20);
         let (up, down): (i64, i64) = conn.query_row(

@@ -1245,6 +1245,8 @@ fn personal_fields_are_sealed_at_rest_and_the_key_rotates() {
     }
     let said = "please send it to 42 Wallaby Way, Sydney; call me on +61 2 5550 1234";
     secrets.push(said.to_string());
+    let corrected = "Orders to Wallaby Way leave within two working days";
+    secrets.push(corrected.to_string());
     secrets.push("the parcel came soaked and torn".to_string());
 
     let old = KeySource::File(old_key.clone());
@@ -1256,6 +1258,22 @@ fn personal_fields_are_sealed_at_rest_and_the_key_rotates() {
         shop.ensure_conversation(&ctx, "conv-sealed", None).unwrap();
         shop.append_message(&ctx, "conv-sealed", Role::Shopper, said)
             .unwrap();
+        // A wrong answer, corrected by the shopper and approved by staff: the curated answer
+        // keeps the shopper's words as its question.
+        let answer = shop
+            .append_message(
+                &ctx,
+                "conv-sealed",
+                Role::Assistant,
+                "We ship within a week.",
+            )
+            .unwrap();
+        let rating = shop
+            .rate_answer(&ctx, "conv-sealed", answer.id, false, Some(corrected))
+            .unwrap();
+        let staff = Ctx::staff("ana", Channel::Console);
+        let (_, curated) = shop.review_rating(&staff, rating.id, true, None).unwrap();
+        assert_eq!(curated.unwrap().question, said);
         let about = About {
             conversation_id: Some("conv-sealed".into()),
             ..About::default()
@@ -1347,6 +1365,11 @@ fn personal_fields_are_sealed_at_rest_and_the_key_rotates() {
     let ctx = Ctx::shopper(Channel::Assistant);
     let messages = shop.store().messages("conv-sealed", 0).unwrap();
     assert_eq!(messages[0].content, said);
+    let curated = shop.store().curated_answers().unwrap();
+    assert_eq!(
+        (curated[0].question.as_str(), curated[0].answer.as_str()),
+        (said, corrected)
+    );
     let who = shop
         .identify(
             &ctx,
