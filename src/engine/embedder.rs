@@ -50,11 +50,31 @@ struct Linear {
 /// output rows, so a query's latency (streaming every weight once) is split across both cores.
 ///
 /// The worker spins between jobs instead of sleeping: it lives only for one forward of a few
-/// milliseconds, and a futex wake-up per layer (36 per query) cost more than the split saved.
+/// milliseconds, and a futex wake-up per layer cost more than the split saved. On a busy machine
+/// the worker may not be running when a job arrives: the caller then takes its job back and runs
+/// it, so a query is never slower than on one core (that wait was the tail of search latency).
+type Job<'env> = Box<dyn FnOnce() + Send + 'env>;
+
+/// Spins briefly, then yields the core: a wait that lasts (the other thread is descheduled, or
+/// the model is decoding on both cores) gives its time slice to whoever can use it.
+#[derive(Default)]
+struct Backoff(u32);
+
+impl Backoff {
+    fn wait(&mut self) {
+        if self.0 < 2_000 {
+            self.0 += 1;
+            std::hint::spin_loop();
+        } else {
+            std::thread::yield_now();
+        }
+    }
+}
+
 struct Helper<'env> {
-    job: Mutex<Option<Box<dyn FnOnce() + Send + 'env>>>,
-    /// A job is waiting in `job` or running.
-    busy: AtomicBool,
+    job: Mutex<Option<Job<'env>>>,
+    /// A job is waiting in `job` (cheap to poll while spinning).
+    waiting: AtomicBool,
     done: AtomicBool,
 }
 
@@ -62,36 +82,54 @@ impl<'env> Helper<'env> {
     fn new() -> Self {
         Helper {
             job: Mutex::new(None),
-            busy: AtomicBool::new(false),
+            waiting: AtomicBool::new(false),
             done: AtomicBool::new(false),
         }
     }
 
+    fn take(&self) -> Option<Job<'env>> {
+        let job = self.job.lock().unwrap_or_else(|p| p.into_inner()).take();
+        self.waiting.store(false, Ordering::Release);
+        job
+    }
+
     /// The worker's loop: run jobs until [`Self::finish`].
     fn serve(&self) {
+        let mut idle = Backoff::default();
         while !self.done.load(Ordering::Acquire) {
-            if self.busy.load(Ordering::Acquire) {
-                let job = self.job.lock().unwrap_or_else(|p| p.into_inner()).take();
-                if let Some(job) = job {
-                    // A job that panics sends no result: the caller computes that half itself,
-                    // and never waits on a flag nobody will clear.
+            if self.waiting.load(Ordering::Acquire) {
+                if let Some(job) = self.take() {
+                    // A job that panics sends no result: the caller computes that half itself.
                     let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job));
                 }
-                self.busy.store(false, Ordering::Release);
             } else {
-                std::hint::spin_loop();
+                idle.wait();
             }
         }
     }
 
-    fn submit(&self, job: Box<dyn FnOnce() + Send + 'env>) {
+    fn submit(&self, job: Job<'env>) {
         *self.job.lock().unwrap_or_else(|p| p.into_inner()) = Some(job);
-        self.busy.store(true, Ordering::Release);
+        self.waiting.store(true, Ordering::Release);
     }
 
-    fn wait(&self) {
-        while self.busy.load(Ordering::Acquire) {
-            std::hint::spin_loop();
+    /// Waits for the job's result on `rx`, running the job here if the worker never took it.
+    /// None if the job panicked.
+    fn join<T>(&self, rx: &mpsc::Receiver<T>) -> Option<T> {
+        let mut idle = Backoff::default();
+        loop {
+            match rx.try_recv() {
+                Ok(v) => return Some(v),
+                Err(mpsc::TryRecvError::Disconnected) => return None,
+                Err(mpsc::TryRecvError::Empty) => {}
+            }
+            if self.waiting.load(Ordering::Acquire) {
+                if let Some(job) = self.take() {
+                    let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job));
+                    continue;
+                }
+            }
+            idle.wait();
         }
     }
 
@@ -121,9 +159,8 @@ impl Linear {
         let mut lo = vec![0f32; rows * half];
         helper.submit(Box::new(job));
         matmul_f16(x, &self.w[..half * k], &self.b[..half], rows, k, &mut lo);
-        helper.wait();
         // Each element is summed the same way on either thread, so the split changes no result.
-        let hi = match rx.try_recv().ok() {
+        let hi = match helper.join(&rx) {
             Some(hi) => hi,
             None => {
                 let mut hi = vec![0f32; rows * (n - half)];
@@ -304,9 +341,9 @@ impl LayerNorm {
 }
 
 struct Layer {
-    q: Linear,
-    k: Linear,
-    v: Linear,
+    /// Query, key and value projections as one `[3·hidden][hidden]` product: one pass over the
+    /// activations and one hand-off to the helper instead of three.
+    qkv: Linear,
     attn_out: Linear,
     attn_norm: LayerNorm,
     up: Linear,
@@ -407,10 +444,22 @@ impl Embedder {
         let layers = (0..cfg.num_hidden_layers)
             .map(|i| {
                 let p = format!("encoder.layer.{i}");
+                let parts =
+                    ["query", "key", "value"].map(|n| linear(&format!("{p}.attention.self.{n}")));
+                let [q, k, v] = parts;
+                let (q, k, v) = (q?, k?, v?);
+                if k.k != q.k || v.k != q.k || q.b.len() != cfg.hidden_size {
+                    return Err(load_err(
+                        &weights_path,
+                        format!("layer {i}: q, k, v shapes differ"),
+                    ));
+                }
                 Ok(Layer {
-                    q: linear(&format!("{p}.attention.self.query"))?,
-                    k: linear(&format!("{p}.attention.self.key"))?,
-                    v: linear(&format!("{p}.attention.self.value"))?,
+                    qkv: Linear {
+                        w: [q.w, k.w, v.w].concat(),
+                        b: [q.b, k.b, v.b].concat(),
+                        k: q.k,
+                    },
                     attn_out: linear(&format!("{p}.attention.output.dense"))?,
                     attn_norm: norm(&format!("{p}.attention.output.LayerNorm"))?,
                     up: linear(&format!("{p}.intermediate.dense"))?,
@@ -585,23 +634,21 @@ impl Embedder {
         let mut ctx = vec![0f32; rows * h];
         let mut scores = Vec::new();
         for l in &self.layers {
-            let (q, k, v) = (
-                l.q.forward(&x, rows, helper),
-                l.k.forward(&x, rows, helper),
-                l.v.forward(&x, rows, helper),
-            );
+            // Row t holds [query | key | value], each `h` wide.
+            let qkv = l.qkv.forward(&x, rows, helper);
+            let h3 = 3 * h;
             let mut start = 0;
             for seq in batch {
                 let len = seq.len();
                 for head in 0..heads {
                     let col = head * hd;
                     for i in start..start + len {
-                        let qi = &q[i * h + col..i * h + col + hd];
+                        let qi = &qkv[i * h3 + col..i * h3 + col + hd];
                         scores.clear();
-                        scores.extend(
-                            (start..start + len)
-                                .map(|j| dot(qi, &k[j * h + col..j * h + col + hd]) * scale),
-                        );
+                        scores.extend((start..start + len).map(|j| {
+                            let kj = j * h3 + h + col;
+                            dot(qi, &qkv[kj..kj + hd]) * scale
+                        }));
                         let max = scores.iter().copied().fold(f32::MIN, f32::max);
                         let mut sum = 0.0;
                         for s in scores.iter_mut() {
@@ -612,7 +659,8 @@ impl Embedder {
                         out.fill(0.0);
                         for (j, p) in (start..start + len).zip(&scores) {
                             let w = p / sum;
-                            for (o, vv) in out.iter_mut().zip(&v[j * h + col..j * h + col + hd]) {
+                            let vj = j * h3 + 2 * h + col;
+                            for (o, vv) in out.iter_mut().zip(&qkv[vj..vj + hd]) {
                                 *o += w * vv;
                             }
                         }

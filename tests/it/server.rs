@@ -745,14 +745,26 @@ async fn the_python_openai_client_works() {
          Python openai package into a virtual environment and points this at it",
     );
     let server = TestServer::default().await;
+    let key = "sk-clerk-python-0123456789";
+    let keyed = TestServer::start(
+        Some(shared_engine()),
+        ServerConfig {
+            api_keys: vec![clerk::server::auth::ApiKey::parse(key).unwrap()],
+            ..ServerConfig::default()
+        },
+    )
+    .await;
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/openai_client.py");
     let base = format!("{}/v1", server.base);
+    let keyed_base = format!("{}/v1", keyed.base);
     let out = tokio::task::spawn_blocking(move || {
         std::process::Command::new(python)
             .arg(script)
             .arg(&base)
             .arg(MODEL)
             .arg(EMBEDDER)
+            .arg(&keyed_base)
+            .arg(key)
             .output()
             .expect("run python")
     })

@@ -1,6 +1,6 @@
 """The official `openai` Python package against a running clerk server.
 
-    python openai_client.py BASE_URL MODEL EMBEDDER
+    python openai_client.py BASE_URL MODEL EMBEDDER [KEYED_BASE_URL KEY]
 
 Run by the Rust integration test `server::the_python_openai_client_works`, which starts the server on
 a free loopback port. Exits non-zero with the failed check's message on any mismatch.
@@ -151,6 +151,58 @@ follow = client.chat.completions.create(
     max_tokens=40,
 )
 assert follow.choices[0].finish_reason in ("stop", "length", "tool_calls"), follow
+
+# `auto`, streamed: the reply is either text or calls to a declared function, never call markup.
+text, calls, finish = "", {}, None
+for c in client.chat.completions.create(
+    model=model,
+    messages=ask,
+    tools=tools,
+    tool_choice="auto",
+    parallel_tool_calls=False,
+    temperature=0,
+    max_tokens=60,
+    stream=True,
+):
+    for ch in c.choices:
+        text += ch.delta.content or ""
+        for tc in ch.delta.tool_calls or []:
+            entry = calls.setdefault(tc.index, {"name": "", "arguments": ""})
+            entry["name"] += tc.function.name or ""
+            entry["arguments"] += tc.function.arguments or ""
+        finish = ch.finish_reason or finish
+if calls:
+    assert finish in ("tool_calls", "length") and not text, (finish, text)
+    for entry in calls.values():
+        assert entry["name"] == "lookup_order", calls
+        json.loads(entry["arguments"])
+else:
+    assert text and "<tool_call>" not in text and finish in ("stop", "length"), (text, finish)
+
+# Tool errors name the parameter, as OpenAI's do.
+try:
+    client.chat.completions.create(
+        model=model, messages=ask, tools=tools, tool_choice={"type": "function", "function": {"name": "nope"}}
+    )
+    raise AssertionError("a choice of an undeclared function accepted")
+except openai.BadRequestError as e:
+    assert e.body["param"] == "tool_choice", e.body
+
+# A malformed body gets the same error shape (the SDK can't send one, so its HTTP library does).
+import httpx
+
+r = httpx.post(f"{base}/chat/completions", content=b'{"model": ', headers={"content-type": "application/json"})
+assert r.status_code == 400 and r.json()["error"]["type"] == "invalid_request_error", r.text
+
+# API keys: a server started with one refuses a wrong key with the SDK's AuthenticationError.
+if len(sys.argv) > 5:
+    keyed, key = sys.argv[4], sys.argv[5]
+    try:
+        OpenAI(base_url=keyed, api_key="sk-wrong-key-0123456789", max_retries=0).models.list()
+        raise AssertionError("a wrong key accepted")
+    except openai.AuthenticationError as e:
+        assert e.status_code == 401 and e.body["code"] == "invalid_api_key", e.body
+    assert [m.id for m in OpenAI(base_url=keyed, api_key=key, max_retries=0).models.list().data]
 
 # Structured output: `json_schema` and `json_object` always parse.
 res = client.chat.completions.create(
