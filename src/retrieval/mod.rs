@@ -251,8 +251,16 @@ impl Knowledge {
             .clone()
     }
 
-    /// Picks up a generation another process wrote since this one was opened.
+    /// Picks up a generation another process wrote since this one was opened (a server calls it
+    /// every few seconds, so `clerk ingest` beside it shows up without a restart).
     pub fn refresh(&self) -> Result<bool> {
+        // Serialised with this process's own writes, so a refresh that read `CURRENT` before a
+        // write here can't put the older generation back after it.
+        let _guard = self.inner.write.lock().unwrap_or_else(|p| p.into_inner());
+        self.refresh_locked()
+    }
+
+    fn refresh_locked(&self) -> Result<bool> {
         let Some(g) = store::current_generation(&self.inner.dir)? else {
             return Ok(false);
         };
@@ -487,7 +495,7 @@ impl Knowledge {
             source: e,
         })?;
         let _lock = DirLock::acquire(&self.inner.dir)?;
-        self.refresh()?;
+        self.refresh_locked()?;
         let snap = self.snapshot();
         let mut meta = snap.meta.clone();
         let mut chunks = snap.chunks.clone();

@@ -412,6 +412,24 @@ async fn purge_every_hour(shop: Shop, days: u32, audit_days: Option<u32>) {
     }
 }
 
+/// Follows the knowledge base on disk: another process (`clerk ingest` beside a running server)
+/// may switch it to a new generation, which is picked up within two seconds.
+async fn follow_knowledge(knowledge: Knowledge) {
+    let mut tick = tokio::time::interval(Duration::from_secs(2));
+    loop {
+        tick.tick().await;
+        let k = knowledge.clone();
+        match tokio::task::spawn_blocking(move || k.refresh()).await {
+            Ok(Ok(true)) => {
+                tracing::info!("knowledge base: picked up a generation another process wrote")
+            }
+            Ok(Ok(false)) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "knowledge base refresh failed"),
+            Err(e) => tracing::warn!(error = %e, "knowledge base refresh task failed"),
+        }
+    }
+}
+
 /// Runs the server until Ctrl-C or SIGTERM: binds first, loads the model in the background, then
 /// shuts down gracefully (no new connections; streams in flight get `shutdown_grace` to finish).
 pub async fn serve(
@@ -460,6 +478,7 @@ pub async fn serve(
 
     let (failed_tx, failed_rx) = tokio::sync::oneshot::channel();
     let loading = state.clone();
+    let runtime = tokio::runtime::Handle::current();
     tokio::task::spawn_blocking(move || {
         let started = Instant::now();
         let loaded = Engine::load(engine_config).map_err(anyhow::Error::from).and_then(|engine| {
@@ -484,6 +503,7 @@ pub async fn serve(
                             shop_name.clone(),
                         ));
                     }
+                    runtime.spawn(follow_knowledge(k.clone()));
                     loading.set_knowledge(k);
                 }
                 loading.set_embedder(embedder);

@@ -1385,3 +1385,77 @@ fn personal_fields_are_sealed_at_rest_and_the_key_rotates() {
         std::fs::remove_dir_all(&keys),
     );
 }
+
+/// `clerk ingest` from another process while `clerk serve` runs on the same folder: the server
+/// answers from the new generation within seconds, without a restart, and a server-side ingest
+/// afterwards keeps the other process's document (it builds on the newest generation).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_server_picks_up_what_another_process_ingests() {
+    let data = scratch_dir("trust-follow");
+    let mut server = start_server(&data, &[]);
+    let client = reqwest::Client::new();
+    let search = |q: &str| format!("{}/v1/knowledge/search?q={q}&limit=1", server.base);
+    // The knowledge base loads after the model.
+    let mut ready = false;
+    for _ in 0..600 {
+        let r = client
+            .get(search("returns"))
+            .bearer_auth(KILL_KEY)
+            .send()
+            .await;
+        if r.is_ok_and(|r| r.status() == 200) {
+            ready = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(ready, "the knowledge base never loaded");
+    let faq = data.with_extension("faq.md");
+    std::fs::write(
+        &faq,
+        "# Gift wrapping\n\n## Do you gift-wrap parcels for otters?\n\nYes: every parcel for an otter \
+         is wrapped in kelp paper at no charge.\n",
+    )
+    .unwrap();
+    let (ok, _, err) = clerk(&[
+        "ingest",
+        faq.to_str().unwrap(),
+        "--data-dir",
+        data.to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+    let question = "gift%20wrap%20for%20otters";
+    let mut seen = false;
+    for _ in 0..100 {
+        let b = get_json(&client, search(question)).await;
+        if b["data"][0]["passage"]
+            .as_str()
+            .is_some_and(|p| p.contains("kelp paper"))
+        {
+            seen = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(seen, "the server never saw the other process's document");
+    // An ingest through the server keeps it.
+    let res = client
+        .post(format!("{}/v1/knowledge/documents", server.base))
+        .bearer_auth(KILL_KEY)
+        .json(&serde_json::json!({"documents": [{"name": "hours.md",
+            "content": "# Opening hours\n\n## When is the shop open?\n\nEvery day from 9 to 5.\n"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200, "{}", res.text().await.unwrap());
+    let b = get_json(&client, search(question)).await;
+    assert!(
+        b["data"][0]["passage"]
+            .as_str()
+            .is_some_and(|p| p.contains("kelp paper")),
+        "{b}"
+    );
+    let _ = server.process.kill();
+    let _ = server.process.wait();
+    let _ = std::fs::remove_dir_all(&data);
+}
