@@ -222,7 +222,9 @@ fn fresh_shop(fixture: &Fixture, name: &str) -> Result<Shop, AssistantError> {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir)
         .map_err(|e| AssistantError::Data(format!("{}: {e}", dir.display())))?;
-    let shop = Shop::open(&dir, Policy::default())?;
+    // A throwaway shop: sealed under a key that lives only as long as this run.
+    let key = crate::shop::KeySource::Value(crate::shop::crypto::Sealer::generate());
+    let shop = Shop::open_with_key(&dir, Policy::default(), &key)?;
     // The seed is the same shop every time but for its dates, which move with the clock.
     let data = crate::shop::seed::demo_shop(40, crate::clock::unix_now())?;
     shop.import(&Ctx::system(Channel::Import), &data, &["demo".to_string()])?;

@@ -229,6 +229,14 @@ pub fn has_phrase(lower: &str, phrase: &str) -> bool {
         lower
             .split(|c: char| !c.is_alphanumeric() && c != '\'')
             .any(|w| w == phrase)
+    } else if phrase.is_ascii() {
+        // Phrases of ASCII words start and end at word boundaries: "change the" is not in
+        // "exchange the".
+        let word = |c: Option<char>| c.is_some_and(|c| c.is_alphanumeric());
+        lower.match_indices(phrase).any(|(at, _)| {
+            !word(lower[..at].chars().next_back())
+                && !word(lower[at + phrase.len()..].chars().next())
+        })
     } else {
         lower.contains(phrase)
     }
@@ -251,6 +259,16 @@ pub fn mentions(text: &str, phrases: &[String]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn phrases_of_words_match_whole_words_only() {
+        assert!(has_phrase("please change the size", "change the"));
+        assert!(has_phrase("change the", "change the"));
+        assert!(!has_phrase("i want to exchange the mug", "change the"));
+        assert!(!has_phrase("change them all", "change the"));
+        assert!(has_phrase("¿venden kayaks?", "¿venden"));
+        assert!(has_phrase("我的订单状态", "订单状态"));
+    }
 
     #[test]
     fn finds_ids_emails_names_and_addresses() {

@@ -48,6 +48,9 @@ pub struct Words {
     pub all_items: Vec<String>,
     pub thanks: Vec<String>,
     pub goodbye: Vec<String>,
+    /// Words that make a question a request about the shopper's own order ("can you…",
+    /// "my order"), which goes to the account flow rather than to the policy.
+    pub requests: Vec<String>,
 }
 
 #[derive(Debug)]

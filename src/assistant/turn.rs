@@ -366,6 +366,37 @@ impl<'a> Turn<'a> {
             // An account request the words don't support is more likely a question about the
             // shop than a request to act on an order; a question is answered, or not, harmlessly.
             classified.intent = Intent::Question;
+        } else if classified.intent == Intent::Question && cued(Intent::Recommendation) {
+            // "Is there any camping gear you'd recommend?" asks for a recommendation.
+            classified.intent = Intent::Recommendation;
+        } else if classified.intent == Intent::Question
+            && !details.order_ids.is_empty()
+            && cued(Intent::OrderStatus)
+        {
+            // "What is the status of order #W1000005?" names the order it asks about.
+            classified.intent = Intent::OrderStatus;
+        }
+        // "Can opened socks be returned?", "Which payment methods do you accept?": an account
+        // request's words, asked as a question about the shop's rules with no order or account
+        // named. The policy answers it, and the shopper is told how to go on if they meant one
+        // of their own orders; without such a passage the account flow goes on as asked.
+        if classified.intent.needs_identity()
+            && self.state.task.is_none()
+            && details.order_ids.is_empty()
+            && !gave_identity
+            && is_question(text)
+            && !words.iter().any(|w| extract::mentions(text, &w.requests))
+        {
+            if let Some(hit) = self.best_hit(text)?.filter(|h| h.kind != Kind::Product) {
+                self.intent = Some(Intent::Question);
+                self.state.task = None;
+                self.state.unanswered = 0;
+                let n = self.cite(&hit);
+                self.out
+                    .push(format!("{} [{n}]", clip_sentences(&hit.passage, 700)));
+                self.say("policy_then_account", &[]);
+                return Ok(());
+            }
         }
         // A message that only carries details (an email, an order id, an address, "all") goes
         // on with the request that asked for them.
@@ -843,6 +874,25 @@ impl<'a> Turn<'a> {
                 .collect::<Vec<_>>()
                 .join(" ")
         );
+        // "the 12 kg one" names "12 kg (26 lb)": a value's part before its bracket counts too.
+        let names = |val: &str| {
+            let val = val.to_lowercase();
+            let head = val.split(" (").next().unwrap_or(&val).trim().to_string();
+            lower.contains(&format!(" {val} ")) || lower.contains(&format!(" {head} "))
+        };
+        // The shopper named a value shaped like this product's options ("16 kg", "US 9") that
+        // no available variant has: it is unavailable, which is the answer, not a question.
+        let lower_shape = digit_shape(&lower);
+        let named_a_shape = product
+            .variants
+            .iter()
+            .flat_map(|v| v.options.values())
+            .any(|val| {
+                let val = val.to_lowercase();
+                let head = val.split(" (").next().unwrap_or(&val).trim();
+                head.chars().any(|c| c.is_ascii_digit())
+                    && lower_shape.contains(&format!(" {} ", digit_shape(head)))
+            });
         let candidates: Vec<_> = product
             .variants
             .iter()
@@ -854,10 +904,7 @@ impl<'a> Turn<'a> {
             let named = v
                 .options
                 .iter()
-                .filter(|(k, val)| {
-                    item.options.get(*k) != Some(*val)
-                        && lower.contains(&format!(" {} ", val.to_lowercase()))
-                })
+                .filter(|(k, val)| item.options.get(*k) != Some(*val) && names(val))
                 .count();
             if named == 0 {
                 return 0;
@@ -888,7 +935,7 @@ impl<'a> Turn<'a> {
             .collect::<Vec<_>>()
             .join("; ");
         // Nothing named: ask which. Something named that no available variant has: say so.
-        let key = if best == 0 && !candidates.is_empty() {
+        let key = if best == 0 && !candidates.is_empty() && !named_a_shape {
             "ask_variant"
         } else {
             "no_variant"
@@ -1088,38 +1135,9 @@ impl<'a> Turn<'a> {
             self.out.push(format!("{} [{n}]", c.answer));
             return Ok(());
         }
-        let q = Query::new(text);
-        let results = self.inner.knowledge.search(&q)?;
-        let best = results.hits.first().map_or(0.0, |h| h.similarity);
-        if !results.answerable || results.hits.is_empty() {
+        let Some(hit) = self.best_hit(text)? else {
             return self.no_answer();
-        }
-        // A passage in the shopper's language wins over a slightly closer one in another.
-        let hit = results
-            .hits
-            .iter()
-            .find(|h| {
-                h.similarity >= results.threshold
-                    && h.similarity >= best - 0.15
-                    && lang::detect(&h.passage) == Some(self.lang)
-            })
-            .unwrap_or(&results.hits[0])
-            .clone();
-        if self.lang == Lang::Zh
-            && !shares_cjk_word(text, &format!("{} {}", hit.title, hit.passage))
-        {
-            // The embedder reads Chinese poorly and finds every Chinese passage somewhat close;
-            // an answer must at least share a word with the question.
-            return self.no_answer();
-        }
-        if hit.kind == Kind::Product
-            && !names_product(text, &hit.title)
-            && hit.similarity < PRODUCT_SIMILARITY
-        {
-            // A product that merely shares a theme ("kayaks" and sandals made for kayaking)
-            // is no answer to whether the shop sells something.
-            return self.no_answer();
-        }
+        };
         self.state.unanswered = 0;
         let n = self.cite(&hit);
         if hit.kind == Kind::Product {
@@ -1133,6 +1151,44 @@ impl<'a> Turn<'a> {
                 .push(format!("{} [{n}]", clip_sentences(&hit.passage, 700)));
         }
         Ok(())
+    }
+
+    /// The passage that answers `text`, if the shop's data has one close enough.
+    fn best_hit(&self, text: &str) -> R<Option<Hit>> {
+        let q = Query::new(text);
+        let results = self.inner.knowledge.search(&q)?;
+        let best = results.hits.first().map_or(0.0, |h| h.similarity);
+        if !results.answerable || results.hits.is_empty() {
+            return Ok(None);
+        }
+        // A passage in the shopper's language wins over a slightly closer one in another.
+        let hit = results
+            .hits
+            .iter()
+            .find(|h| {
+                h.similarity >= results.threshold
+                    && h.similarity >= best - 0.15
+                    && lang::detect(&h.passage) == Some(self.lang)
+            })
+            .unwrap_or(&results.hits[0])
+            .clone();
+        if self.lang == Lang::Zh
+            && !(hit.kind == Kind::Product && names_product(text, &hit.title))
+            && !shares_cjk_word(text, &format!("{} {}", hit.title, hit.passage))
+        {
+            // The embedder reads Chinese poorly and finds every Chinese passage somewhat close;
+            // an answer must at least share a word with the question.
+            return Ok(None);
+        }
+        if hit.kind == Kind::Product
+            && !names_product(text, &hit.title)
+            && hit.similarity < PRODUCT_SIMILARITY
+        {
+            // A product that merely shares a theme ("kayaks" and sandals made for kayaking)
+            // is no answer to whether the shop sells something.
+            return Ok(None);
+        }
+        Ok(Some(hit))
     }
 
     /// A product's price as the catalogue states it: one price, or the range over its variants.
@@ -1421,6 +1477,11 @@ const CJK_COMMON: &[&str] = &[
     "你们", "我们", "什么", "可以", "怎么", "如何", "是否", "一下", "请问", "我的", "吗？", "的吗",
 ];
 
+/// Whether the shopper asked rather than told: a question mark, or Chinese 吗.
+fn is_question(text: &str) -> bool {
+    text.contains('?') || text.contains('？') || text.contains('吗')
+}
+
 fn shares_cjk_word(question: &str, passage: &str) -> bool {
     let q: Vec<char> = question.chars().collect();
     q.windows(2).any(|w| {
@@ -1430,6 +1491,25 @@ fn shares_cjk_word(question: &str, passage: &str) -> bool {
             && !CJK_COMMON.contains(&pair.as_str())
             && passage.contains(&pair)
     })
+}
+
+/// Text with every run of digits (a decimal point included) written `#`, so "16 kg" and
+/// "8 kg" have the same shape.
+fn digit_shape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut in_number = false;
+    for c in text.chars() {
+        if c.is_ascii_digit() || (in_number && c == '.') {
+            if !in_number {
+                out.push('#');
+            }
+            in_number = true;
+        } else {
+            in_number = false;
+            out.push(c);
+        }
+    }
+    out
 }
 
 fn names_product(question: &str, title: &str) -> bool {
@@ -1503,5 +1583,20 @@ fn clip_sentences(passage: &str, max: usize) -> String {
             cut[..end + cut[end..].chars().next().map_or(1, char::len_utf8)].to_string()
         }
         _ => format!("{}…", cut.trim_end()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numbers_share_a_shape_and_questions_are_told_from_statements() {
+        assert_eq!(digit_shape("the 16 kg one"), digit_shape("the 8 kg one"));
+        assert_eq!(digit_shape("size us 9.5 please"), "size us # please");
+        assert_ne!(digit_shape("16 kg"), digit_shape("16 lb"));
+        assert!(is_question("Can opened socks be returned?"));
+        assert!(is_question("已拆封的袜子可以退货吗"));
+        assert!(!is_question("I want to return my boots."));
     }
 }

@@ -64,9 +64,9 @@ fn the_scripted_conversations_pass_and_state_no_fact_outside_the_data() {
         .filter(|r| !r.passed)
         .map(|r| format!("{}: {}", r.name, r.failures.join("; ")))
         .collect();
-    // Floor at the measured rate (see the README); the target is 0.95.
+    // The target (144 of 150 pass when this was written; see the README).
     assert!(
-        report.pass_rate >= 0.85,
+        report.pass_rate >= 0.95,
         "pass rate {:.3}:\n{}",
         report.pass_rate,
         failed.join("\n")
