@@ -127,6 +127,8 @@ pub struct Fixture {
     pub scratch: PathBuf,
     /// Money amounts and documents' text the replies may quote.
     pub documents_text: String,
+    /// Understand messages by this model's tool calls instead of the offline classifier.
+    pub tool_model: Option<crate::engine::Engine>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -257,6 +259,9 @@ fn run_one(
         fixture.prompts.clone(),
         "Harbor & Pine",
     );
+    if let Some(engine) = &fixture.tool_model {
+        assistant.understand_with(super::tools::ToolUnderstanding::new(engine.clone())?);
+    }
     let conversation = Assistant::new_conversation_id();
     let default_lang = script.lang.as_deref().and_then(Lang::parse);
     let mut failures = Vec::new();

@@ -8,6 +8,8 @@
 //! - `lang`: which language a message is in (English, Chinese, Spanish).
 //! - `prompts`: the fixed phrases and word lists per language, from `prompts/<lang>/`.
 //! - `intent`: the offline intent classifier (nearest labelled examples by embedding).
+//! - `tools`: understanding by tool calls instead, with a model chosen in settings: the model
+//!   must call one of the assistant's functions (constrained decoding); the flows act on it.
 //! - `extract`: exact extraction of order ids, emails, addresses, payment kinds, yes and no.
 //! - `turn`: the flows: identity first, one action at a time, confirm before any change,
 //!   grounded answers with sources, handoff to staff.
@@ -21,6 +23,7 @@ pub mod extract;
 pub mod intent;
 pub mod lang;
 pub mod prompts;
+pub mod tools;
 mod turn;
 
 use std::collections::HashMap;
@@ -54,6 +57,9 @@ pub enum AssistantError {
     Prompts(String),
     #[error("data: {0}")]
     Data(String),
+    /// The model that understands messages by tool calls failed.
+    #[error("model: {0}")]
+    Model(String),
 }
 
 /// A passage or record an answer rests on, numbered as the text cites it (`[1]`).
@@ -160,6 +166,9 @@ struct Inner {
     intents: Arc<IntentClassifier>,
     prompts: Arc<Prompts>,
     shop_name: String,
+    /// When set, messages are understood by the model's tool calls instead of the offline
+    /// classifier.
+    tool_model: std::sync::OnceLock<tools::ToolUnderstanding>,
     /// Staff-approved answers with their questions' embeddings, refreshed when the list changes;
     /// a snapshot is taken under the lock and compared outside it.
     curated: Mutex<Arc<CuratedCache>>,
@@ -190,6 +199,7 @@ impl Assistant {
                 intents,
                 prompts,
                 shop_name: shop_name.into(),
+                tool_model: std::sync::OnceLock::new(),
                 curated: Mutex::new(Arc::new(Vec::new())),
                 conversations: Mutex::new(HashMap::new()),
             }),
@@ -198,6 +208,11 @@ impl Assistant {
 
     pub fn shop(&self) -> &Shop {
         &self.inner.shop
+    }
+
+    /// From now on, understand messages by `model`'s tool calls (the first model set stays).
+    pub fn understand_with(&self, model: tools::ToolUnderstanding) {
+        let _ = self.inner.tool_model.set(model);
     }
 
     pub fn shop_name(&self) -> &str {

@@ -345,6 +345,13 @@ impl<'a> Turn<'a> {
             return Ok(());
         }
         let mut classified = self.inner.intents.classify(&stripped)?;
+        if let Some(model) = self.inner.tool_model.get() {
+            // The model's call decides what is asked; the rules below still apply on top of it
+            // (a severe complaint, a bare order id), and the flows act on it as on the
+            // classifier's answer.
+            classified.intent = model.understand(text)?;
+            classified.confidence = 1.0;
+        }
         let cues = self.inner.intents.cue_counts(&stripped);
         let cued = |i: Intent| cues.iter().any(|(c, _)| *c == i);
         if crate::shop::care::is_severe(text) {

@@ -67,6 +67,10 @@ pub struct EvalConversationsArgs {
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
+    /// Understand messages by this chat model's tool calls (a GGUF file or a manifest name)
+    /// instead of the offline classifier, as `clerk serve --assistant-tool-calls` does.
+    #[arg(long)]
+    pub tool_model: Option<String>,
 }
 
 /// Builds what every scripted conversation shares: the demo knowledge base (ingested once into
@@ -84,6 +88,7 @@ pub fn fixture(k: &KnowledgeArgs) -> anyhow::Result<eval::Fixture> {
         prompts: Arc::new(Prompts::builtin()?),
         scratch: dir.join("shops"),
         documents_text: eval::documents_text(&inputs),
+        tool_model: None,
     })
 }
 
@@ -92,7 +97,19 @@ pub fn eval_conversations(a: EvalConversationsArgs) -> anyhow::Result<()> {
     if let Some(only) = &a.only {
         scripts.retain(|(_, s)| s.name.contains(only.as_str()));
     }
-    let fixture = fixture(&a.knowledge)?;
+    let mut fixture = fixture(&a.knowledge)?;
+    if let Some(spec) = &a.tool_model {
+        let dir = a
+            .knowledge
+            .models_dir
+            .clone()
+            .unwrap_or_else(crate::engine::registry::default_models_dir);
+        let resolved = crate::engine::registry::resolve_model(spec, &dir)?;
+        let mut cfg = crate::engine::EngineConfig::new(resolved.path);
+        cfg.model_name = resolved.name;
+        cfg.chat_template = resolved.chat_template;
+        fixture.tool_model = Some(crate::engine::Engine::load(cfg)?);
+    }
     let report = eval::run(&fixture, &scripts)?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
@@ -150,6 +167,7 @@ pub fn open_assistant(
         retention_days: None,
         audit_retention_days: None,
         data_key: data_key.clone(),
+        assistant_tool_calls: false,
     }
     .open()?;
     shop.set_classifier(Arc::new(FeedbackClassifier::new(embedder.clone())?));

@@ -82,6 +82,12 @@ pub struct ServeArgs {
     /// With --retention-days: also purge audit entries older than this many days.
     #[arg(long, env = "CLERK_AUDIT_RETENTION_DAYS", requires = "retention_days")]
     pub audit_retention_days: Option<u32>,
+    /// The assistant (the model `clerk`) understands each message by a tool call of the served
+    /// model (constrained decoding: one of its functions, always) instead of the offline
+    /// classifier. For a model that calls tools well; the flows, identity checks and
+    /// confirmations stay the same.
+    #[arg(long, env = "CLERK_ASSISTANT_TOOL_CALLS")]
+    pub assistant_tool_calls: bool,
     /// The shop's name, as the assistant (the model `clerk`) introduces it.
     #[arg(long, env = "CLERK_SHOP_NAME", default_value = "Harbor & Pine")]
     pub shop_name: String,
@@ -167,6 +173,7 @@ pub fn run(a: ServeArgs) -> anyhow::Result<()> {
         retention_days: a.retention_days,
         audit_retention_days: a.audit_retention_days,
         data_key: a.data_key.source(),
+        assistant_tool_calls: a.assistant_tool_calls,
     });
     if a.retention_days == Some(0) || a.audit_retention_days == Some(0) {
         anyhow::bail!("--retention-days and --audit-retention-days must be at least 1");

@@ -367,6 +367,9 @@ pub struct ShopConfig {
     pub audit_retention_days: Option<u32>,
     /// The key the personal fields are sealed with.
     pub data_key: crate::shop::KeySource,
+    /// The assistant understands messages by the served model's tool calls instead of the
+    /// offline classifier (for a model that calls tools well).
+    pub assistant_tool_calls: bool,
 }
 
 impl ShopConfig {
@@ -465,6 +468,7 @@ pub async fn serve(
         state.set_key_store(k);
     }
     let shop_name = shop.as_ref().map_or_else(String::new, |s| s.name.clone());
+    let tool_calls = shop.as_ref().is_some_and(|s| s.assistant_tool_calls);
     if let Some(sc) = shop {
         let (retention, audit) = (sc.retention_days, sc.audit_retention_days);
         let shop = tokio::task::spawn_blocking(move || sc.open()).await??;
@@ -483,6 +487,7 @@ pub async fn serve(
         let started = Instant::now();
         let loaded = Engine::load(engine_config).map_err(anyhow::Error::from).and_then(|engine| {
             tracing::info!(model = %engine.info().name, secs = started.elapsed().as_secs_f64(), "model loaded");
+            let model = engine.clone();
             loading.set_engine(engine);
             if let Some((name, dir)) = embedder {
                 let embedder = Arc::new(Embedder::load(&dir, &name)?);
@@ -495,13 +500,20 @@ pub async fn serve(
                 if let Some(kc) = knowledge {
                     let k = kc.open(embedder.clone())?;
                     if let Some(shop) = loading.shop() {
-                        loading.set_assistant(Assistant::new(
+                        let assistant = Assistant::new(
                             shop.clone(),
                             k.clone(),
                             Arc::new(IntentClassifier::new(embedder.clone())?),
                             Arc::new(Prompts::builtin()?),
                             shop_name.clone(),
-                        ));
+                        );
+                        if tool_calls {
+                            assistant.understand_with(
+                                crate::assistant::tools::ToolUnderstanding::new(model.clone())?,
+                            );
+                            tracing::info!("the assistant understands messages by tool calls");
+                        }
+                        loading.set_assistant(assistant);
                     }
                     runtime.spawn(follow_knowledge(k.clone()));
                     loading.set_knowledge(k);

@@ -30,7 +30,9 @@ impl From<AssistantError> for ApiError {
             AssistantError::Shop(e) => e.into(),
             AssistantError::Retrieval(e) => e.into(),
             AssistantError::Embedding(e) => ApiError::Internal(e.to_string()),
-            AssistantError::Prompts(m) | AssistantError::Data(m) => ApiError::Internal(m),
+            AssistantError::Prompts(m) | AssistantError::Data(m) | AssistantError::Model(m) => {
+                ApiError::Internal(m)
+            }
         }
     }
 }
