@@ -633,6 +633,14 @@ impl<'a> Turn<'a> {
             self.state.task = None;
             return self.refused(&order.order, kind, e);
         }
+        if shop.policy().hands_to_staff(kind, order.total) {
+            // The merchant wants a person to decide this one: staff get it with a summary.
+            return self.handoff(&format!(
+                "the shop's policy has staff decide {} requests (order {})",
+                kind.as_str(),
+                order.order.id
+            ));
+        }
         match self.build_action(&t, &order.order, d)? {
             Some(action) => {
                 self.state.task = None;

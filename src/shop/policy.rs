@@ -7,7 +7,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use super::domain::OrderStatus;
+use super::domain::{Money, OrderStatus};
 use super::error::{Refusal, Result, ShopError};
 use super::records::string_kind;
 
@@ -85,6 +85,12 @@ pub struct Policy {
     pub discount_percent: u32,
     /// Feedback topic → the department queue it lands in.
     pub queues: BTreeMap<String, String>,
+    /// Actions the assistant hands to staff instead of doing them itself: the merchant wants a
+    /// person to decide these. The shopper is told; staff get a handoff with a summary.
+    pub handoff_actions: Vec<ActionKind>,
+    /// Any change to an order worth at least this many cents goes to staff the same way; `null`
+    /// for no limit.
+    pub handoff_order_total_cents: Option<i64>,
 }
 
 impl Default for Policy {
@@ -119,11 +125,22 @@ impl Default for Policy {
             auto_resolutions: vec![Resolution::DiscountCode],
             discount_percent: 10,
             queues,
+            handoff_actions: Vec::new(),
+            handoff_order_total_cents: None,
         }
     }
 }
 
 impl Policy {
+    /// Whether the merchant has staff decide `kind` on an order of `total`, rather than the
+    /// assistant.
+    pub fn hands_to_staff(&self, kind: ActionKind, total: Money) -> bool {
+        self.handoff_actions.contains(&kind)
+            || self
+                .handoff_order_total_cents
+                .is_some_and(|limit| total.cents() >= limit)
+    }
+
     /// Reads a policy file; fields it leaves out keep their defaults, unknown fields are refused.
     pub fn load(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| ShopError::Import {

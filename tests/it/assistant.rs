@@ -292,3 +292,62 @@ fn with_tool_calls_the_model_chooses_and_the_code_still_rules() {
         .unwrap();
     assert_ne!(order.status, OrderStatus::Cancelled);
 }
+
+/// Where the merchant's policy has staff decide an action, the assistant hands the request to
+/// them (a handoff with a summary) instead of preparing the change, and changes nothing.
+#[test]
+fn the_policy_can_hand_an_action_to_staff() {
+    use clerk::assistant::Assistant;
+    use clerk::shop::ActionKind;
+
+    let policy = Policy {
+        handoff_actions: vec![ActionKind::Return],
+        ..Policy::default()
+    };
+    let shop = Shop::open(&scratch_dir("assistant-policy-handoff"), policy).unwrap();
+    let data = clerk::shop::seed::demo_shop(40, clerk::clock::unix_now()).unwrap();
+    shop.import(&Ctx::system(Channel::Import), &data, &["demo".to_string()])
+        .unwrap();
+    let a = Assistant::new(
+        shop.clone(),
+        demo_knowledge(),
+        intents(),
+        Arc::new(Prompts::builtin().unwrap()),
+        "Harbor & Pine",
+    );
+    let conversation = Assistant::new_conversation_id();
+    let r = a
+        .turn(
+            Some(&conversation),
+            "I want to return the sandals from order #W1000074. elena.berg28@example.com",
+        )
+        .unwrap();
+    assert!(r.verified, "{r:?}");
+    assert!(!r.awaiting_confirmation, "{r:?}");
+    let handoff = r.handoff.expect("a handoff to staff");
+    let h = shop.store().handoff(handoff).unwrap().unwrap();
+    assert!(h.reason.contains("return"), "{h:?}");
+    let order = shop
+        .store()
+        .order(&OrderId::parse("#W1000074").unwrap())
+        .unwrap()
+        .unwrap();
+    assert_eq!(order.status, OrderStatus::Delivered);
+    assert!(order.returns.is_empty());
+    // The same request under the default policy is prepared for the shopper's yes instead.
+    let plain = demo_shop("assistant-policy-default");
+    let b = Assistant::new(
+        plain,
+        demo_knowledge(),
+        intents(),
+        Arc::new(Prompts::builtin().unwrap()),
+        "Harbor & Pine",
+    );
+    let r = b
+        .turn(
+            Some(&Assistant::new_conversation_id()),
+            "I want to return the sandals from order #W1000074. elena.berg28@example.com",
+        )
+        .unwrap();
+    assert!(r.handoff.is_none() && r.awaiting_confirmation, "{r:?}");
+}
