@@ -159,9 +159,15 @@ fn address(text: &str) -> Option<Address> {
 
 fn payment(text: &str) -> Option<PaymentSource> {
     let t = text.to_lowercase();
-    if ["gift card", "giftcard", "礼品卡", "tarjeta de regalo"]
-        .iter()
-        .any(|w| t.contains(w))
+    if [
+        "gift card",
+        "giftcard",
+        "礼品卡",
+        "tarjeta de regalo",
+        "tarjeta regalo",
+    ]
+    .iter()
+    .any(|w| t.contains(w))
     {
         Some(PaymentSource::GiftCard)
     } else if t.contains("paypal") {

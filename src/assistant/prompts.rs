@@ -101,6 +101,11 @@ impl Prompts {
         out
     }
 
+    /// Whether `lang` has its own phrase `key`.
+    pub fn has(&self, lang: Lang, key: &str) -> bool {
+        self.phrases.get(&lang).is_some_and(|p| p.contains_key(key))
+    }
+
     pub fn words(&self, lang: Lang) -> &Words {
         &self.words[&lang]
     }
@@ -133,5 +138,18 @@ mod tests {
             "No encuentro el pedido #W1 en tu cuenta."
         );
         assert!(!p.words(Lang::Zh).yes.is_empty());
+    }
+
+    #[test]
+    fn every_shop_refusal_has_a_phrase_in_every_language() {
+        let p = Prompts::builtin().unwrap();
+        for key in crate::shop::error::REFUSAL_PHRASES {
+            for lang in [Lang::En, Lang::Zh, Lang::Es] {
+                assert!(
+                    p.has(lang, &format!("refusal_{key}")),
+                    "{lang} lacks refusal_{key}"
+                );
+            }
+        }
     }
 }

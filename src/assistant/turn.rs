@@ -1102,9 +1102,24 @@ impl<'a> Turn<'a> {
 
     fn refused(&mut self, order: &Order, kind: ActionKind, e: ShopError) -> R<()> {
         match e {
-            ShopError::Refused { code, message } => {
-                let reason = if self.lang == Lang::En || code != Refusal::Status {
+            ShopError::Refused {
+                code,
+                message,
+                phrase,
+            } => {
+                let key = format!("refusal_{}", phrase.key);
+                let reason = if self.lang == Lang::En {
                     message
+                } else if code != Refusal::Status {
+                    // The shop's sentence in the shopper's language, its blanks filled from the
+                    // refusal; one the phrases don't know stays as the shop wrote it.
+                    let args: Vec<(&str, &str)> =
+                        phrase.args.iter().map(|(k, v)| (*k, v.as_str())).collect();
+                    if phrase.key.is_empty() || !self.inner.prompts.has(self.lang, &key) {
+                        message
+                    } else {
+                        self.inner.prompts.say(self.lang, &key, &args)
+                    }
                 } else {
                     let allowed = self
                         .inner

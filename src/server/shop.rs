@@ -48,7 +48,7 @@ impl From<ShopError> for ApiError {
                 code: Some("ambiguous_identity"),
             },
             ShopError::NotFound { .. } => ApiError::NotFound(e.to_string()),
-            ShopError::Refused { code, message } => ApiError::Refused {
+            ShopError::Refused { code, message, .. } => ApiError::Refused {
                 message,
                 code: match code {
                     Refusal::Status => "order_status",

@@ -275,8 +275,10 @@ fn lines_for(order: &Order, skus: &[&Sku]) -> Result<Vec<usize>> {
             .enumerate()
             .position(|(i, item)| !used[i] && &item.sku == *sku)
             .ok_or_else(|| {
-                ShopError::refused(
+                ShopError::refused_as(
                     Refusal::Item,
+                    "item_not_in_order",
+                    &[("sku", sku.to_string()), ("order", order.id.to_string())],
                     format!(
                         "Item {sku} is not in order {} (or is named twice).",
                         order.id
@@ -553,8 +555,10 @@ impl Shop {
         let customer = self.profile(who)?;
         let kind = action.kind();
         if kind == ActionKind::ModifyItems && order.status == OrderStatus::PendingItemsModified {
-            return Err(ShopError::refused(
+            return Err(ShopError::refused_as(
                 Refusal::AlreadyModified,
+                "already_modified",
+                &[("order", order.id.to_string())],
                 format!(
                     "The items of order {} were already changed once, which is all the policy allows.",
                     order.id
@@ -676,8 +680,10 @@ impl Shop {
         let skus: Vec<&Sku> = items.iter().map(|c| &c.item_id).collect();
         let lines = lines_for(order, &skus)?;
         let pm = customer.payment_method(method).ok_or_else(|| {
-            ShopError::refused(
+            ShopError::refused_as(
                 Refusal::PaymentMethod,
+                "unknown_payment_method",
+                &[("method", method.to_string())],
                 format!("{method} is not one of your saved payment methods."),
             )
         })?;
@@ -692,8 +698,10 @@ impl Shop {
                 .variant(&change.new_item_id)?
                 .ok_or_else(|| ShopError::not_found("item", &change.new_item_id))?;
             if new.product_id != old.product_id {
-                return Err(ShopError::refused(
+                return Err(ShopError::refused_as(
                     Refusal::Item,
+                "other_product",
+                &[("item", old.name.clone())],
                     format!(
                         "{} can only become another option of the same product, not a different product.",
                         old.name
@@ -701,14 +709,21 @@ impl Shop {
                 ));
             }
             if new.sku == old.sku {
-                return Err(ShopError::refused(
+                return Err(ShopError::refused_as(
                     Refusal::Item,
+                    "same_option",
+                    &[("sku", old.sku.to_string())],
                     format!("Item {} already is that option.", old.sku),
                 ));
             }
             if !new.available || new.stock.is_some_and(|s| s <= 0) {
-                return Err(ShopError::refused(
+                return Err(ShopError::refused_as(
                     Refusal::Item,
+                    "option_unavailable",
+                    &[
+                        ("item", old.name.clone()),
+                        ("options", new.describe_options()),
+                    ],
                     format!(
                         "{} ({}) is not available now.",
                         old.name,
@@ -738,8 +753,10 @@ impl Shop {
         if pm.source == PaymentSource::GiftCard && diff.0 > 0 {
             let balance = pm.balance.unwrap_or_default();
             if balance < diff {
-                return Err(ShopError::refused(
+                return Err(ShopError::refused_as(
                     Refusal::Balance,
+                    "balance_difference",
+                    &[("balance", balance.to_string()), ("amount", diff.to_string())],
                     format!(
                         "The gift card's balance ({balance}) does not cover the price difference ({diff})."
                     ),
@@ -839,8 +856,10 @@ impl Shop {
         if let (Some(days), Some(delivered)) = (self.policy.return_window_days, delivered_at(order))
         {
             if unix_now() > delivered + i64::from(days) * 86_400 {
-                return Err(ShopError::refused(
+                return Err(ShopError::refused_as(
                     Refusal::Window,
+                "return_window",
+                &[("days", days.to_string()), ("order", order.id.to_string()), ("date", iso_date(delivered))],
                     format!(
                         "Returns are accepted within {days} days of delivery; order {} was delivered on {}.",
                         order.id,
@@ -850,8 +869,10 @@ impl Shop {
             }
         }
         let pm = customer.payment_method(method).ok_or_else(|| {
-            ShopError::refused(
+            ShopError::refused_as(
                 Refusal::PaymentMethod,
+                "unknown_payment_method",
+                &[("method", method.to_string())],
                 format!("{method} is not one of your saved payment methods."),
             )
         })?;
@@ -859,11 +880,19 @@ impl Shop {
         let to_gift_card =
             self.policy.refund_to_any_gift_card && pm.source == PaymentSource::GiftCard;
         if original != Some(method) && !to_gift_card {
-            return Err(ShopError::refused(
+            let original_name =
+                original.map_or_else(|| "unknown".into(), |m| method_name(customer, m));
+            return Err(ShopError::refused_as(
                 Refusal::PaymentMethod,
+                if self.policy.refund_to_any_gift_card {
+                    "refund_original_or_gift_card"
+                } else {
+                    "refund_original"
+                },
+                &[("method", original_name.clone())],
                 format!(
                     "A refund can go only to the original payment method ({}){}.",
-                    original.map_or_else(|| "unknown".into(), |m| method_name(customer, m)),
+                    original_name,
                     if self.policy.refund_to_any_gift_card {
                         " or to one of your gift cards"
                     } else {
@@ -924,8 +953,10 @@ impl Shop {
 fn plan_address(order: &Order, address: &Address) -> Result<Plan> {
     address.validate()?;
     if address == &order.address {
-        return Err(ShopError::refused(
+        return Err(ShopError::refused_as(
             Refusal::Policy,
+            "same_address",
+            &[("order", order.id.to_string())],
             format!("Order {} already ships to that address.", order.id),
         ));
     }
@@ -952,8 +983,10 @@ fn plan_address(order: &Order, address: &Address) -> Result<Plan> {
 
 fn plan_payment(customer: &Customer, order: &Order, method: &PaymentMethodId) -> Result<Plan> {
     let new = customer.payment_method(method).ok_or_else(|| {
-        ShopError::refused(
+        ShopError::refused_as(
             Refusal::PaymentMethod,
+            "unknown_payment_method",
+            &[("method", method.to_string())],
             format!("{method} is not one of your saved payment methods."),
         )
     })?;
@@ -965,14 +998,18 @@ fn plan_payment(customer: &Customer, order: &Order, method: &PaymentMethodId) ->
         .find(|t| t.kind == TransactionKind::Payment)
         .map(|t| t.payment_method_id.clone())
         .ok_or_else(|| {
-            ShopError::refused(
+            ShopError::refused_as(
                 Refusal::Policy,
+                "no_payment",
+                &[("order", order.id.to_string())],
                 format!("Order {} has no payment to move.", order.id),
             )
         })?;
     if &current == method {
-        return Err(ShopError::refused(
+        return Err(ShopError::refused_as(
             Refusal::PaymentMethod,
+            "same_payment",
+            &[("order", order.id.to_string()), ("method", new.describe())],
             format!(
                 "Order {} is already paid with {}.",
                 order.id,
@@ -982,8 +1019,13 @@ fn plan_payment(customer: &Customer, order: &Order, method: &PaymentMethodId) ->
     }
     let total = order.total();
     if new.source == PaymentSource::GiftCard && new.balance.unwrap_or_default() < total {
-        return Err(ShopError::refused(
+        return Err(ShopError::refused_as(
             Refusal::Balance,
+            "balance_total",
+            &[
+                ("balance", new.balance.unwrap_or_default().to_string()),
+                ("amount", total.to_string()),
+            ],
             format!(
                 "The gift card's balance ({}) does not cover the order total ({total}).",
                 new.balance.unwrap_or_default()

@@ -23,6 +23,33 @@ pub enum Refusal {
     Policy,
 }
 
+/// Every key `ShopError::refused_as` is called with: callers that translate refusals keep a
+/// phrase for each (a test holds the assistant's prompts to it).
+pub const REFUSAL_PHRASES: &[&str] = &[
+    "item_not_in_order",
+    "already_modified",
+    "other_product",
+    "same_option",
+    "option_unavailable",
+    "balance_difference",
+    "balance_total",
+    "unknown_payment_method",
+    "refund_original",
+    "refund_original_or_gift_card",
+    "return_window",
+    "same_address",
+    "no_payment",
+    "same_payment",
+    "cancel_reason",
+];
+
+/// A refusal's phrase key and the values of its blanks.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Phrase {
+    pub key: &'static str,
+    pub args: Vec<(&'static str, String)>,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ShopError {
     /// Input that does not parse or is out of range; `field` names it.
@@ -43,7 +70,14 @@ pub enum ShopError {
     NotFound { kind: &'static str, id: String },
     /// The policy forbids the action; `message` says why and, where there is one, what is possible.
     #[error("{message}")]
-    Refused { code: Refusal, message: String },
+    Refused {
+        code: Refusal,
+        message: String,
+        /// The same refusal as a phrase key and its blanks, for callers that speak the shopper's
+        /// language (the assistant's `refusal_<key>` phrases); the key is empty where there is no
+        /// such phrase.
+        phrase: Phrase,
+    },
     /// The confirmation token is unknown, expired, used, for another customer or another action.
     #[error("{0}")]
     Confirmation(&'static str),
@@ -68,6 +102,28 @@ impl ShopError {
         ShopError::Refused {
             code,
             message: message.into(),
+            phrase: Phrase::default(),
+        }
+    }
+
+    /// A refusal that also names its phrase, so it can be said in the shopper's language.
+    pub fn refused_as(
+        code: Refusal,
+        key: &'static str,
+        args: &[(&'static str, String)],
+        message: impl Into<String>,
+    ) -> Self {
+        debug_assert!(
+            REFUSAL_PHRASES.contains(&key),
+            "refusal phrase {key} not listed"
+        );
+        ShopError::Refused {
+            code,
+            message: message.into(),
+            phrase: Phrase {
+                key,
+                args: args.to_vec(),
+            },
         }
     }
 

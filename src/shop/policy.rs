@@ -200,8 +200,10 @@ impl Policy {
             .find(|r| r.to_lowercase() == norm)
             .cloned()
             .ok_or_else(|| {
-                ShopError::refused(
+                ShopError::refused_as(
                     Refusal::Reason,
+                    "cancel_reason",
+                    &[("reasons", self.cancel_reasons.join(", "))],
                     format!(
                         "A cancellation needs one of these reasons: {}.",
                         self.cancel_reasons.join(", ")

@@ -346,7 +346,7 @@ fn every_action_in_every_status_is_allowed_or_refused_by_policy() {
                     Refusal::Status
                 };
                 match &e {
-                    ShopError::Refused { code, message } => {
+                    ShopError::Refused { code, message, .. } => {
                         assert_eq!(*code, expected, "{kind:?} on {status}: {message}");
                         assert!(message.contains(status.as_str()) || expected != Refusal::Status);
                     }
@@ -384,7 +384,11 @@ fn writes_move_money_exactly_and_refusals_say_why() {
             .unwrap()
     };
     let refusal = |r: Result<Confirmation, ShopError>| match r {
-        Err(ShopError::Refused { code, message }) => (code, message),
+        Err(ShopError::Refused {
+            code,
+            message,
+            phrase,
+        }) => (code, message, phrase),
         other => panic!("expected a refusal, got {other:?}"),
     };
     let run = |a: OrderAction| {
@@ -393,7 +397,7 @@ fn writes_move_money_exactly_and_refusals_say_why() {
     };
 
     // Cancelling a gift-card order puts the money back on the card at once.
-    let (code, msg) = refusal(shop.prepare(
+    let (code, msg, phrase) = refusal(shop.prepare(
         &ctx,
         &who,
         &OrderAction::Cancel {
@@ -403,6 +407,15 @@ fn writes_move_money_exactly_and_refusals_say_why() {
     ));
     assert_eq!(code, Refusal::Reason);
     assert!(msg.contains("no longer needed"), "{msg}");
+    // The same refusal as a phrase for other languages, with the policy's own reasons in it.
+    assert_eq!(phrase.key, "cancel_reason");
+    assert!(
+        phrase
+            .args
+            .iter()
+            .any(|(k, v)| *k == "reasons" && v.contains("no longer needed")),
+        "{phrase:?}"
+    );
     assert_eq!(balance(&shop), Money(100_000));
     let out = run(OrderAction::Cancel {
         order_id: id(1),
@@ -439,10 +452,13 @@ fn writes_move_money_exactly_and_refusals_say_why() {
         refusal(shop.prepare(&ctx, &who, &modify("lamp-red", "credit_card_1"))).0,
         Refusal::Item
     );
-    assert_eq!(
-        refusal(shop.prepare(&ctx, &who, &modify("lamp-blue", "gift_card_poor"))).0,
-        Refusal::Balance
-    );
+    let (code, msg, phrase) =
+        refusal(shop.prepare(&ctx, &who, &modify("lamp-blue", "gift_card_poor")));
+    assert_eq!(code, Refusal::Balance);
+    assert_eq!(phrase.key, "balance_difference");
+    for (_, v) in &phrase.args {
+        assert!(msg.contains(v.as_str()), "{msg} lacks {v}");
+    }
     assert_eq!(
         refusal(shop.prepare(&ctx, &who, &modify("lamp-blue", "credit_card_2"))).0,
         Refusal::PaymentMethod
@@ -480,7 +496,7 @@ fn writes_move_money_exactly_and_refusals_say_why() {
     assert_eq!(balance(&shop), Money(99_500));
 
     // Address: a real address, and a different one.
-    let (code, _) = refusal(shop.prepare(
+    let (code, _, _) = refusal(shop.prepare(
         &ctx,
         &who,
         &OrderAction::ModifyAddress {
