@@ -55,6 +55,29 @@ pub fn available() -> bool {
     })
 }
 
+/// Whether the AVX-512 VNNI tiles run here (two blocks per instruction, one instruction for the
+/// byte products): checked once. `CLERK_NO_AVX512=1` keeps the AVX2 tiles, to compare the two.
+/// A machine uses one kind of tile for every product, so a row's bits still never depend on the
+/// batch around it.
+fn avx512() -> bool {
+    static AVX512: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *AVX512.get_or_init(|| {
+        if std::env::var_os("CLERK_NO_AVX512").is_some() {
+            return false;
+        }
+        #[cfg(target_arch = "x86_64")]
+        {
+            std::is_x86_feature_detected!("avx512f")
+                && std::is_x86_feature_detected!("avx512bw")
+                && std::is_x86_feature_detected!("avx512vnni")
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            false
+        }
+    })
+}
+
 /// Activation rows quantized to 8 bits: values, per-block scales, and per-block `scale * sum`.
 struct Quantized {
     q: Vec<i8>,
@@ -106,10 +129,27 @@ where
 {
     let rows = w.rows;
     let outp = OutPtr(out.as_mut_ptr());
+    let bytes = w.data.as_slice();
+    let row_bytes = bytes.len() / rows;
     pool.run(rows.div_ceil(ROWS_PER_TASK), |t| {
         let o = outp;
         let r0 = t * ROWS_PER_TASK;
         let r1 = (r0 + ROWS_PER_TASK).min(rows);
+        // The tiles fetch ahead of themselves; the start of a task's rows is fetched here, since
+        // the rows before them may have been another thread's.
+        #[cfg(target_arch = "x86_64")]
+        {
+            let start = r0 * row_bytes;
+            let end = (r1 * row_bytes).min(start + avx2::PREFETCH);
+            for off in (start..end).step_by(64) {
+                // SAFETY: a prefetch of an address inside the matrix; prefetches never fault.
+                unsafe {
+                    std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
+                        bytes.as_ptr().add(off) as *const i8,
+                    )
+                };
+            }
+        }
         let mut res = [0f32; TILE];
         let mut a0 = 0;
         while a0 < n {
@@ -148,9 +188,14 @@ fn matmul_blocks<B: Sync>(
 pub fn matmul_q4_1(w: &QMatrix, x: &[f32], n: usize, out: &mut [f32], pool: &ThreadPool) {
     matmul_blocks::<BlockQ4_1>(w, x, n, out, pool, |wr, xq, a0, cnt, bpr, res| {
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: the caller chose this path because `available()` said AVX2 and FMA are there.
+        // SAFETY: the caller chose this path because `available()` said AVX2 and FMA are there,
+        // and `avx512()` checked for the AVX-512 features.
         unsafe {
-            avx2::q4_1_tile(wr, xq, a0, cnt, bpr, res)
+            if avx512() {
+                avx512::q4_1_tile(wr, xq, a0, cnt, bpr, res)
+            } else {
+                avx2::q4_1_tile(wr, xq, a0, cnt, bpr, res)
+            }
         }
         #[cfg(not(target_arch = "x86_64"))]
         scalar_q4_1_tile(wr, xq, a0, cnt, bpr, res)
@@ -162,7 +207,11 @@ pub fn matmul_q8_0(w: &QMatrix, x: &[f32], n: usize, out: &mut [f32], pool: &Thr
         #[cfg(target_arch = "x86_64")]
         // SAFETY: as above.
         unsafe {
-            avx2::q8_0_tile(wr, xq, a0, cnt, bpr, res)
+            if avx512() {
+                avx512::q8_0_tile(wr, xq, a0, cnt, bpr, res)
+            } else {
+                avx2::q8_0_tile(wr, xq, a0, cnt, bpr, res)
+            }
         }
         #[cfg(not(target_arch = "x86_64"))]
         scalar_q8_0_tile(wr, xq, a0, cnt, bpr, res)
@@ -229,6 +278,19 @@ mod avx2 {
 
     use super::{BlockQ4_1, BlockQ8_0, Quantized, QK, TILE};
 
+    /// How far ahead of the block being multiplied the weight stream is fetched, in bytes. The
+    /// model's weights don't fit in the cache, and the hardware prefetcher stops at every 4 KiB
+    /// page and at every task's first row; fetching ahead by hand keeps the loads from stalling.
+    /// Rows of one matrix lie end to end, so this reaches into the task's next rows; a prefetch
+    /// past the matrix's end is harmless (prefetches never fault).
+    pub(super) const PREFETCH: usize = 2048;
+
+    #[inline(always)]
+    pub(super) unsafe fn prefetch<B>(blk: &B) {
+        let p = (blk as *const B as *const i8).wrapping_add(PREFETCH);
+        _mm_prefetch::<_MM_HINT_T0>(p);
+    }
+
     #[inline]
     #[target_feature(enable = "avx2,fma")]
     unsafe fn hsum(v: __m256) -> f32 {
@@ -281,6 +343,7 @@ mod avx2 {
         let mut offs = [[0f32; CNT]; 2];
         let xqp = xq.q.as_ptr();
         for (b, blk) in wr.iter().enumerate() {
+            prefetch(blk);
             let raw = _mm_loadu_si128(blk.qs.as_ptr() as *const __m128i);
             let lo = _mm_and_si128(raw, mask);
             let hi = _mm_and_si128(_mm_srli_epi16(raw, 4), mask);
@@ -316,6 +379,7 @@ mod avx2 {
         let mut acc = [[_mm256_setzero_ps(); CNT]; 2];
         let xqp = xq.q.as_ptr();
         for (b, blk) in wr.iter().enumerate() {
+            prefetch(blk);
             let wv = _mm256_loadu_si256(blk.qs.as_ptr() as *const __m256i);
             // maddubs multiplies unsigned by signed: move the weight's sign onto the activation.
             let aw = _mm256_sign_epi8(wv, wv);
@@ -332,6 +396,170 @@ mod avx2 {
         }
         for j in 0..CNT {
             res[j] = hsum(_mm256_add_ps(acc[0][j], acc[1][j]));
+        }
+    }
+}
+
+/// The same tiles with AVX-512: two blocks per 512-bit register, `vpdpbusd` for the byte products.
+/// Integer sums are exact either way; only the order of the float additions differs from AVX2.
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use std::arch::x86_64::*;
+
+    use super::avx2::prefetch;
+    use super::{BlockQ4_1, BlockQ8_0, Quantized, QK, TILE};
+
+    macro_rules! by_count {
+        ($name:ident, $tile:ident, $block:ty) => {
+            #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma")]
+            pub(super) unsafe fn $name(
+                wr: &[$block],
+                xq: &Quantized,
+                a0: usize,
+                cnt: usize,
+                bpr: usize,
+                res: &mut [f32; TILE],
+            ) {
+                match cnt {
+                    1 => $tile::<1>(wr, xq, a0, bpr, res),
+                    2 => $tile::<2>(wr, xq, a0, bpr, res),
+                    3 => $tile::<3>(wr, xq, a0, bpr, res),
+                    _ => $tile::<4>(wr, xq, a0, bpr, res),
+                }
+            }
+        };
+    }
+    const _: () = assert!(TILE == 4);
+    by_count!(q4_1_tile, q4_1_tile_n, BlockQ4_1);
+    by_count!(q8_0_tile, q8_0_tile_n, BlockQ8_0);
+
+    /// `[a × 8, b × 8]`: one scale per block of a pair, across the lanes that block's sums land in.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma")]
+    unsafe fn pair(a: f32, b: f32) -> __m512 {
+        let idx = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
+        _mm512_permutexvar_ps(idx, _mm512_castps128_ps512(_mm_set_ps(0.0, 0.0, b, a)))
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma")]
+    unsafe fn q4_1_tile_n<const CNT: usize>(
+        wr: &[BlockQ4_1],
+        xq: &Quantized,
+        a0: usize,
+        bpr: usize,
+        res: &mut [f32; TILE],
+    ) {
+        let mask = _mm256_set1_epi8(0x0F);
+        let mut acc = [_mm512_setzero_ps(); CNT];
+        let mut offs = [0f32; CNT];
+        let xqp = xq.q.as_ptr();
+        let xd = xq.d.as_ptr();
+        let xs = xq.s.as_ptr();
+        let mut b = 0;
+        while b + 2 <= bpr {
+            let (b0, b1) = (wr.get_unchecked(b), wr.get_unchecked(b + 1));
+            prefetch(b0);
+            let raw = _mm256_loadu2_m128i(
+                b1.qs.as_ptr() as *const __m128i,
+                b0.qs.as_ptr() as *const __m128i,
+            );
+            let lo = _mm256_and_si256(raw, mask);
+            let hi = _mm256_and_si256(_mm256_srli_epi16(raw, 4), mask);
+            // [lo0 | lo1 | hi0 | hi1] → [lo0 | hi0 | lo1 | hi1], the activations' order.
+            let w = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(lo), hi);
+            let w = _mm512_shuffle_i64x2::<0b11_01_10_00>(w, w);
+            let dw = pair(b0.d.to_f32(), b1.d.to_f32());
+            let (m0, m1) = (b0.m.to_f32(), b1.m.to_f32());
+            for j in 0..CNT {
+                let xi = (a0 + j) * bpr + b;
+                let xv = _mm512_loadu_si512(xqp.add(xi * QK) as *const _);
+                let p = _mm512_dpbusd_epi32(_mm512_setzero_si512(), w, xv);
+                let scale = _mm512_mul_ps(dw, pair(*xd.add(xi), *xd.add(xi + 1)));
+                acc[j] = _mm512_fmadd_ps(scale, _mm512_cvtepi32_ps(p), acc[j]);
+                offs[j] += m0 * *xs.add(xi) + m1 * *xs.add(xi + 1);
+            }
+            b += 2;
+        }
+        if b < bpr {
+            let blk = wr.get_unchecked(b);
+            let raw = _mm_loadu_si128(blk.qs.as_ptr() as *const __m128i);
+            let m4 = _mm_set1_epi8(0x0F);
+            let lo = _mm_and_si128(raw, m4);
+            let hi = _mm_and_si128(_mm_srli_epi16(raw, 4), m4);
+            let w = _mm512_zextsi256_si512(_mm256_set_m128i(hi, lo));
+            let (dw, mw) = (blk.d.to_f32(), blk.m.to_f32());
+            for j in 0..CNT {
+                let xi = (a0 + j) * bpr + b;
+                let xv =
+                    _mm512_zextsi256_si512(_mm256_loadu_si256(xqp.add(xi * QK) as *const __m256i));
+                let p = _mm512_dpbusd_epi32(_mm512_setzero_si512(), w, xv);
+                let scale = _mm512_set1_ps(dw * *xd.add(xi));
+                acc[j] = _mm512_fmadd_ps(scale, _mm512_cvtepi32_ps(p), acc[j]);
+                offs[j] += mw * *xs.add(xi);
+            }
+        }
+        for j in 0..CNT {
+            res[j] = _mm512_reduce_add_ps(acc[j]) + offs[j];
+        }
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma")]
+    unsafe fn q8_0_tile_n<const CNT: usize>(
+        wr: &[BlockQ8_0],
+        xq: &Quantized,
+        a0: usize,
+        bpr: usize,
+        res: &mut [f32; TILE],
+    ) {
+        let mut acc = [_mm512_setzero_ps(); CNT];
+        let xqp = xq.q.as_ptr();
+        let xd = xq.d.as_ptr();
+        let zero = _mm512_setzero_si512();
+        let mut b = 0;
+        while b < bpr {
+            let two = b + 2 <= bpr;
+            let b0 = wr.get_unchecked(b);
+            prefetch(b0);
+            let w0 = _mm256_loadu_si256(b0.qs.as_ptr() as *const __m256i);
+            let (w, dw) = if two {
+                let b1 = wr.get_unchecked(b + 1);
+                let w1 = _mm256_loadu_si256(b1.qs.as_ptr() as *const __m256i);
+                (
+                    _mm512_inserti64x4::<1>(_mm512_castsi256_si512(w0), w1),
+                    pair(b0.d.to_f32(), b1.d.to_f32()),
+                )
+            } else {
+                (_mm512_zextsi256_si512(w0), _mm512_set1_ps(b0.d.to_f32()))
+            };
+            // vpdpbusd multiplies unsigned by signed: move the weight's sign onto the activation.
+            let neg = _mm512_movepi8_mask(w);
+            let aw = _mm512_abs_epi8(w);
+            for j in 0..CNT {
+                let xi = (a0 + j) * bpr + b;
+                let (xv, xs) = if two {
+                    (
+                        _mm512_loadu_si512(xqp.add(xi * QK) as *const _),
+                        pair(*xd.add(xi), *xd.add(xi + 1)),
+                    )
+                } else {
+                    // The row's last block: the upper half stays zero (and is not read).
+                    (
+                        _mm512_zextsi256_si512(_mm256_loadu_si256(
+                            xqp.add(xi * QK) as *const __m256i
+                        )),
+                        _mm512_set1_ps(*xd.add(xi)),
+                    )
+                };
+                let sx = _mm512_mask_sub_epi8(xv, neg, zero, xv);
+                let p = _mm512_dpbusd_epi32(zero, aw, sx);
+                acc[j] = _mm512_fmadd_ps(_mm512_mul_ps(dw, xs), _mm512_cvtepi32_ps(p), acc[j]);
+            }
+            b += if two { 2 } else { 1 };
+        }
+        for j in 0..CNT {
+            res[j] = _mm512_reduce_add_ps(acc[j]);
         }
     }
 }
@@ -437,6 +665,45 @@ mod tests {
                     (a[j] - b[j]).abs() <= 1e-4 * b[j].abs().max(1.0),
                     "q8_0 {a:?} {b:?}"
                 );
+            }
+        }
+    }
+
+    #[test]
+    fn avx512_matches_the_scalar_tiles() {
+        if !available() || !avx512() {
+            return;
+        }
+        // An odd block count too, for the last unpaired block.
+        for blocks_per_row in [8, 7, 1] {
+            let cols = blocks_per_row * QK;
+            let w4 = matrix(GgmlDType::Q4_1, 8, cols);
+            let w8 = matrix(GgmlDType::Q8_0, 8, cols);
+            let x = random(5 * cols, 3);
+            let xq = quantize_rows(&x);
+            let bpr = blocks_per_row;
+            for row in 0..8 {
+                for cnt in 1..=4 {
+                    let (mut a, mut b) = ([0f32; TILE], [0f32; TILE]);
+                    let r4 = &blocks::<BlockQ4_1>(&w4)[row * bpr..(row + 1) * bpr];
+                    unsafe { avx512::q4_1_tile(r4, &xq, 1, cnt, bpr, &mut a) };
+                    scalar_q4_1_tile(r4, &xq, 1, cnt, bpr, &mut b);
+                    for j in 0..cnt {
+                        assert!(
+                            (a[j] - b[j]).abs() <= 1e-4 * b[j].abs().max(1.0),
+                            "q4_1 {bpr} blocks, {cnt} rows: {a:?} {b:?}"
+                        );
+                    }
+                    let r8 = &blocks::<BlockQ8_0>(&w8)[row * bpr..(row + 1) * bpr];
+                    unsafe { avx512::q8_0_tile(r8, &xq, 1, cnt, bpr, &mut a) };
+                    scalar_q8_0_tile(r8, &xq, 1, cnt, bpr, &mut b);
+                    for j in 0..cnt {
+                        assert!(
+                            (a[j] - b[j]).abs() <= 1e-4 * b[j].abs().max(1.0),
+                            "q8_0 {bpr} blocks, {cnt} rows: {a:?} {b:?}"
+                        );
+                    }
+                }
             }
         }
     }
