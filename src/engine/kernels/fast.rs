@@ -272,6 +272,31 @@ fn scalar_q8_0_tile(
     }
 }
 
+/// Defines `$name(.., cnt, ..)` for a module's tiles: it dispatches to the tile whose row count is a
+/// constant, so that tile's accumulators stay in registers.
+#[cfg(target_arch = "x86_64")]
+macro_rules! by_count {
+    ($features:literal, $name:ident, $tile:ident, $block:ty) => {
+        #[target_feature(enable = $features)]
+        pub(super) unsafe fn $name(
+            wr: &[$block],
+            xq: &Quantized,
+            a0: usize,
+            cnt: usize,
+            bpr: usize,
+            res: &mut [f32; TILE],
+        ) {
+            const _: () = assert!(TILE == 4);
+            match cnt {
+                1 => $tile::<1>(wr, xq, a0, bpr, res),
+                2 => $tile::<2>(wr, xq, a0, bpr, res),
+                3 => $tile::<3>(wr, xq, a0, bpr, res),
+                _ => $tile::<4>(wr, xq, a0, bpr, res),
+            }
+        }
+    };
+}
+
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
     use std::arch::x86_64::*;
@@ -300,30 +325,8 @@ mod avx2 {
         _mm_cvtss_f32(s)
     }
 
-    /// Dispatches to a tile whose row count is a constant, so its accumulators stay in registers.
-    macro_rules! by_count {
-        ($name:ident, $tile:ident, $block:ty) => {
-            #[target_feature(enable = "avx2,fma")]
-            pub(super) unsafe fn $name(
-                wr: &[$block],
-                xq: &Quantized,
-                a0: usize,
-                cnt: usize,
-                bpr: usize,
-                res: &mut [f32; TILE],
-            ) {
-                match cnt {
-                    1 => $tile::<1>(wr, xq, a0, bpr, res),
-                    2 => $tile::<2>(wr, xq, a0, bpr, res),
-                    3 => $tile::<3>(wr, xq, a0, bpr, res),
-                    _ => $tile::<4>(wr, xq, a0, bpr, res),
-                }
-            }
-        };
-    }
-    const _: () = assert!(TILE == 4);
-    by_count!(q4_1_tile, q4_1_tile_n, BlockQ4_1);
-    by_count!(q8_0_tile, q8_0_tile_n, BlockQ8_0);
+    by_count!("avx2,fma", q4_1_tile, q4_1_tile_n, BlockQ4_1);
+    by_count!("avx2,fma", q8_0_tile, q8_0_tile_n, BlockQ8_0);
 
     /// `CNT` dot products of one Q4_1 weight row with consecutive quantized activation rows.
     #[inline]
@@ -409,29 +412,18 @@ mod avx512 {
     use super::avx2::prefetch;
     use super::{BlockQ4_1, BlockQ8_0, Quantized, QK, TILE};
 
-    macro_rules! by_count {
-        ($name:ident, $tile:ident, $block:ty) => {
-            #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma")]
-            pub(super) unsafe fn $name(
-                wr: &[$block],
-                xq: &Quantized,
-                a0: usize,
-                cnt: usize,
-                bpr: usize,
-                res: &mut [f32; TILE],
-            ) {
-                match cnt {
-                    1 => $tile::<1>(wr, xq, a0, bpr, res),
-                    2 => $tile::<2>(wr, xq, a0, bpr, res),
-                    3 => $tile::<3>(wr, xq, a0, bpr, res),
-                    _ => $tile::<4>(wr, xq, a0, bpr, res),
-                }
-            }
-        };
-    }
-    const _: () = assert!(TILE == 4);
-    by_count!(q4_1_tile, q4_1_tile_n, BlockQ4_1);
-    by_count!(q8_0_tile, q8_0_tile_n, BlockQ8_0);
+    by_count!(
+        "avx512f,avx512bw,avx512vnni,avx2,fma",
+        q4_1_tile,
+        q4_1_tile_n,
+        BlockQ4_1
+    );
+    by_count!(
+        "avx512f,avx512bw,avx512vnni,avx2,fma",
+        q8_0_tile,
+        q8_0_tile_n,
+        BlockQ8_0
+    );
 
     /// `[a × 8, b × 8]`: one scale per block of a pair, across the lanes that block's sums land in.
     #[inline]
