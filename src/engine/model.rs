@@ -537,9 +537,13 @@ impl Model {
 
         for (il, layer) in self.layers.iter().enumerate() {
             rms_norm(&s.x, &layer.attn_norm, cfg.rms_eps, &mut s.h);
-            layer.wq.matmul(&s.h, n_tok, &mut s.q, pool);
-            layer.wk.matmul(&s.h, n_tok, &mut s.k, pool);
-            layer.wv.matmul(&s.h, n_tok, &mut s.v, pool);
+            QMatrix::matmul_many(
+                &[&layer.wq, &layer.wk, &layer.wv],
+                &s.h,
+                n_tok,
+                &mut [&mut s.q, &mut s.k, &mut s.v],
+                pool,
+            );
             if let Some(b) = &layer.bq {
                 add_bias(&mut s.q, b);
             }
@@ -599,8 +603,13 @@ impl Model {
             s.x.iter_mut().zip(&s.h).for_each(|(x, h)| *x += h);
 
             rms_norm(&s.x, &layer.ffn_norm, cfg.rms_eps, &mut s.h);
-            layer.w_gate.matmul(&s.h, n_tok, &mut s.gate, pool);
-            layer.w_up.matmul(&s.h, n_tok, &mut s.up, pool);
+            QMatrix::matmul_many(
+                &[&layer.w_gate, &layer.w_up],
+                &s.h,
+                n_tok,
+                &mut [&mut s.gate, &mut s.up],
+                pool,
+            );
             match cfg.activation {
                 Activation::Silu => s
                     .gate

@@ -10,13 +10,18 @@
 
 use half::f16;
 
-use super::{OutPtr, QMatrix, ThreadPool};
+use super::{GgmlDType, OutPtr, QMatrix, ThreadPool};
 
 const QK: usize = 32;
 /// Activation rows multiplied per weight-block load.
 const TILE: usize = 4;
-/// Output rows per pool task.
-const ROWS_PER_TASK: usize = 32;
+/// Output rows per pool task with one activation row (a decode step): long runs of contiguous
+/// weights, which is what keeps one sequence's step fed from memory (32 rows: ~155 tokens/s on a
+/// 2-core Zen 5; 128: ~175).
+const ROWS_PER_TASK_ONE: usize = 128;
+/// Output rows per pool task with more activation rows, where each row is more work and smaller
+/// tasks balance the threads better.
+const ROWS_PER_TASK_MANY: usize = 32;
 
 #[repr(C)]
 #[derive(Clone, Copy)]
@@ -122,23 +127,48 @@ fn blocks<T>(w: &QMatrix) -> &[T] {
     }
 }
 
-/// Splits rows across the pool and calls `dot_tile(row, first_activation, count, results)`.
-fn run_rows<F>(w: &QMatrix, n: usize, out: &mut [f32], pool: &ThreadPool, dot_tile: F)
-where
-    F: Fn(usize, usize, usize, &mut [f32; TILE]) + Sync,
-{
-    let rows = w.rows;
-    let outp = OutPtr(out.as_mut_ptr());
-    let bytes = w.data.as_slice();
-    let row_bytes = bytes.len() / rows;
-    pool.run(rows.div_ceil(ROWS_PER_TASK), |t| {
-        let o = outp;
-        let r0 = t * ROWS_PER_TASK;
-        let r1 = (r0 + ROWS_PER_TASK).min(rows);
+/// One weight row against up to `TILE` quantized activation rows.
+type TileFn<B> = fn(&[B], &Quantized, usize, usize, usize, &mut [f32; TILE]);
+
+/// `outs[i] = x · ws[i]ᵀ` for matrices of one block type over the same input (query, key and
+/// value; gate and up): the input is quantized once and one pool section covers every matrix's
+/// rows, so a layer waits at fewer barriers.
+fn matmul_blocks<B: Sync>(
+    ws: &[&QMatrix],
+    x: &[f32],
+    n: usize,
+    outs: &mut [&mut [f32]],
+    pool: &ThreadPool,
+    tile: TileFn<B>,
+) {
+    let xq = quantize_rows(x);
+    let per_task = if n == 1 {
+        ROWS_PER_TASK_ONE
+    } else {
+        ROWS_PER_TASK_MANY
+    };
+    // Each matrix's first task, and where its output goes.
+    let mut first = Vec::with_capacity(ws.len() + 1);
+    let mut total = 0;
+    for w in ws {
+        first.push(total);
+        total += w.rows.div_ceil(per_task);
+    }
+    first.push(total);
+    let outp: Vec<OutPtr> = outs.iter_mut().map(|o| OutPtr(o.as_mut_ptr())).collect();
+    pool.run(total, |t| {
+        let i = first.partition_point(|&f| f <= t) - 1;
+        let (w, o) = (ws[i], outp[i]);
+        let (rows, bpr) = (w.rows, w.cols / QK);
+        let wb = blocks::<B>(w);
+        let r0 = (t - first[i]) * per_task;
+        let r1 = (r0 + per_task).min(rows);
         // The tiles fetch ahead of themselves; the start of a task's rows is fetched here, since
         // the rows before them may have been another thread's.
         #[cfg(target_arch = "x86_64")]
         {
+            let bytes = w.data.as_slice();
+            let row_bytes = bytes.len() / rows;
             let start = r0 * row_bytes;
             let end = (r1 * row_bytes).min(start + avx2::PREFETCH);
             for off in (start..end).step_by(64) {
@@ -155,9 +185,9 @@ where
         while a0 < n {
             let cnt = TILE.min(n - a0);
             for row in r0..r1 {
-                dot_tile(row, a0, cnt, &mut res);
+                tile(&wb[row * bpr..(row + 1) * bpr], &xq, a0, cnt, bpr, &mut res);
                 for (j, v) in res.iter().take(cnt).enumerate() {
-                    // SAFETY: (a0 + j, row) belongs to this task's rows alone.
+                    // SAFETY: (a0 + j, row) of matrix i belongs to this task alone.
                     unsafe { *o.0.add((a0 + j) * rows + row) = *v };
                 }
             }
@@ -166,56 +196,79 @@ where
     });
 }
 
-/// One weight row against up to `TILE` quantized activation rows.
-type TileFn<B> = fn(&[B], &Quantized, usize, usize, usize, &mut [f32; TILE]);
+/// The matrices `matmul_many` can serve together: one fast block type, one input width.
+pub fn can_share(ws: &[&QMatrix]) -> bool {
+    available()
+        && ws.iter().all(|w| {
+            w.cols == ws[0].cols
+                && w.dtype == ws[0].dtype
+                && matches!(w.dtype, GgmlDType::Q4_1 | GgmlDType::Q8_0)
+        })
+}
 
-fn matmul_blocks<B: Sync>(
-    w: &QMatrix,
+/// Several products over the same input; the caller checked `can_share`.
+pub fn matmul_many(
+    ws: &[&QMatrix],
     x: &[f32],
     n: usize,
-    out: &mut [f32],
+    outs: &mut [&mut [f32]],
     pool: &ThreadPool,
-    tile: TileFn<B>,
 ) {
-    let xq = quantize_rows(x);
-    let wb = blocks::<B>(w);
-    let bpr = w.cols / QK;
-    run_rows(w, n, out, pool, |row, a0, cnt, res| {
-        tile(&wb[row * bpr..(row + 1) * bpr], &xq, a0, cnt, bpr, res)
-    });
+    match ws[0].dtype {
+        GgmlDType::Q4_1 => matmul_blocks::<BlockQ4_1>(ws, x, n, outs, pool, q4_1_tile),
+        _ => matmul_blocks::<BlockQ8_0>(ws, x, n, outs, pool, q8_0_tile),
+    }
+}
+
+fn q4_1_tile(
+    wr: &[BlockQ4_1],
+    xq: &Quantized,
+    a0: usize,
+    cnt: usize,
+    bpr: usize,
+    res: &mut [f32; TILE],
+) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: the caller chose this path because `available()` said AVX2 and FMA are there,
+    // and `avx512()` checked for the AVX-512 features.
+    unsafe {
+        if avx512() {
+            avx512::q4_1_tile(wr, xq, a0, cnt, bpr, res)
+        } else {
+            avx2::q4_1_tile(wr, xq, a0, cnt, bpr, res)
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    scalar_q4_1_tile(wr, xq, a0, cnt, bpr, res)
+}
+
+fn q8_0_tile(
+    wr: &[BlockQ8_0],
+    xq: &Quantized,
+    a0: usize,
+    cnt: usize,
+    bpr: usize,
+    res: &mut [f32; TILE],
+) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: as above.
+    unsafe {
+        if avx512() {
+            avx512::q8_0_tile(wr, xq, a0, cnt, bpr, res)
+        } else {
+            avx2::q8_0_tile(wr, xq, a0, cnt, bpr, res)
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    scalar_q8_0_tile(wr, xq, a0, cnt, bpr, res)
 }
 
 pub fn matmul_q4_1(w: &QMatrix, x: &[f32], n: usize, out: &mut [f32], pool: &ThreadPool) {
-    matmul_blocks::<BlockQ4_1>(w, x, n, out, pool, |wr, xq, a0, cnt, bpr, res| {
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: the caller chose this path because `available()` said AVX2 and FMA are there,
-        // and `avx512()` checked for the AVX-512 features.
-        unsafe {
-            if avx512() {
-                avx512::q4_1_tile(wr, xq, a0, cnt, bpr, res)
-            } else {
-                avx2::q4_1_tile(wr, xq, a0, cnt, bpr, res)
-            }
-        }
-        #[cfg(not(target_arch = "x86_64"))]
-        scalar_q4_1_tile(wr, xq, a0, cnt, bpr, res)
-    })
+    matmul_blocks::<BlockQ4_1>(&[w], x, n, &mut [out], pool, q4_1_tile)
 }
 
 pub fn matmul_q8_0(w: &QMatrix, x: &[f32], n: usize, out: &mut [f32], pool: &ThreadPool) {
-    matmul_blocks::<BlockQ8_0>(w, x, n, out, pool, |wr, xq, a0, cnt, bpr, res| {
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: as above.
-        unsafe {
-            if avx512() {
-                avx512::q8_0_tile(wr, xq, a0, cnt, bpr, res)
-            } else {
-                avx2::q8_0_tile(wr, xq, a0, cnt, bpr, res)
-            }
-        }
-        #[cfg(not(target_arch = "x86_64"))]
-        scalar_q8_0_tile(wr, xq, a0, cnt, bpr, res)
-    })
+    matmul_blocks::<BlockQ8_0>(&[w], x, n, &mut [out], pool, q8_0_tile)
 }
 
 /// The plain versions of the tiles: the reference the AVX2 code is tested against.
@@ -695,6 +748,35 @@ mod tests {
                             "q8_0 {bpr} blocks, {cnt} rows: {a:?} {b:?}"
                         );
                     }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn several_matrices_over_one_input_match_separate_products() {
+        let pool = ThreadPool::new(2);
+        for dtype in [GgmlDType::Q4_1, GgmlDType::Q8_0, GgmlDType::Q4K] {
+            let (a, b, c) = (
+                matrix(dtype, 300, 256),
+                matrix(dtype, 70, 256),
+                matrix(dtype, 129, 256),
+            );
+            for n in [1, 5] {
+                let x = random(n * 256, 5);
+                let mut together = [vec![0f32; n * 300], vec![0f32; n * 70], vec![0f32; n * 129]];
+                let [ta, tb, tc] = &mut together;
+                QMatrix::matmul_many(
+                    &[&a, &b, &c],
+                    &x,
+                    n,
+                    &mut [&mut ta[..], &mut tb[..], &mut tc[..]],
+                    &pool,
+                );
+                for (w, t) in [&a, &b, &c].iter().zip(&together) {
+                    let mut alone = vec![0f32; n * w.rows()];
+                    w.matmul(&x, n, &mut alone, &pool);
+                    assert_eq!(&alone, t, "{dtype:?} n={n} {}x{}", w.rows(), w.cols());
                 }
             }
         }

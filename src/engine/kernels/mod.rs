@@ -126,6 +126,33 @@ impl QMatrix {
         }
     }
 
+    /// `outs[i] = x · ws[i]ᵀ` for several matrices over the same input (a layer's query, key and
+    /// value; its gate and up): with the fast kernels, one quantization of `x` and one parallel
+    /// section for all of them. Results are the same as separate `matmul`s.
+    pub fn matmul_many(
+        ws: &[&QMatrix],
+        x: &[f32],
+        n: usize,
+        outs: &mut [&mut [f32]],
+        pool: &ThreadPool,
+    ) {
+        assert_eq!(ws.len(), outs.len(), "one output per matrix");
+        for (w, o) in ws.iter().zip(outs.iter()) {
+            assert_eq!(x.len(), n * w.cols, "activation shape");
+            assert_eq!(o.len(), n * w.rows, "output shape");
+        }
+        if ws.is_empty() || n == 0 {
+            return;
+        }
+        if fast::can_share(ws) {
+            fast::matmul_many(ws, x, n, outs, pool)
+        } else {
+            for (w, o) in ws.iter().zip(outs.iter_mut()) {
+                w.matmul(x, n, o, pool);
+            }
+        }
+    }
+
     /// The portable path for every type (also the reference the fast paths are tested against).
     pub fn matmul_generic(&self, x: &[f32], n: usize, out: &mut [f32], pool: &ThreadPool) {
         match self.dtype {
