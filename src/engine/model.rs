@@ -657,7 +657,7 @@ impl Model {
         Ok(logits)
     }
 
-    /// Causal attention of every new row against its own sequence's cache, one task per (row, head).
+    /// Causal attention of every new row against its own sequence's cache, one task per (row, key-value head).
     #[allow(clippy::too_many_arguments)]
     fn attention(
         &self,
@@ -669,7 +669,7 @@ impl Model {
         pool: &ThreadPool,
     ) {
         let cfg = &self.cfg;
-        let (hd, qd, nh) = (cfg.head_dim, cfg.q_dim(), cfg.n_head);
+        let (hd, qd) = (cfg.head_dim, cfg.q_dim());
         let group = cfg.n_head / cfg.n_head_kv;
         let kvd = cfg.kv_dim();
         let n_tok = positions.len();
@@ -678,13 +678,16 @@ impl Model {
         for (i, it) in items.iter().enumerate() {
             row_item.extend(std::iter::repeat_n(i, it.tokens.len()));
         }
-        let n_tasks = n_tok * nh;
+        // One task per (row, key-value head): the query heads that share a key-value head read
+        // each key and value once between them.
+        let n_kv = cfg.n_head_kv;
+        let n_tasks = n_tok * n_kv;
         let o_ptr = SyncPtr(s.o.as_mut_ptr());
         let q = &s.q;
         let scale = cfg.attn_scale;
         pool.run(n_tasks, |task| {
             let o_ptr = o_ptr;
-            let (row, h) = (task / nh, task % nh);
+            let (row, g) = (task / n_kv, task % n_kv);
             let it = &items[row_item[row]];
             let pos = positions[row];
             let first = match window {
@@ -693,32 +696,42 @@ impl Model {
             };
             let keys = it.kv.keys(il);
             let vals = it.kv.values(il);
-            let g = h / group;
-            let qh = &q[row * qd + h * hd..row * qd + (h + 1) * hd];
-            // SAFETY: task (row, h) alone writes o[row*qd + h*hd ..][..hd].
-            let out = unsafe { std::slice::from_raw_parts_mut(o_ptr.0.add(row * qd + h * hd), hd) };
+            let h0 = g * group;
             let n = pos + 1 - first;
+            // SAFETY: task (row, g) alone writes o[row*qd + h*hd ..][..hd] for its heads h, which
+            // are contiguous: h0*hd .. (h0+group)*hd.
+            let out = unsafe {
+                std::slice::from_raw_parts_mut(o_ptr.0.add(row * qd + h0 * hd), group * hd)
+            };
+            let qg = &q[row * qd + h0 * hd..row * qd + (h0 + group) * hd];
             SCORES.with_borrow_mut(|sc| {
-                if sc.len() < n {
-                    sc.resize(n, 0.0);
+                if sc.len() < n * group {
+                    sc.resize(n * group, 0.0);
                 }
-                let mut mx = f32::NEG_INFINITY;
+                // Scores head-major: sc[h * n + j].
                 for (j, p) in (first..=pos).enumerate() {
                     let kj = &keys[p * kvd + g * hd..p * kvd + (g + 1) * hd];
-                    let v = dot(qh, kj) * scale;
-                    sc[j] = v;
-                    mx = mx.max(v);
+                    for h in 0..group {
+                        sc[h * n + j] = dot(&qg[h * hd..(h + 1) * hd], kj) * scale;
+                    }
                 }
-                let mut sum = 0.0;
-                for v in sc[..n].iter_mut() {
-                    *v = (*v - mx).exp();
-                    sum += *v;
+                for h in 0..group {
+                    let sh = &mut sc[h * n..(h + 1) * n];
+                    let mx = sh.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+                    let mut sum = 0.0;
+                    for v in sh.iter_mut() {
+                        *v = (*v - mx).exp();
+                        sum += *v;
+                    }
+                    let inv = 1.0 / sum;
+                    sh.iter_mut().for_each(|v| *v *= inv);
                 }
-                let inv = 1.0 / sum;
                 out.iter_mut().for_each(|o| *o = 0.0);
                 for (j, p) in (first..=pos).enumerate() {
                     let vj = &vals[p * kvd + g * hd..p * kvd + (g + 1) * hd];
-                    axpy(out, sc[j] * inv, vj);
+                    for h in 0..group {
+                        axpy(&mut out[h * hd..(h + 1) * hd], sc[h * n + j], vj);
+                    }
                 }
             });
         });
