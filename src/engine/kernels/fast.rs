@@ -220,48 +220,35 @@ pub fn matmul_many(
     }
 }
 
-fn q4_1_tile(
-    wr: &[BlockQ4_1],
-    xq: &Quantized,
-    a0: usize,
-    cnt: usize,
-    bpr: usize,
-    res: &mut [f32; TILE],
-) {
-    #[cfg(target_arch = "x86_64")]
-    // SAFETY: the caller chose this path because `available()` said AVX2 and FMA are there,
-    // and `avx512()` checked for the AVX-512 features.
-    unsafe {
-        if avx512() {
-            avx512::q4_1_tile(wr, xq, a0, cnt, bpr, res)
-        } else {
-            avx2::q4_1_tile(wr, xq, a0, cnt, bpr, res)
+/// Defines a block type's tile: the AVX-512 one where the CPU has it, else AVX2 (else, off x86,
+/// the scalar one).
+macro_rules! tile_for_this_cpu {
+    ($name:ident, $block:ty, $scalar:ident) => {
+        fn $name(
+            wr: &[$block],
+            xq: &Quantized,
+            a0: usize,
+            cnt: usize,
+            bpr: usize,
+            res: &mut [f32; TILE],
+        ) {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: the caller chose this path because `available()` said AVX2 and FMA are
+            // there, and `avx512()` checked for the AVX-512 features.
+            unsafe {
+                if avx512() {
+                    avx512::$name(wr, xq, a0, cnt, bpr, res)
+                } else {
+                    avx2::$name(wr, xq, a0, cnt, bpr, res)
+                }
+            }
+            #[cfg(not(target_arch = "x86_64"))]
+            $scalar(wr, xq, a0, cnt, bpr, res)
         }
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    scalar_q4_1_tile(wr, xq, a0, cnt, bpr, res)
+    };
 }
-
-fn q8_0_tile(
-    wr: &[BlockQ8_0],
-    xq: &Quantized,
-    a0: usize,
-    cnt: usize,
-    bpr: usize,
-    res: &mut [f32; TILE],
-) {
-    #[cfg(target_arch = "x86_64")]
-    // SAFETY: as above.
-    unsafe {
-        if avx512() {
-            avx512::q8_0_tile(wr, xq, a0, cnt, bpr, res)
-        } else {
-            avx2::q8_0_tile(wr, xq, a0, cnt, bpr, res)
-        }
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    scalar_q8_0_tile(wr, xq, a0, cnt, bpr, res)
-}
+tile_for_this_cpu!(q4_1_tile, BlockQ4_1, scalar_q4_1_tile);
+tile_for_this_cpu!(q8_0_tile, BlockQ8_0, scalar_q8_0_tile);
 
 pub fn matmul_q4_1(w: &QMatrix, x: &[f32], n: usize, out: &mut [f32], pool: &ThreadPool) {
     matmul_blocks::<BlockQ4_1>(&[w], x, n, &mut [out], pool, q4_1_tile)
