@@ -124,11 +124,29 @@ fn strftime_now(fmt: String) -> String {
     out
 }
 
+/// The most template instructions one render may run (minijinja's fuel): a loop that runs away
+/// stops with an error instead of holding the caller. Real templates use a few hundred per message.
+const MAX_RENDER_FUEL: u64 = 20_000_000;
+/// The longest sequence a template may print in one `{{ }}`. minijinja repeats a sequence lazily
+/// (`n * seq`), so a huge repetition costs nothing until it is printed, and printing it can't be
+/// interrupted; a chat prompt never prints a list this long.
+const MAX_PRINTED_ITEMS: usize = 100_000;
+
 impl ChatTemplate {
     pub fn new(source: &str, bos_token: &str, eos_token: &str) -> Result<Self> {
         let mut env = Environment::new();
         env.set_trim_blocks(true);
         env.set_lstrip_blocks(true);
+        env.set_fuel(Some(MAX_RENDER_FUEL));
+        env.set_formatter(|out, state, value| {
+            if value.len().is_some_and(|n| n > MAX_PRINTED_ITEMS) {
+                return Err(minijinja::Error::new(
+                    minijinja::ErrorKind::InvalidOperation,
+                    format!("a sequence of more than {MAX_PRINTED_ITEMS} items is not printed"),
+                ));
+            }
+            minijinja::escape_formatter(out, state, value)
+        });
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
         env.add_function("raise_exception", raise_exception);
         env.add_function("strftime_now", strftime_now);
@@ -244,6 +262,30 @@ mod tests {
         let err = ChatTemplate::new("{% for m in messages %}", "", "")
             .err()
             .unwrap()
+            .to_string();
+        assert!(err.contains("chat template"), "{err}");
+    }
+
+    #[test]
+    fn a_runaway_template_stops_with_a_clear_error() {
+        // Found by the fuzzer: a sequence repeated billions of times, printed.
+        let huge = ChatTemplate::new("{{ 77 * 70000002554 * tools }}", "", "").unwrap();
+        let tools = serde_json::json!([{"type": "function", "function": {"name": "f"}}]);
+        let err = huge
+            .render(&[ChatMessage::user("hi")], Some(&tools), true)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("is not printed"), "{err}");
+        // A loop that writes nothing runs out of fuel instead.
+        let busy = ChatTemplate::new(
+            "{% for a in range(100000) %}{% for b in range(100000) %}{% endfor %}{% endfor %}",
+            "",
+            "",
+        )
+        .unwrap();
+        let err = busy
+            .render(&[ChatMessage::user("hi")], None, true)
+            .unwrap_err()
             .to_string();
         assert!(err.contains("chat template"), "{err}");
     }
