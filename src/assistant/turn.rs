@@ -1112,13 +1112,14 @@ impl<'a> Turn<'a> {
                     message
                 } else if code != Refusal::Status {
                     // The shop's sentence in the shopper's language, its blanks filled from the
-                    // refusal; one the phrases don't know stays as the shop wrote it.
-                    let args: Vec<(&str, &str)> =
-                        phrase.args.iter().map(|(k, v)| (*k, v.as_str())).collect();
-                    if phrase.key.is_empty() || !self.inner.prompts.has(self.lang, &key) {
-                        message
-                    } else {
+                    // refusal; one the phrases don't know (or a refusal without a phrase, whose
+                    // key is empty) stays as the shop wrote it.
+                    if self.inner.prompts.has(self.lang, &key) {
+                        let args: Vec<(&str, &str)> =
+                            phrase.args.iter().map(|(k, v)| (*k, v.as_str())).collect();
                         self.inner.prompts.say(self.lang, &key, &args)
+                    } else {
+                        message
                     }
                 } else {
                     let allowed = self

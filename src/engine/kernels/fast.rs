@@ -250,14 +250,6 @@ macro_rules! tile_for_this_cpu {
 tile_for_this_cpu!(q4_1_tile, BlockQ4_1, scalar_q4_1_tile);
 tile_for_this_cpu!(q8_0_tile, BlockQ8_0, scalar_q8_0_tile);
 
-pub fn matmul_q4_1(w: &QMatrix, x: &[f32], n: usize, out: &mut [f32], pool: &ThreadPool) {
-    matmul_blocks::<BlockQ4_1>(&[w], x, n, &mut [out], pool, q4_1_tile)
-}
-
-pub fn matmul_q8_0(w: &QMatrix, x: &[f32], n: usize, out: &mut [f32], pool: &ThreadPool) {
-    matmul_blocks::<BlockQ8_0>(&[w], x, n, &mut [out], pool, q8_0_tile)
-}
-
 /// The plain versions of the tiles: the reference the AVX2 code is tested against.
 #[allow(dead_code)]
 fn scalar_q4_1_tile(
@@ -365,6 +357,17 @@ mod avx2 {
         _mm_cvtss_f32(s)
     }
 
+    /// A Q4_1 block's 32 nibbles as bytes: low nibbles first, then high, the activations' order.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn q4_1_nibbles(blk: &BlockQ4_1) -> __m256i {
+        let mask = _mm_set1_epi8(0x0F);
+        let raw = _mm_loadu_si128(blk.qs.as_ptr() as *const __m128i);
+        let lo = _mm_and_si128(raw, mask);
+        let hi = _mm_and_si128(_mm_srli_epi16(raw, 4), mask);
+        _mm256_set_m128i(hi, lo)
+    }
+
     by_count!("avx2,fma", q4_1_tile, q4_1_tile_n, BlockQ4_1);
     by_count!("avx2,fma", q8_0_tile, q8_0_tile_n, BlockQ8_0);
 
@@ -378,7 +381,6 @@ mod avx2 {
         bpr: usize,
         res: &mut [f32; TILE],
     ) {
-        let mask = _mm_set1_epi8(0x0F);
         let ones = _mm256_set1_epi16(1);
         // Even and odd blocks go to separate accumulators, so consecutive blocks do not wait on
         // each other's FMA; every tile size does this, so a row's bits never depend on the tile.
@@ -387,10 +389,7 @@ mod avx2 {
         let xqp = xq.q.as_ptr();
         for (b, blk) in wr.iter().enumerate() {
             prefetch(blk);
-            let raw = _mm_loadu_si128(blk.qs.as_ptr() as *const __m128i);
-            let lo = _mm_and_si128(raw, mask);
-            let hi = _mm_and_si128(_mm_srli_epi16(raw, 4), mask);
-            let wv = _mm256_set_m128i(hi, lo);
+            let wv = q4_1_nibbles(blk);
             let dw = blk.d.to_f32();
             let mw = blk.m.to_f32();
             let (acc, offs) = (&mut acc[b & 1], &mut offs[b & 1]);
@@ -449,7 +448,7 @@ mod avx2 {
 mod avx512 {
     use std::arch::x86_64::*;
 
-    use super::avx2::prefetch;
+    use super::avx2::{prefetch, q4_1_nibbles};
     use super::{BlockQ4_1, BlockQ8_0, Quantized, QK, TILE};
 
     by_count!(
@@ -515,11 +514,7 @@ mod avx512 {
         }
         if b < bpr {
             let blk = wr.get_unchecked(b);
-            let raw = _mm_loadu_si128(blk.qs.as_ptr() as *const __m128i);
-            let m4 = _mm_set1_epi8(0x0F);
-            let lo = _mm_and_si128(raw, m4);
-            let hi = _mm_and_si128(_mm_srli_epi16(raw, 4), m4);
-            let w = _mm512_zextsi256_si512(_mm256_set_m128i(hi, lo));
+            let w = _mm512_zextsi256_si512(q4_1_nibbles(blk));
             let (dw, mw) = (blk.d.to_f32(), blk.m.to_f32());
             for j in 0..CNT {
                 let xi = (a0 + j) * bpr + b;

@@ -116,14 +116,7 @@ impl QMatrix {
     pub fn matmul(&self, x: &[f32], n: usize, out: &mut [f32], pool: &ThreadPool) {
         assert_eq!(x.len(), n * self.cols, "activation shape");
         assert_eq!(out.len(), n * self.rows, "output shape");
-        if n == 0 {
-            return;
-        }
-        match self.dtype {
-            GgmlDType::Q4_1 if fast::available() => fast::matmul_q4_1(self, x, n, out, pool),
-            GgmlDType::Q8_0 if fast::available() => fast::matmul_q8_0(self, x, n, out, pool),
-            _ => self.matmul_generic(x, n, out, pool),
-        }
+        Self::matmul_many(&[self], x, n, &mut [out], pool)
     }
 
     /// `outs[i] = x · ws[i]ᵀ` for several matrices over the same input (a layer's query, key and
@@ -148,7 +141,7 @@ impl QMatrix {
             fast::matmul_many(ws, x, n, outs, pool)
         } else {
             for (w, o) in ws.iter().zip(outs.iter_mut()) {
-                w.matmul(x, n, o, pool);
+                w.matmul_generic(x, n, o, pool);
             }
         }
     }
