@@ -10,6 +10,14 @@ use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
+use half::f16;
+use half::slice::HalfFloatSliceExt;
+
+/// How keys and values are stored: f16, as llama.cpp stores them by default. Attention reads every
+/// cached position of every sequence at each step, so with many sequences it is bound by these
+/// bytes; half of f32's.
+pub type KvElem = f16;
+
 /// Tokens per prefix-cache block. Small enough that a shared prefix is reused almost whole, large
 /// enough that the per-block bookkeeping stays negligible.
 pub const BLOCK: usize = 16;
@@ -18,8 +26,8 @@ pub const BLOCK: usize = 16;
 #[derive(Debug)]
 pub struct SeqKv {
     kv_dim: usize,
-    k: Vec<Vec<f32>>,
-    v: Vec<Vec<f32>>,
+    k: Vec<Vec<KvElem>>,
+    v: Vec<Vec<KvElem>>,
     len: usize,
 }
 
@@ -56,6 +64,15 @@ impl SeqKv {
 
     /// Appends rows for layer `il` during a step; [`commit`](Self::commit) makes them count.
     pub fn append(&mut self, il: usize, k: &[f32], v: &[f32]) {
+        for (dst, src) in [(&mut self.k[il], k), (&mut self.v[il], v)] {
+            let at = dst.len();
+            dst.resize(at + src.len(), f16::ZERO);
+            dst[at..].convert_from_f32_slice(src);
+        }
+    }
+
+    /// Appends rows already stored as [`KvElem`] (a prefix-cache block).
+    fn append_stored(&mut self, il: usize, k: &[KvElem], v: &[KvElem]) {
         self.k[il].extend_from_slice(k);
         self.v[il].extend_from_slice(v);
     }
@@ -64,11 +81,11 @@ impl SeqKv {
         self.len += n;
     }
 
-    pub fn keys(&self, il: usize) -> &[f32] {
+    pub fn keys(&self, il: usize) -> &[KvElem] {
         &self.k[il]
     }
 
-    pub fn values(&self, il: usize) -> &[f32] {
+    pub fn values(&self, il: usize) -> &[KvElem] {
         &self.v[il]
     }
 
@@ -82,7 +99,11 @@ impl SeqKv {
     }
 
     pub fn bytes(&self) -> usize {
-        self.k.iter().chain(&self.v).map(|x| x.capacity() * 4).sum()
+        self.k
+            .iter()
+            .chain(&self.v)
+            .map(|x| x.capacity() * std::mem::size_of::<KvElem>())
+            .sum()
     }
 }
 
@@ -91,8 +112,8 @@ struct Block {
     /// Hash of the prefix before this block, to tell apart equal blocks after different prefixes.
     parent: u64,
     /// `[layer][BLOCK × kv_dim]` keys then values.
-    k: Vec<Vec<f32>>,
-    v: Vec<Vec<f32>>,
+    k: Vec<Vec<KvElem>>,
+    v: Vec<Vec<KvElem>>,
     last_used: u64,
     bytes: usize,
 }
@@ -168,7 +189,7 @@ impl PrefixCache {
             if let Some(b) = self.blocks.get_mut(h) {
                 b.last_used = self.clock;
                 for (il, (k, v)) in b.k.iter().zip(&b.v).enumerate() {
-                    kv.append(il, k, v);
+                    kv.append_stored(il, k, v);
                 }
             }
         }
@@ -193,9 +214,9 @@ impl PrefixCache {
                 b.last_used = self.clock;
             } else {
                 let range = bi * BLOCK * kv.kv_dim..(bi + 1) * BLOCK * kv.kv_dim;
-                let k: Vec<Vec<f32>> = kv.k.iter().map(|l| l[range.clone()].to_vec()).collect();
-                let v: Vec<Vec<f32>> = kv.v.iter().map(|l| l[range.clone()].to_vec()).collect();
-                let bytes = 2 * k.len() * BLOCK * kv.kv_dim * 4;
+                let k: Vec<Vec<KvElem>> = kv.k.iter().map(|l| l[range.clone()].to_vec()).collect();
+                let v: Vec<Vec<KvElem>> = kv.v.iter().map(|l| l[range.clone()].to_vec()).collect();
+                let bytes = 2 * k.len() * BLOCK * kv.kv_dim * std::mem::size_of::<KvElem>();
                 if bytes > self.budget {
                     return;
                 }
@@ -285,7 +306,7 @@ mod tests {
     #[test]
     fn evicts_least_recently_used_within_budget() {
         let kv = filled(1, 2, 16, 0.0);
-        let block_bytes = 2 * 16 * 2 * 4;
+        let block_bytes = 2 * 16 * 2 * std::mem::size_of::<KvElem>();
         let mut pc = PrefixCache::new(2 * block_bytes);
         let a: Vec<u32> = vec![1; 16];
         let b: Vec<u32> = vec![2; 16];

@@ -14,6 +14,7 @@ use super::error::{EngineError, Result};
 use super::gguf::{GgufFile, TensorRef};
 use super::kernels::{GgmlDType, QMatrix, ThreadPool};
 use super::kv::SeqKv;
+use half::slice::HalfFloatSliceExt;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Arch {
@@ -394,9 +395,17 @@ fn rope_tables(positions: &[usize], inv_freq: &[f32], cos: &mut Vec<f32>, sin: &
     }
 }
 
+/// A pool thread's attention buffers, reused so tasks do not allocate.
+#[derive(Default)]
+struct AttnScratch {
+    /// Scores head-major: `scores[h * n + j]`.
+    scores: Vec<f32>,
+    /// One cached key or value row of the task's head, widened from [`KvElem`](super::kv::KvElem).
+    row: Vec<f32>,
+}
+
 thread_local! {
-    /// Attention scores of the task a pool thread is running; reused so tasks do not allocate.
-    static SCORES: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+    static ATTN: std::cell::RefCell<AttnScratch> = std::cell::RefCell::default();
 }
 
 /// Lets pool tasks write disjoint parts of one buffer.
@@ -704,36 +713,42 @@ impl Model {
                 std::slice::from_raw_parts_mut(o_ptr.0.add(row * qd + h0 * hd), group * hd)
             };
             let qg = &q[row * qd + h0 * hd..row * qd + (h0 + group) * hd];
-            SCORES.with_borrow_mut(|sc| {
-                if sc.len() < n * group {
-                    sc.resize(n * group, 0.0);
-                }
-                // Scores head-major: sc[h * n + j].
-                for (j, p) in (first..=pos).enumerate() {
-                    let kj = &keys[p * kvd + g * hd..p * kvd + (g + 1) * hd];
+            ATTN.with_borrow_mut(
+                |AttnScratch {
+                     scores: sc,
+                     row: kr,
+                 }| {
+                    if sc.len() < n * group {
+                        sc.resize(n * group, 0.0);
+                    }
+                    kr.resize(hd, 0.0);
+                    let row_of = |p: usize| p * kvd + g * hd..p * kvd + (g + 1) * hd;
+                    for (j, p) in (first..=pos).enumerate() {
+                        keys[row_of(p)].convert_to_f32_slice(kr);
+                        for h in 0..group {
+                            sc[h * n + j] = dot(&qg[h * hd..(h + 1) * hd], kr) * scale;
+                        }
+                    }
                     for h in 0..group {
-                        sc[h * n + j] = dot(&qg[h * hd..(h + 1) * hd], kj) * scale;
+                        let sh = &mut sc[h * n..(h + 1) * n];
+                        let mx = sh.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+                        let mut sum = 0.0;
+                        for v in sh.iter_mut() {
+                            *v = (*v - mx).exp();
+                            sum += *v;
+                        }
+                        let inv = 1.0 / sum;
+                        sh.iter_mut().for_each(|v| *v *= inv);
                     }
-                }
-                for h in 0..group {
-                    let sh = &mut sc[h * n..(h + 1) * n];
-                    let mx = sh.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
-                    let mut sum = 0.0;
-                    for v in sh.iter_mut() {
-                        *v = (*v - mx).exp();
-                        sum += *v;
+                    out.iter_mut().for_each(|o| *o = 0.0);
+                    for (j, p) in (first..=pos).enumerate() {
+                        vals[row_of(p)].convert_to_f32_slice(kr);
+                        for h in 0..group {
+                            axpy(&mut out[h * hd..(h + 1) * hd], sc[h * n + j], kr);
+                        }
                     }
-                    let inv = 1.0 / sum;
-                    sh.iter_mut().for_each(|v| *v *= inv);
-                }
-                out.iter_mut().for_each(|o| *o = 0.0);
-                for (j, p) in (first..=pos).enumerate() {
-                    let vj = &vals[p * kvd + g * hd..p * kvd + (g + 1) * hd];
-                    for h in 0..group {
-                        axpy(&mut out[h * hd..(h + 1) * hd], sc[h * n + j], vj);
-                    }
-                }
-            });
+                },
+            );
         });
     }
 }

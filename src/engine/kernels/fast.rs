@@ -371,6 +371,33 @@ mod avx2 {
     by_count!("avx2,fma", q4_1_tile, q4_1_tile_n, BlockQ4_1);
     by_count!("avx2,fma", q8_0_tile, q8_0_tile_n, BlockQ8_0);
 
+    /// One Q4_1 block against `CNT` activation rows, into one set of accumulators.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn q4_1_block<const CNT: usize>(
+        blk: &BlockQ4_1,
+        xq: &Quantized,
+        xi0: usize,
+        bpr: usize,
+        acc: &mut [__m256; CNT],
+        offs: &mut [f32; CNT],
+    ) {
+        let ones = _mm256_set1_epi16(1);
+        prefetch(blk);
+        let wv = q4_1_nibbles(blk);
+        let dw = blk.d.to_f32();
+        let mw = blk.m.to_f32();
+        let xqp = xq.q.as_ptr();
+        for j in 0..CNT {
+            let xi = xi0 + j * bpr;
+            let xv = _mm256_loadu_si256(xqp.add(xi * QK) as *const __m256i);
+            let p = _mm256_madd_epi16(_mm256_maddubs_epi16(wv, xv), ones);
+            let scale = _mm256_set1_ps(dw * *xq.d.get_unchecked(xi));
+            acc[j] = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(p), acc[j]);
+            offs[j] += mw * *xq.s.get_unchecked(xi);
+        }
+    }
+
     /// `CNT` dot products of one Q4_1 weight row with consecutive quantized activation rows.
     #[inline]
     #[target_feature(enable = "avx2,fma")]
@@ -381,29 +408,58 @@ mod avx2 {
         bpr: usize,
         res: &mut [f32; TILE],
     ) {
-        let ones = _mm256_set1_epi16(1);
         // Even and odd blocks go to separate accumulators, so consecutive blocks do not wait on
         // each other's FMA; every tile size does this, so a row's bits never depend on the tile.
-        let mut acc = [[_mm256_setzero_ps(); CNT]; 2];
-        let mut offs = [[0f32; CNT]; 2];
-        let xqp = xq.q.as_ptr();
-        for (b, blk) in wr.iter().enumerate() {
-            prefetch(blk);
-            let wv = q4_1_nibbles(blk);
-            let dw = blk.d.to_f32();
-            let mw = blk.m.to_f32();
-            let (acc, offs) = (&mut acc[b & 1], &mut offs[b & 1]);
-            for j in 0..CNT {
-                let xi = (a0 + j) * bpr + b;
-                let xv = _mm256_loadu_si256(xqp.add(xi * QK) as *const __m256i);
-                let p = _mm256_madd_epi16(_mm256_maddubs_epi16(wv, xv), ones);
-                let scale = _mm256_set1_ps(dw * *xq.d.get_unchecked(xi));
-                acc[j] = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(p), acc[j]);
-                offs[j] += mw * *xq.s.get_unchecked(xi);
-            }
+        // They are separate locals, stepped two blocks at a time: indexed by `b & 1` they were
+        // kept on the stack, and every FMA went through a store and a load.
+        let (mut acc0, mut acc1) = ([_mm256_setzero_ps(); CNT], [_mm256_setzero_ps(); CNT]);
+        let (mut offs0, mut offs1) = ([0f32; CNT], [0f32; CNT]);
+        let xi0 = a0 * bpr;
+        let mut b = 0;
+        while b + 2 <= bpr {
+            q4_1_block(wr.get_unchecked(b), xq, xi0 + b, bpr, &mut acc0, &mut offs0);
+            q4_1_block(
+                wr.get_unchecked(b + 1),
+                xq,
+                xi0 + b + 1,
+                bpr,
+                &mut acc1,
+                &mut offs1,
+            );
+            b += 2;
+        }
+        if b < bpr {
+            q4_1_block(wr.get_unchecked(b), xq, xi0 + b, bpr, &mut acc0, &mut offs0);
         }
         for j in 0..CNT {
-            res[j] = hsum(_mm256_add_ps(acc[0][j], acc[1][j])) + (offs[0][j] + offs[1][j]);
+            res[j] = hsum(_mm256_add_ps(acc0[j], acc1[j])) + (offs0[j] + offs1[j]);
+        }
+    }
+
+    /// One Q8_0 block against `CNT` activation rows, into one set of accumulators.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn q8_0_block<const CNT: usize>(
+        blk: &BlockQ8_0,
+        xq: &Quantized,
+        xi0: usize,
+        bpr: usize,
+        acc: &mut [__m256; CNT],
+    ) {
+        let ones = _mm256_set1_epi16(1);
+        prefetch(blk);
+        let wv = _mm256_loadu_si256(blk.qs.as_ptr() as *const __m256i);
+        // maddubs multiplies unsigned by signed: move the weight's sign onto the activation.
+        let aw = _mm256_sign_epi8(wv, wv);
+        let dw = blk.d.to_f32();
+        let xqp = xq.q.as_ptr();
+        for j in 0..CNT {
+            let xi = xi0 + j * bpr;
+            let xv = _mm256_loadu_si256(xqp.add(xi * QK) as *const __m256i);
+            let sx = _mm256_sign_epi8(xv, wv);
+            let p = _mm256_madd_epi16(_mm256_maddubs_epi16(aw, sx), ones);
+            let scale = _mm256_set1_ps(dw * *xq.d.get_unchecked(xi));
+            acc[j] = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(p), acc[j]);
         }
     }
 
@@ -417,27 +473,19 @@ mod avx2 {
         bpr: usize,
         res: &mut [f32; TILE],
     ) {
-        let ones = _mm256_set1_epi16(1);
-        let mut acc = [[_mm256_setzero_ps(); CNT]; 2];
-        let xqp = xq.q.as_ptr();
-        for (b, blk) in wr.iter().enumerate() {
-            prefetch(blk);
-            let wv = _mm256_loadu_si256(blk.qs.as_ptr() as *const __m256i);
-            // maddubs multiplies unsigned by signed: move the weight's sign onto the activation.
-            let aw = _mm256_sign_epi8(wv, wv);
-            let dw = blk.d.to_f32();
-            let acc = &mut acc[b & 1];
-            for j in 0..CNT {
-                let xi = (a0 + j) * bpr + b;
-                let xv = _mm256_loadu_si256(xqp.add(xi * QK) as *const __m256i);
-                let sx = _mm256_sign_epi8(xv, wv);
-                let p = _mm256_madd_epi16(_mm256_maddubs_epi16(aw, sx), ones);
-                let scale = _mm256_set1_ps(dw * *xq.d.get_unchecked(xi));
-                acc[j] = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(p), acc[j]);
-            }
+        let (mut acc0, mut acc1) = ([_mm256_setzero_ps(); CNT], [_mm256_setzero_ps(); CNT]);
+        let xi0 = a0 * bpr;
+        let mut b = 0;
+        while b + 2 <= bpr {
+            q8_0_block(wr.get_unchecked(b), xq, xi0 + b, bpr, &mut acc0);
+            q8_0_block(wr.get_unchecked(b + 1), xq, xi0 + b + 1, bpr, &mut acc1);
+            b += 2;
+        }
+        if b < bpr {
+            q8_0_block(wr.get_unchecked(b), xq, xi0 + b, bpr, &mut acc0);
         }
         for j in 0..CNT {
-            res[j] = hsum(_mm256_add_ps(acc[0][j], acc[1][j]));
+            res[j] = hsum(_mm256_add_ps(acc0[j], acc1[j]));
         }
     }
 }
