@@ -713,42 +713,41 @@ impl Model {
                 std::slice::from_raw_parts_mut(o_ptr.0.add(row * qd + h0 * hd), group * hd)
             };
             let qg = &q[row * qd + h0 * hd..row * qd + (h0 + group) * hd];
-            ATTN.with_borrow_mut(
-                |AttnScratch {
-                     scores: sc,
-                     row: kr,
-                 }| {
-                    if sc.len() < n * group {
-                        sc.resize(n * group, 0.0);
-                    }
-                    kr.resize(hd, 0.0);
-                    let row_of = |p: usize| p * kvd + g * hd..p * kvd + (g + 1) * hd;
-                    for (j, p) in (first..=pos).enumerate() {
-                        keys[row_of(p)].convert_to_f32_slice(kr);
-                        for h in 0..group {
-                            sc[h * n + j] = dot(&qg[h * hd..(h + 1) * hd], kr) * scale;
-                        }
-                    }
+            ATTN.with_borrow_mut(|scratch| {
+                let AttnScratch {
+                    scores: sc,
+                    row: kr,
+                } = scratch;
+                if sc.len() < n * group {
+                    sc.resize(n * group, 0.0);
+                }
+                kr.resize(hd, 0.0);
+                let row_of = |p: usize| p * kvd + g * hd..p * kvd + (g + 1) * hd;
+                for (j, p) in (first..=pos).enumerate() {
+                    keys[row_of(p)].convert_to_f32_slice(kr);
                     for h in 0..group {
-                        let sh = &mut sc[h * n..(h + 1) * n];
-                        let mx = sh.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
-                        let mut sum = 0.0;
-                        for v in sh.iter_mut() {
-                            *v = (*v - mx).exp();
-                            sum += *v;
-                        }
-                        let inv = 1.0 / sum;
-                        sh.iter_mut().for_each(|v| *v *= inv);
+                        sc[h * n + j] = dot(&qg[h * hd..(h + 1) * hd], kr) * scale;
                     }
-                    out.iter_mut().for_each(|o| *o = 0.0);
-                    for (j, p) in (first..=pos).enumerate() {
-                        vals[row_of(p)].convert_to_f32_slice(kr);
-                        for h in 0..group {
-                            axpy(&mut out[h * hd..(h + 1) * hd], sc[h * n + j], kr);
-                        }
+                }
+                for h in 0..group {
+                    let sh = &mut sc[h * n..(h + 1) * n];
+                    let mx = sh.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+                    let mut sum = 0.0;
+                    for v in sh.iter_mut() {
+                        *v = (*v - mx).exp();
+                        sum += *v;
                     }
-                },
-            );
+                    let inv = 1.0 / sum;
+                    sh.iter_mut().for_each(|v| *v *= inv);
+                }
+                out.iter_mut().for_each(|o| *o = 0.0);
+                for (j, p) in (first..=pos).enumerate() {
+                    vals[row_of(p)].convert_to_f32_slice(kr);
+                    for h in 0..group {
+                        axpy(&mut out[h * hd..(h + 1) * hd], sc[h * n + j], kr);
+                    }
+                }
+            });
         });
     }
 }
