@@ -88,14 +88,29 @@ struct Quantized {
     q: Vec<i8>,
     d: Vec<f32>,
     s: Vec<f32>,
+    /// The first `8 * groups` rows again, interleaved for the eight-row AVX2 tiles.
+    eights: Eights,
 }
 
-fn quantize_rows(x: &[f32]) -> Quantized {
+/// Activation rows in groups of eight, interleaved so that the eight-row tiles reach every row with
+/// one load: per (group, block), eight 32-byte vectors, vector `g` holding bytes `4g..4g + 4` of
+/// that block in each of the eight rows (row `j` in 32-bit lane `j`), then the eight rows' scales
+/// and `scale * sum`s as two vectors. The values are the row-major ones, moved.
+#[derive(Default)]
+struct Eights {
+    groups: usize,
+    q: Vec<i8>,
+    d: Vec<f32>,
+    s: Vec<f32>,
+}
+
+fn quantize_rows(x: &[f32], cols: usize, groups: usize) -> Quantized {
     let blocks = x.len() / QK;
     let mut out = Quantized {
         q: vec![0; x.len()],
         d: Vec::with_capacity(blocks),
         s: Vec::with_capacity(blocks),
+        eights: Eights::default(),
     };
     for (xb, qb) in x.chunks_exact(QK).zip(out.q.chunks_exact_mut(QK)) {
         let amax = xb.iter().fold(0f32, |m, v| m.max(v.abs()));
@@ -112,7 +127,33 @@ fn quantize_rows(x: &[f32]) -> Quantized {
         out.d.push(d);
         out.s.push(d * sum as f32);
     }
+    out.eights = interleave(&out, cols / QK, groups);
     out
+}
+
+fn interleave(xq: &Quantized, bpr: usize, groups: usize) -> Eights {
+    let mut e = Eights {
+        groups,
+        q: vec![0; groups * bpr * 8 * QK],
+        d: vec![0.0; groups * bpr * 8],
+        s: vec![0.0; groups * bpr * 8],
+    };
+    for g in 0..groups {
+        for b in 0..bpr {
+            let at = g * bpr + b;
+            let dst = &mut e.q[at * 8 * QK..(at + 1) * 8 * QK];
+            for j in 0..8 {
+                let xi = (g * 8 + j) * bpr + b;
+                let src = &xq.q[xi * QK..(xi + 1) * QK];
+                for (k, four) in src.chunks_exact(4).enumerate() {
+                    dst[k * QK + j * 4..k * QK + j * 4 + 4].copy_from_slice(four);
+                }
+                e.d[at * 8 + j] = xq.d[xi];
+                e.s[at * 8 + j] = xq.s[xi];
+            }
+        }
+    }
+    e
 }
 
 fn blocks<T>(w: &QMatrix) -> &[T] {
@@ -130,6 +171,16 @@ fn blocks<T>(w: &QMatrix) -> &[T] {
 /// One weight row against up to `TILE` quantized activation rows.
 type TileFn<B> = fn(&[B], &Quantized, usize, usize, usize, &mut [f32; TILE]);
 
+/// One weight row against the eight activation rows of one interleaved group: the same numbers as
+/// the row tiles give those rows, bit for bit.
+type EightFn<B> = fn(&[B], &Eights, usize, usize, &mut [f32; 8]);
+
+/// Whether products with eight or more activation rows use the eight-row tiles. The AVX-512 tiles
+/// add in another order, and a machine uses one kind of tile for every product.
+fn eights_here() -> bool {
+    cfg!(target_arch = "x86_64") && !avx512()
+}
+
 /// `outs[i] = x · ws[i]ᵀ` for matrices of one block type over the same input (query, key and
 /// value; gate and up): the input is quantized once and one pool section covers every matrix's
 /// rows, so a layer waits at fewer barriers.
@@ -140,8 +191,13 @@ fn matmul_blocks<B: Sync>(
     outs: &mut [&mut [f32]],
     pool: &ThreadPool,
     tile: TileFn<B>,
+    eight: Option<EightFn<B>>,
 ) {
-    let xq = quantize_rows(x);
+    let groups = match eight {
+        Some(_) if eights_here() => n / 8,
+        _ => 0,
+    };
+    let xq = quantize_rows(x, ws[0].cols, groups);
     let per_task = if n == 1 {
         ROWS_PER_TASK_ONE
     } else {
@@ -180,8 +236,26 @@ fn matmul_blocks<B: Sync>(
                 };
             }
         }
+        if let Some(eight) = eight {
+            let mut res = [0f32; 8];
+            for g in 0..xq.eights.groups {
+                for row in r0..r1 {
+                    eight(
+                        &wb[row * bpr..(row + 1) * bpr],
+                        &xq.eights,
+                        g,
+                        bpr,
+                        &mut res,
+                    );
+                    for (j, v) in res.iter().enumerate() {
+                        // SAFETY: (8g + j, row) of matrix i belongs to this task alone.
+                        unsafe { *o.0.add((g * 8 + j) * rows + row) = *v };
+                    }
+                }
+            }
+        }
         let mut res = [0f32; TILE];
-        let mut a0 = 0;
+        let mut a0 = xq.eights.groups * 8;
         while a0 < n {
             let cnt = TILE.min(n - a0);
             for row in r0..r1 {
@@ -215,10 +289,25 @@ pub fn matmul_many(
     pool: &ThreadPool,
 ) {
     match ws[0].dtype {
-        GgmlDType::Q4_1 => matmul_blocks::<BlockQ4_1>(ws, x, n, outs, pool, q4_1_tile),
-        _ => matmul_blocks::<BlockQ8_0>(ws, x, n, outs, pool, q8_0_tile),
+        GgmlDType::Q4_1 => matmul_blocks(ws, x, n, outs, pool, q4_1_tile, Q4_1_EIGHT),
+        _ => matmul_blocks(ws, x, n, outs, pool, q8_0_tile, Q8_0_EIGHT),
     }
 }
+
+#[cfg(target_arch = "x86_64")]
+const Q4_1_EIGHT: Option<EightFn<BlockQ4_1>> = Some(|wr, e, group, bpr, res| {
+    // SAFETY: the caller chose the fast path because `available()` said AVX2 and FMA are there.
+    unsafe { avx2::q4_1_eight(wr, e, group, bpr, res) }
+});
+#[cfg(target_arch = "x86_64")]
+const Q8_0_EIGHT: Option<EightFn<BlockQ8_0>> = Some(|wr, e, group, bpr, res| {
+    // SAFETY: as for Q4_1.
+    unsafe { avx2::q8_0_eight(wr, e, group, bpr, res) }
+});
+#[cfg(not(target_arch = "x86_64"))]
+const Q4_1_EIGHT: Option<EightFn<BlockQ4_1>> = None;
+#[cfg(not(target_arch = "x86_64"))]
+const Q8_0_EIGHT: Option<EightFn<BlockQ8_0>> = None;
 
 /// Defines a block type's tile: the AVX-512 one where the CPU has it, else AVX2 (else, off x86,
 /// the scalar one).
@@ -333,7 +422,7 @@ macro_rules! by_count {
 mod avx2 {
     use std::arch::x86_64::*;
 
-    use super::{BlockQ4_1, BlockQ8_0, Quantized, QK, TILE};
+    use super::{BlockQ4_1, BlockQ8_0, Eights, Quantized, QK, TILE};
 
     /// How far ahead of the block being multiplied the weight stream is fetched, in bytes. The
     /// model's weights don't fit in the cache, and the hardware prefetcher stops at every 4 KiB
@@ -434,6 +523,153 @@ mod avx2 {
         for j in 0..CNT {
             res[j] = hsum(_mm256_add_ps(acc0[j], acc1[j])) + (offs0[j] + offs1[j]);
         }
+    }
+
+    /// Every other block of a Q4_1 row, from `first`, against one interleaved group of eight
+    /// activation rows: accumulator `g` holds, for each row in lane `j`, what lane `g` of that
+    /// row's accumulator holds in `q4_1_tile_n`, and the offsets likewise, by the same operations.
+    /// Each 4-byte group of the weight block is broadcast to all lanes, so one byte product
+    /// serves eight rows.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn q4_1_eight_half(
+        wr: &[BlockQ4_1],
+        q: *const i8,
+        d: *const f32,
+        s: *const f32,
+        first: usize,
+    ) -> ([__m256; 8], __m256) {
+        let mask = _mm256_set1_epi8(0x0F);
+        let ones = _mm256_set1_epi16(1);
+        let mut acc = [_mm256_setzero_ps(); 8];
+        let mut offs = _mm256_setzero_ps();
+        let mut b = first;
+        while b < wr.len() {
+            let blk = wr.get_unchecked(b);
+            if first == 0 {
+                prefetch(blk);
+            }
+            // Both halves of the register hold the block, so an in-lane shuffle broadcasts.
+            let raw =
+                _mm256_broadcastsi128_si256(_mm_loadu_si128(blk.qs.as_ptr() as *const __m128i));
+            let lo = _mm256_and_si256(raw, mask);
+            let hi = _mm256_and_si256(_mm256_srli_epi16(raw, 4), mask);
+            let scale = _mm256_mul_ps(
+                _mm256_set1_ps(blk.d.to_f32()),
+                _mm256_loadu_ps(d.add(b * 8)),
+            );
+            let xb = q.add(b * 8 * QK) as *const __m256i;
+            macro_rules! four {
+                ($src:ident, $imm:literal, $g:literal) => {{
+                    let wv = _mm256_shuffle_epi32::<$imm>($src);
+                    let xv = _mm256_loadu_si256(xb.add($g));
+                    let p = _mm256_madd_epi16(_mm256_maddubs_epi16(wv, xv), ones);
+                    acc[$g] = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(p), acc[$g]);
+                }};
+            }
+            four!(lo, 0x00, 0);
+            four!(lo, 0x55, 1);
+            four!(lo, 0xAA, 2);
+            four!(lo, 0xFF, 3);
+            four!(hi, 0x00, 4);
+            four!(hi, 0x55, 5);
+            four!(hi, 0xAA, 6);
+            four!(hi, 0xFF, 7);
+            let m = _mm256_set1_ps(blk.m.to_f32());
+            offs = _mm256_add_ps(offs, _mm256_mul_ps(m, _mm256_loadu_ps(s.add(b * 8))));
+            b += 2;
+        }
+        (acc, offs)
+    }
+
+    /// One Q4_1 weight row against interleaved group `group`: the same bits `q4_1_tile_n` gives
+    /// each of the eight rows. Even and odd blocks run as two passes, whose sums meet at the end
+    /// as the row tile's two accumulator sets do, so only eight accumulators are live at once.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn q4_1_eight(
+        wr: &[BlockQ4_1],
+        e: &Eights,
+        group: usize,
+        bpr: usize,
+        res: &mut [f32; 8],
+    ) {
+        let at = group * bpr;
+        let q = e.q.as_ptr().add(at * 8 * QK);
+        let (d, s) = (e.d.as_ptr().add(at * 8), e.s.as_ptr().add(at * 8));
+        let (even, offs0) = q4_1_eight_half(wr, q, d, s, 0);
+        let (odd, offs1) = q4_1_eight_half(wr, q, d, s, 1);
+        let out = _mm256_add_ps(eight_sums(&even, &odd), _mm256_add_ps(offs0, offs1));
+        _mm256_storeu_ps(res.as_mut_ptr(), out);
+    }
+
+    /// `hsum(even[g] + odd[g])` over `g` as the row tiles add, lane by lane.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn eight_sums(even: &[__m256; 8], odd: &[__m256; 8]) -> __m256 {
+        let mut a = [_mm256_setzero_ps(); 8];
+        for g in 0..8 {
+            a[g] = _mm256_add_ps(even[g], odd[g]);
+        }
+        let s0 = _mm256_add_ps(a[0], a[4]);
+        let s1 = _mm256_add_ps(a[1], a[5]);
+        let s2 = _mm256_add_ps(a[2], a[6]);
+        let s3 = _mm256_add_ps(a[3], a[7]);
+        _mm256_add_ps(_mm256_add_ps(s0, s2), _mm256_add_ps(s1, s3))
+    }
+
+    /// Every other block of a Q8_0 row against one interleaved group, as `q4_1_eight_half`.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn q8_0_eight_half(
+        wr: &[BlockQ8_0],
+        q: *const i8,
+        d: *const f32,
+        first: usize,
+    ) -> [__m256; 8] {
+        let ones = _mm256_set1_epi16(1);
+        let mut acc = [_mm256_setzero_ps(); 8];
+        let mut b = first;
+        while b < wr.len() {
+            let blk = wr.get_unchecked(b);
+            if first == 0 {
+                prefetch(blk);
+            }
+            let scale = _mm256_mul_ps(
+                _mm256_set1_ps(blk.d.to_f32()),
+                _mm256_loadu_ps(d.add(b * 8)),
+            );
+            let xb = q.add(b * 8 * QK) as *const __m256i;
+            let wq = blk.qs.as_ptr() as *const i32;
+            for g in 0..8 {
+                let wv = _mm256_set1_epi32(wq.add(g).read_unaligned());
+                let xv = _mm256_loadu_si256(xb.add(g));
+                // maddubs multiplies unsigned by signed: the weight's sign moves onto the
+                // activation, as in the row tile.
+                let aw = _mm256_sign_epi8(wv, wv);
+                let sx = _mm256_sign_epi8(xv, wv);
+                let p = _mm256_madd_epi16(_mm256_maddubs_epi16(aw, sx), ones);
+                acc[g] = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(p), acc[g]);
+            }
+            b += 2;
+        }
+        acc
+    }
+
+    /// One Q8_0 weight row against interleaved group `group`: the bits `q8_0_tile_n` gives.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn q8_0_eight(
+        wr: &[BlockQ8_0],
+        e: &Eights,
+        group: usize,
+        bpr: usize,
+        res: &mut [f32; 8],
+    ) {
+        let at = group * bpr;
+        let q = e.q.as_ptr().add(at * 8 * QK);
+        let d = e.d.as_ptr().add(at * 8);
+        let even = q8_0_eight_half(wr, q, d, 0);
+        let odd = q8_0_eight_half(wr, q, d, 1);
+        _mm256_storeu_ps(res.as_mut_ptr(), eight_sums(&even, &odd));
     }
 
     /// One Q8_0 block against `CNT` activation rows, into one set of accumulators.
@@ -720,7 +956,7 @@ mod tests {
         let w4 = matrix(GgmlDType::Q4_1, 8, 256);
         let w8 = matrix(GgmlDType::Q8_0, 8, 256);
         let x = random(5 * 256, 3);
-        let xq = quantize_rows(&x);
+        let xq = quantize_rows(&x, 256, 0);
         for row in 0..8 {
             let (mut a, mut b) = ([0f32; TILE], [0f32; TILE]);
             let r4 = &blocks::<BlockQ4_1>(&w4)[row * 8..(row + 1) * 8];
@@ -745,6 +981,39 @@ mod tests {
     }
 
     #[test]
+    fn the_eight_row_tile_gives_the_row_tiles_bits() {
+        if !available() {
+            return;
+        }
+        // Odd block counts too: the odd pass then has one block fewer than the even one.
+        for bpr in [1, 2, 7, 18] {
+            let cols = bpr * QK;
+            let w4 = matrix(GgmlDType::Q4_1, 5, cols);
+            let w8 = matrix(GgmlDType::Q8_0, 5, cols);
+            let x = random(16 * cols, bpr as u64);
+            let xq = quantize_rows(&x, cols, 2);
+            for row in 0..5 {
+                let r4 = &blocks::<BlockQ4_1>(&w4)[row * bpr..(row + 1) * bpr];
+                let r8 = &blocks::<BlockQ8_0>(&w8)[row * bpr..(row + 1) * bpr];
+                for group in 0..2 {
+                    let (mut e4, mut e8) = ([0f32; 8], [0f32; 8]);
+                    unsafe { avx2::q4_1_eight(r4, &xq.eights, group, bpr, &mut e4) };
+                    unsafe { avx2::q8_0_eight(r8, &xq.eights, group, bpr, &mut e8) };
+                    for j in 0..8 {
+                        let a = group * 8 + j;
+                        let (mut o4, mut o8) = ([0f32; TILE], [0f32; TILE]);
+                        unsafe { avx2::q4_1_tile(r4, &xq, a, 1, bpr, &mut o4) };
+                        unsafe { avx2::q8_0_tile(r8, &xq, a, 1, bpr, &mut o8) };
+                        let at = format!("{bpr} blocks, row {row}, activation row {a}");
+                        assert_eq!(e4[j].to_bits(), o4[0].to_bits(), "Q4_1 {at}");
+                        assert_eq!(e8[j].to_bits(), o8[0].to_bits(), "Q8_0 {at}");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
     fn avx512_matches_the_scalar_tiles() {
         if !available() || !avx512() {
             return;
@@ -755,7 +1024,7 @@ mod tests {
             let w4 = matrix(GgmlDType::Q4_1, 8, cols);
             let w8 = matrix(GgmlDType::Q8_0, 8, cols);
             let x = random(5 * cols, 3);
-            let xq = quantize_rows(&x);
+            let xq = quantize_rows(&x, cols, 0);
             let bpr = blocks_per_row;
             for row in 0..8 {
                 for cnt in 1..=4 {
@@ -822,11 +1091,12 @@ mod tests {
             GgmlDType::Q4K,
             GgmlDType::Q6K,
         ] {
+            // Two groups of eight and three rows more: every kind of tile.
             let w = matrix(dtype, 70, 256);
-            let x = random(7 * 256, 11);
-            let mut all = vec![0f32; 7 * 70];
-            w.matmul(&x, 7, &mut all, &pool);
-            for a in 0..7 {
+            let x = random(19 * 256, 11);
+            let mut all = vec![0f32; 19 * 70];
+            w.matmul(&x, 19, &mut all, &pool);
+            for a in 0..19 {
                 let mut one = vec![0f32; 70];
                 w.matmul(&x[a * 256..(a + 1) * 256], 1, &mut one, &pool);
                 assert_eq!(one, all[a * 70..(a + 1) * 70], "{dtype:?} row {a}");
