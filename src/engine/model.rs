@@ -12,9 +12,9 @@
 
 use super::error::{EngineError, Result};
 use super::gguf::{GgufFile, TensorRef};
+use super::kernels::attend::{self, HeadRows};
 use super::kernels::{GgmlDType, QMatrix, ThreadPool};
 use super::kv::SeqKv;
-use half::slice::HalfFloatSliceExt;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Arch {
@@ -299,13 +299,6 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
         s += x * y;
     }
     s
-}
-
-#[inline]
-fn axpy(out: &mut [f32], a: f32, x: &[f32]) {
-    for (o, v) in out.iter_mut().zip(x) {
-        *o += a * v;
-    }
 }
 
 fn rms_norm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
@@ -721,14 +714,19 @@ impl Model {
                 if sc.len() < n * group {
                     sc.resize(n * group, 0.0);
                 }
-                kr.resize(hd, 0.0);
-                let row_of = |p: usize| p * kvd + g * hd..p * kvd + (g + 1) * hd;
-                for (j, p) in (first..=pos).enumerate() {
-                    keys[row_of(p)].convert_to_f32_slice(kr);
-                    for h in 0..group {
-                        sc[h * n + j] = dot(&qg[h * hd..(h + 1) * hd], kr) * scale;
-                    }
-                }
+                let (keys, vals) = (
+                    HeadRows {
+                        data: &keys[g * hd..],
+                        stride: kvd,
+                        hd,
+                    },
+                    HeadRows {
+                        data: &vals[g * hd..],
+                        stride: kvd,
+                        hd,
+                    },
+                );
+                attend::scores(qg, keys, first, n, scale, sc, kr);
                 for h in 0..group {
                     let sh = &mut sc[h * n..(h + 1) * n];
                     let mx = sh.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
@@ -740,13 +738,7 @@ impl Model {
                     let inv = 1.0 / sum;
                     sh.iter_mut().for_each(|v| *v *= inv);
                 }
-                out.iter_mut().for_each(|o| *o = 0.0);
-                for (j, p) in (first..=pos).enumerate() {
-                    vals[row_of(p)].convert_to_f32_slice(kr);
-                    for h in 0..group {
-                        axpy(&mut out[h * hd..(h + 1) * hd], sc[h * n + j], kr);
-                    }
-                }
+                attend::weighted_values(sc, vals, first, n, out, kr);
             });
         });
     }

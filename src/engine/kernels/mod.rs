@@ -9,6 +9,7 @@
 //! types and portable code for the rest); `fast` adds hand-written AVX2 paths for the types the
 //! default models use, chosen at run time.
 
+pub mod attend;
 mod fast;
 mod pool;
 
