@@ -1,5 +1,6 @@
 //! A GGUF file opened through `memmap2`: candle's reader parses the header and metadata, and tensor
-//! bytes are borrowed straight from the mapping, so loading copies nothing it does not have to.
+//! bytes are borrowed straight from the mapping (on Linux, from a copy in huge pages; see
+//! [`huge_page_copy`]).
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -58,16 +59,51 @@ pub struct GgufFile {
     mmap: Arc<Mmap>,
 }
 
+/// The file read into anonymous memory backed by 2 MiB pages, where the kernel hands them out on
+/// request (Linux's transparent huge pages in `madvise` or `always` mode); `None` elsewhere, or if
+/// that fails, and the file is mapped as it is. A decode step streams every weight once: with
+/// 4 KiB pages that is a TLB miss and a stop of the hardware prefetcher every 4 KiB, and on a
+/// 2-core Zen 3 the copy decoded 5–15% faster than the file mapping. Resident memory is the same
+/// (the weights are all touched either way); loading reads the file once more (~30 ms for 100 MB
+/// from the page cache). `CLERK_NO_HUGE_PAGES=1` keeps the plain mapping, to compare the two.
+fn huge_page_copy(file: &mut File) -> Option<Mmap> {
+    #[cfg(target_os = "linux")]
+    {
+        use std::io::{Read, Seek};
+        if std::env::var_os("CLERK_NO_HUGE_PAGES").is_some() {
+            return None;
+        }
+        let mode = std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled").ok()?;
+        if mode.contains("[never]") {
+            return None;
+        }
+        let len = usize::try_from(file.metadata().ok()?.len()).ok()?;
+        let mut anon = memmap2::MmapMut::map_anon(len).ok()?;
+        anon.advise(memmap2::Advice::HugePage).ok()?;
+        file.rewind().ok()?;
+        file.read_exact(&mut anon[..]).ok()?;
+        anon.make_read_only().ok()
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = file;
+        None
+    }
+}
+
 impl GgufFile {
     pub fn open(path: &Path) -> Result<Self> {
         let load_err = |message: String| EngineError::Load {
             path: path.to_path_buf(),
             message,
         };
-        let file = File::open(path).map_err(|e| load_err(e.to_string()))?;
-        // SAFETY: the mapping is read-only; a model file modified while clerk runs is outside what
-        // any inference engine can guard against (llama.cpp maps its models the same way).
-        let mmap = unsafe { Mmap::map(&file) }.map_err(|e| load_err(e.to_string()))?;
+        let mut file = File::open(path).map_err(|e| load_err(e.to_string()))?;
+        let mmap = match huge_page_copy(&mut file) {
+            Some(copy) => copy,
+            // SAFETY: the mapping is read-only; a model file modified while clerk runs is outside
+            // what any inference engine can guard against (llama.cpp maps its models the same way).
+            None => unsafe { Mmap::map(&file) }.map_err(|e| load_err(e.to_string()))?,
+        };
         let content = Content::read(&mut std::io::Cursor::new(&mmap[..]))
             .map_err(|e| load_err(format!("not a readable GGUF file: {e}")))?;
         Ok(Self {
