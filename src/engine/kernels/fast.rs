@@ -4,9 +4,12 @@
 //!
 //! Activations are quantized once per product to 8 bits in blocks of 32 (with the block sum that Q4_1's
 //! offset needs). Each weight block is then loaded once and multiplied with up to `TILE` activation
-//! rows while it sits in registers, which is what makes prompt processing fast. Every (weight row,
-//! activation row) pair runs the same instruction sequence whatever the tile, so results do not depend
-//! on how many sequences share a step.
+//! rows while it sits in registers. With eight rows or more (a step of eight sequences, a prompt),
+//! the AVX2 path interleaves the rows in groups of eight and broadcasts each 4-byte group of a weight
+//! block across eight lanes, one lane per row: one byte product serves eight rows (on a 2-core Zen 3,
+//! ~0.97 ns per block and row against ~1.3–1.5 for the 4-row tile). Every (weight row, activation
+//! row) pair gets the same numbers by the same operations whatever the tile, so results do not
+//! depend on how many sequences share a step.
 
 use half::f16;
 
