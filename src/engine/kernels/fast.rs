@@ -115,6 +115,17 @@ fn quantize_rows(x: &[f32], cols: usize, groups: usize) -> Quantized {
         s: Vec::with_capacity(blocks),
         eights: Eights::default(),
     };
+    #[cfg(target_arch = "x86_64")]
+    if available() {
+        for (xb, qb) in x.chunks_exact(QK).zip(out.q.chunks_exact_mut(QK)) {
+            // SAFETY: `available()` checked AVX2 and FMA; both blocks are 32 long.
+            let (d, sum) = unsafe { avx2::quantize_block(xb, qb) };
+            out.d.push(d);
+            out.s.push(d * sum as f32);
+        }
+        out.eights = interleave(&out, cols / QK, groups);
+        return out;
+    }
     for (xb, qb) in x.chunks_exact(QK).zip(out.q.chunks_exact_mut(QK)) {
         let amax = xb.iter().fold(0f32, |m, v| m.max(v.abs()));
         let d = amax / 127.0;
@@ -458,6 +469,51 @@ mod avx2 {
         let lo = _mm_and_si128(raw, mask);
         let hi = _mm_and_si128(_mm_srli_epi16(raw, 4), mask);
         _mm256_set_m128i(hi, lo)
+    }
+
+    /// One block of 32 activations to 8 bits, as `quantize_rows`'s portable loop does it, except
+    /// that halves round to even (one instruction) instead of away from zero: the scale rounded to
+    /// f16, and the sum of the quantized values.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn quantize_block(x: &[f32], q: &mut [i8]) -> (f32, i32) {
+        debug_assert!(x.len() == QK && q.len() == QK);
+        let p = x.as_ptr();
+        let v = [
+            _mm256_loadu_ps(p),
+            _mm256_loadu_ps(p.add(8)),
+            _mm256_loadu_ps(p.add(16)),
+            _mm256_loadu_ps(p.add(24)),
+        ];
+        let sign = _mm256_set1_ps(-0.0);
+        let mut m = _mm256_andnot_ps(sign, v[0]);
+        for vi in &v[1..] {
+            m = _mm256_max_ps(m, _mm256_andnot_ps(sign, *vi));
+        }
+        let m = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+        let m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+        let amax = _mm_cvtss_f32(_mm_max_ss(m, _mm_movehdup_ps(m)));
+        let d = amax / 127.0;
+        let id = _mm256_set1_ps(if d > 0.0 { 1.0 / d } else { 0.0 });
+        const ROUND: i32 = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
+        let i: [__m256i; 4] = [
+            _mm256_cvtps_epi32(_mm256_round_ps::<ROUND>(_mm256_mul_ps(v[0], id))),
+            _mm256_cvtps_epi32(_mm256_round_ps::<ROUND>(_mm256_mul_ps(v[1], id))),
+            _mm256_cvtps_epi32(_mm256_round_ps::<ROUND>(_mm256_mul_ps(v[2], id))),
+            _mm256_cvtps_epi32(_mm256_round_ps::<ROUND>(_mm256_mul_ps(v[3], id))),
+        ];
+        let s = _mm256_add_epi32(_mm256_add_epi32(i[0], i[1]), _mm256_add_epi32(i[2], i[3]));
+        let s = _mm_add_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256(s, 1));
+        let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b01_00_11_10>(s));
+        let sum = _mm_cvtsi128_si32(_mm_add_epi32(s, _mm_shuffle_epi32::<0b10_11_00_01>(s)));
+        // The packs work within 128-bit lanes; the permute puts the 4-byte groups back in order.
+        let p16 = [
+            _mm256_packs_epi32(i[0], i[1]),
+            _mm256_packs_epi32(i[2], i[3]),
+        ];
+        let p8 = _mm256_packs_epi16(p16[0], p16[1]);
+        let p8 = _mm256_permutevar8x32_epi32(p8, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+        _mm256_storeu_si256(q.as_mut_ptr() as *mut __m256i, p8);
+        (half::f16::from_f32(d).to_f32(), sum)
     }
 
     by_count!("avx2,fma", q4_1_tile, q4_1_tile_n, BlockQ4_1);
@@ -948,6 +1004,43 @@ mod tests {
                     assert!(rel_err(&fast, &generic) < 0.01, "{dtype:?} vs generic");
                 }
             }
+        }
+    }
+
+    #[test]
+    fn the_avx2_quantizer_matches_the_portable_one() {
+        if !available() {
+            return;
+        }
+        let mut x = random(64 * QK, 9);
+        // A zero block, a block with one huge value, and one whose scaled values are exact halves
+        // (its largest value is 127, so the scale is 1).
+        x[..QK].iter_mut().for_each(|v| *v = 0.0);
+        x[QK + 5] = 1e30;
+        for (k, v) in x[2 * QK..3 * QK].iter_mut().enumerate() {
+            *v = if k == 0 { 127.0 } else { k as f32 - 16.5 };
+        }
+        for (b, xb) in x.chunks_exact(QK).enumerate() {
+            let mut q = [0i8; QK];
+            let (d, sum) = unsafe { avx2::quantize_block(xb, &mut q) };
+            let amax = xb.iter().fold(0f32, |m, v| m.max(v.abs()));
+            let want_d = f16::from_f32(amax / 127.0).to_f32();
+            assert_eq!(d.to_bits(), want_d.to_bits(), "block {b}");
+            let id = if amax > 0.0 {
+                1.0 / (amax / 127.0)
+            } else {
+                0.0
+            };
+            for k in 0..QK {
+                // Halves may round either way; nothing else may differ.
+                let exact = xb[k] * id;
+                assert!(
+                    (q[k] as f32 - exact).abs() <= 0.5,
+                    "block {b} value {k}: {} vs {exact}",
+                    q[k]
+                );
+            }
+            assert_eq!(sum, q.iter().map(|&v| v as i32).sum::<i32>(), "block {b}");
         }
     }
 
