@@ -22,6 +22,11 @@ impl HeadRows<'_> {
     fn row(&self, p: usize) -> &[f16] {
         &self.data[p * self.stride..p * self.stride + self.hd]
     }
+
+    /// Whether rows `first..first + n` are all there.
+    fn covers(&self, first: usize, n: usize) -> bool {
+        n == 0 || self.data.len() >= (first + n - 1) * self.stride + self.hd
+    }
 }
 
 fn fast() -> bool {
@@ -51,9 +56,7 @@ pub fn scores(
 ) {
     let hd = keys.hd;
     let heads = q.len() / hd;
-    assert!(
-        sc.len() >= heads * n && (n == 0 || keys.data.len() >= (first + n - 1) * keys.stride + hd)
-    );
+    assert!(sc.len() >= heads * n && keys.covers(first, n));
     #[cfg(target_arch = "x86_64")]
     if hd % 8 == 0 && fast() {
         // SAFETY: `fast()` checked AVX2, FMA and F16C; the assert above bounds every row read.
@@ -93,9 +96,7 @@ pub fn weighted_values(
 ) {
     let hd = vals.hd;
     let heads = out.len() / hd;
-    assert!(
-        sc.len() >= heads * n && (n == 0 || vals.data.len() >= (first + n - 1) * vals.stride + hd)
-    );
+    assert!(sc.len() >= heads * n && vals.covers(first, n));
     #[cfg(target_arch = "x86_64")]
     if hd % 8 == 0 && fast() {
         // SAFETY: as for `scores`.
@@ -230,18 +231,7 @@ mod x86 {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn random(n: usize, seed: u64) -> Vec<f32> {
-        let mut s = seed;
-        (0..n)
-            .map(|_| {
-                s = s
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
-                ((s >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 2.0
-            })
-            .collect()
-    }
+    use crate::engine::kernels::test_random as random;
 
     /// Both loops against plain f64 sums, for head widths with and without a partial chunk and
     /// rows at an offset inside a wider stride (one key-value head among several).

@@ -938,20 +938,9 @@ mod avx512 {
 mod tests {
     use super::*;
     use crate::engine::gguf::Bytes;
+    use crate::engine::kernels::test_random as random;
     use candle_core::quantized::{GgmlDType, QTensor};
     use candle_core::{Device, Tensor};
-
-    fn random(n: usize, seed: u64) -> Vec<f32> {
-        let mut s = seed;
-        (0..n)
-            .map(|_| {
-                s = s
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
-                ((s >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 2.0
-            })
-            .collect()
-    }
 
     fn matrix(dtype: GgmlDType, rows: usize, cols: usize) -> QMatrix {
         let t = Tensor::from_vec(random(rows * cols, 7), (rows, cols), &Device::Cpu).unwrap();

@@ -229,3 +229,17 @@ fn generic<T: GgmlType>(w: &QMatrix, x: &[f32], n: usize, out: &mut [f32], pool:
         }
     });
 }
+
+/// Reproducible values in [-1, 1) for the kernels' tests.
+#[cfg(test)]
+pub(crate) fn test_random(n: usize, seed: u64) -> Vec<f32> {
+    let mut s = seed;
+    (0..n)
+        .map(|_| {
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((s >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 2.0
+        })
+        .collect()
+}
