@@ -58,7 +58,7 @@ pub fn scores(
     let heads = q.len() / hd;
     assert!(sc.len() >= heads * n && keys.covers(first, n));
     #[cfg(target_arch = "x86_64")]
-    if hd % 8 == 0 && fast() {
+    if hd.is_multiple_of(8) && fast() {
         // SAFETY: `fast()` checked AVX2, FMA and F16C; the assert above bounds every row read.
         return unsafe { x86::scores(q, keys, first, n, scale, sc) };
     }
@@ -98,7 +98,7 @@ pub fn weighted_values(
     let heads = out.len() / hd;
     assert!(sc.len() >= heads * n && vals.covers(first, n));
     #[cfg(target_arch = "x86_64")]
-    if hd % 8 == 0 && fast() {
+    if hd.is_multiple_of(8) && fast() {
         // SAFETY: as for `scores`.
         return unsafe { x86::weighted_values(sc, vals, first, n, out) };
     }
