@@ -66,7 +66,8 @@ pub struct GgufFile {
 /// 2-core Zen 3 the copy decoded 5–15% faster than the file mapping. Resident memory is the same
 /// (the weights are all touched either way); loading reads the file once more (~30 ms for 100 MB
 /// from the page cache). `CLERK_NO_HUGE_PAGES=1` keeps the plain mapping, to compare the two.
-/// `None` too when the file can't be read whole, and the mapping then reports what is wrong.
+/// `None` too when the file can't be read whole (the mapping then reports what is wrong), and when
+/// it is over half the memory available.
 fn huge_page_copy(file: &mut File) -> Option<Mmap> {
     #[cfg(target_os = "linux")]
     {
@@ -76,6 +77,20 @@ fn huge_page_copy(file: &mut File) -> Option<Mmap> {
             return None;
         }
         let len = usize::try_from(file.metadata().ok()?.len()).ok()?;
+        // A model near the size of free memory stays mapped: pages of a mapping can be dropped
+        // and read again under memory pressure, pages of a copy cannot.
+        let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
+        let available_kib: usize = meminfo
+            .lines()
+            .find_map(|l| l.strip_prefix("MemAvailable:"))?
+            .trim()
+            .trim_end_matches("kB")
+            .trim()
+            .parse()
+            .ok()?;
+        if len / 1024 > available_kib / 2 {
+            return None;
+        }
         let mut anon = memmap2::MmapMut::map_anon(len).ok()?;
         anon.advise(memmap2::Advice::HugePage).ok()?;
         file.rewind().ok()?;

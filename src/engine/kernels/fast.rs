@@ -652,6 +652,7 @@ mod avx2 {
         bpr: usize,
         res: &mut [f32; 8],
     ) {
+        debug_assert!(wr.len() == bpr && group < e.groups && e.s.len() >= e.groups * bpr * 8);
         let at = group * bpr;
         let q = e.q.as_ptr().add(at * 8 * QK);
         let (d, s) = (e.d.as_ptr().add(at * 8), e.s.as_ptr().add(at * 8));
@@ -723,6 +724,7 @@ mod avx2 {
         bpr: usize,
         res: &mut [f32; 8],
     ) {
+        debug_assert!(wr.len() == bpr && group < e.groups && e.d.len() >= e.groups * bpr * 8);
         let at = group * bpr;
         let q = e.q.as_ptr().add(at * 8 * QK);
         let d = e.d.as_ptr().add(at * 8);
