@@ -141,14 +141,8 @@ mod x86 {
         _mm256_cvtph_ps(_mm_loadu_si128(row.add(i) as *const __m128i))
     }
 
-    #[inline]
-    #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn hsum(v: __m256) -> f32 {
-        let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-        _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)))
-    }
-
+    /// Up to four query heads at a time: each key row is widened once, 64 columns at a time,
+    /// for all of them, and their four sums are reduced together.
     #[target_feature(enable = "avx2,fma,f16c")]
     pub(super) unsafe fn scores(
         q: &[f32],
@@ -158,30 +152,76 @@ mod x86 {
         scale: f32,
         sc: &mut [f32],
     ) {
+        let heads = q.len() / keys.hd;
+        let mut h0 = 0;
+        while h0 < heads {
+            let hn = 4.min(heads - h0);
+            match hn {
+                1 => scores_heads::<1>(q, keys, first, n, scale, sc, h0),
+                2 => scores_heads::<2>(q, keys, first, n, scale, sc, h0),
+                3 => scores_heads::<3>(q, keys, first, n, scale, sc, h0),
+                _ => scores_heads::<4>(q, keys, first, n, scale, sc, h0),
+            }
+            h0 += hn;
+        }
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn scores_heads<const HN: usize>(
+        q: &[f32],
+        keys: HeadRows<'_>,
+        first: usize,
+        n: usize,
+        scale: f32,
+        sc: &mut [f32],
+        h0: usize,
+    ) {
         let hd = keys.hd;
-        let heads = q.len() / hd;
-        let qp = q.as_ptr();
+        let qp = q.as_ptr().add(h0 * hd);
+        let sp = sc.as_mut_ptr().add(h0 * n);
+        let scale = _mm_set1_ps(scale);
         for j in 0..n {
             let k = keys.data.as_ptr().add((first + j) * keys.stride);
-            for h in 0..heads {
-                let qh = qp.add(h * hd);
-                // Two accumulators, so consecutive chunks do not wait on each other's FMA.
-                let (mut a0, mut a1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
-                let mut i = 0;
-                while i + 16 <= hd {
-                    a0 = _mm256_fmadd_ps(_mm256_loadu_ps(qh.add(i)), load8(k, i), a0);
-                    a1 = _mm256_fmadd_ps(_mm256_loadu_ps(qh.add(i + 8)), load8(k, i + 8), a1);
-                    i += 16;
+            let mut acc = [_mm256_setzero_ps(); 4];
+            let mut c0 = 0;
+            while c0 + CHUNK <= hd {
+                let mut kv = [_mm256_setzero_ps(); CHUNK / 8];
+                for (c, v) in kv.iter_mut().enumerate() {
+                    *v = load8(k, c0 + c * 8);
                 }
-                if i < hd {
-                    a0 = _mm256_fmadd_ps(_mm256_loadu_ps(qh.add(i)), load8(k, i), a0);
+                for (h, a) in acc.iter_mut().take(HN).enumerate() {
+                    for (c, v) in kv.iter().enumerate() {
+                        *a = _mm256_fmadd_ps(_mm256_loadu_ps(qp.add(h * hd + c0 + c * 8)), *v, *a);
+                    }
                 }
-                *sc.get_unchecked_mut(h * n + j) = hsum(_mm256_add_ps(a0, a1)) * scale;
+                c0 += CHUNK;
+            }
+            while c0 < hd {
+                let v = load8(k, c0);
+                for (h, a) in acc.iter_mut().take(HN).enumerate() {
+                    *a = _mm256_fmadd_ps(_mm256_loadu_ps(qp.add(h * hd + c0)), v, *a);
+                }
+                c0 += 8;
+            }
+            // [Σa0, Σa1, Σa2, Σa3]: pairwise adds within lanes, then the two halves.
+            let s = _mm256_hadd_ps(
+                _mm256_hadd_ps(acc[0], acc[1]),
+                _mm256_hadd_ps(acc[2], acc[3]),
+            );
+            let s = _mm_mul_ps(
+                _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1)),
+                scale,
+            );
+            let mut out = [0f32; 4];
+            _mm_storeu_ps(out.as_mut_ptr(), s);
+            for (h, v) in out.iter().take(HN).enumerate() {
+                *sp.add(h * n + j) = *v;
             }
         }
     }
 
-    /// Columns of the output kept in registers at once.
+    /// Columns kept in registers at once: of a head's output, or of a widened key row.
     const CHUNK: usize = 64;
 
     #[target_feature(enable = "avx2,fma,f16c")]
@@ -237,7 +277,13 @@ mod tests {
     /// rows at an offset inside a wider stride (one key-value head among several).
     #[test]
     fn scores_and_weighted_values_match_plain_sums() {
-        for (hd, heads, stride) in [(64, 3, 192), (256, 4, 256), (40, 2, 80), (72, 1, 144)] {
+        for (hd, heads, stride) in [
+            (64, 3, 192),
+            (256, 4, 256),
+            (40, 2, 80),
+            (72, 1, 144),
+            (64, 6, 128),
+        ] {
             let (first, n) = (3, 29);
             let data: Vec<f16> = random((first + n) * stride, hd as u64)
                 .into_iter()
