@@ -63,9 +63,9 @@ pub struct GgufFile {
 /// request (Linux's transparent huge pages in `madvise` or `always` mode); `None` elsewhere, or if
 /// that fails, and the file is mapped as it is. A decode step streams every weight once: with
 /// 4 KiB pages that is a TLB miss and a stop of the hardware prefetcher every 4 KiB, and on a
-/// 2-core Zen 3 the copy decoded 5–15% faster than the file mapping. Resident memory is the same
-/// (the weights are all touched either way); loading reads the file once more (~30 ms for 100 MB
-/// from the page cache). `CLERK_NO_HUGE_PAGES=1` keeps the plain mapping, to compare the two.
+/// 2-core Zen 3 the copy decoded 5–17% faster than the file mapping. Resident memory is about the
+/// same (the weights are all touched either way); loading takes 100–200 ms longer for 100 MB
+/// (the huge-page faults). `CLERK_NO_HUGE_PAGES=1` keeps the plain mapping, to compare the two.
 /// `None` too when the file can't be read whole (the mapping then reports what is wrong), and when
 /// it is over half the memory available.
 fn huge_page_copy(file: &mut File) -> Option<Mmap> {

@@ -33,8 +33,8 @@ fn fast() -> bool {
     super::fast::available() && {
         #[cfg(target_arch = "x86_64")]
         {
-            static F16C: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-            *F16C.get_or_init(|| std::is_x86_feature_detected!("f16c"))
+            // std caches the detection; this is one load.
+            std::is_x86_feature_detected!("f16c")
         }
         #[cfg(not(target_arch = "x86_64"))]
         {

@@ -115,34 +115,45 @@ fn quantize_rows(x: &[f32], cols: usize, groups: usize) -> Quantized {
         s: Vec::with_capacity(blocks),
         eights: Eights::default(),
     };
-    #[cfg(target_arch = "x86_64")]
-    if available() {
-        for (xb, qb) in x.chunks_exact(QK).zip(out.q.chunks_exact_mut(QK)) {
-            // SAFETY: `available()` checked AVX2 and FMA; both blocks are 32 long.
-            let (d, sum) = unsafe { avx2::quantize_block(xb, qb) };
-            out.d.push(d);
-            out.s.push(d * sum as f32);
-        }
-        out.eights = interleave(&out, cols / QK, groups);
-        return out;
-    }
+    // The block quantizer is chosen once per product, not per block.
+    let block: fn(&[f32], &mut [i8]) -> (f32, i32) = if cfg!(target_arch = "x86_64") && available()
+    {
+        avx2_quantize_block
+    } else {
+        portable_quantize_block
+    };
     for (xb, qb) in x.chunks_exact(QK).zip(out.q.chunks_exact_mut(QK)) {
-        let amax = xb.iter().fold(0f32, |m, v| m.max(v.abs()));
-        let d = amax / 127.0;
-        let id = if d > 0.0 { 1.0 / d } else { 0.0 };
-        let mut sum = 0i32;
-        for (q, v) in qb.iter_mut().zip(xb) {
-            let r = (v * id).round() as i32;
-            *q = r as i8;
-            sum += r;
-        }
-        // The scale is rounded to f16 as in GGML's Q8 blocks, so both paths see the same numbers.
-        let d = f16::from_f32(d).to_f32();
+        let (d, sum) = block(xb, qb);
         out.d.push(d);
         out.s.push(d * sum as f32);
     }
     out.eights = interleave(&out, cols / QK, groups);
     out
+}
+
+/// One block of 32 activations to 8 bits: the scale (rounded to f16 as in GGML's Q8 blocks, so
+/// both paths see the same numbers) and the sum of the quantized values.
+fn portable_quantize_block(xb: &[f32], qb: &mut [i8]) -> (f32, i32) {
+    let amax = xb.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let d = amax / 127.0;
+    let id = if d > 0.0 { 1.0 / d } else { 0.0 };
+    let mut sum = 0i32;
+    for (q, v) in qb.iter_mut().zip(xb) {
+        let r = (v * id).round() as i32;
+        *q = r as i8;
+        sum += r;
+    }
+    (f16::from_f32(d).to_f32(), sum)
+}
+
+fn avx2_quantize_block(xb: &[f32], qb: &mut [i8]) -> (f32, i32) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: chosen only where `available()` said AVX2 and FMA are there; both blocks are 32 long.
+    unsafe {
+        avx2::quantize_block(xb, qb)
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    portable_quantize_block(xb, qb)
 }
 
 fn interleave(xq: &Quantized, bpr: usize, groups: usize) -> Eights {
