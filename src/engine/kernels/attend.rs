@@ -29,18 +29,9 @@ impl HeadRows<'_> {
     }
 }
 
+/// `fast::available()` checks F16C too, which the widening from f16 needs.
 fn fast() -> bool {
-    super::fast::available() && {
-        #[cfg(target_arch = "x86_64")]
-        {
-            // std caches the detection; this is one load.
-            std::is_x86_feature_detected!("f16c")
-        }
-        #[cfg(not(target_arch = "x86_64"))]
-        {
-            false
-        }
-    }
+    cfg!(target_arch = "x86_64") && super::fast::available()
 }
 
 /// `sc[h * n + j] = (q[h] · key(first + j)) * scale` for the `q.len() / hd` heads in `q`.

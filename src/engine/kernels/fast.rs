@@ -3,13 +3,19 @@
 //! SmolLM2 at half llama.cpp's speed.
 //!
 //! Activations are quantized once per product to 8 bits in blocks of 32 (with the block sum that Q4_1's
-//! offset needs). Each weight block is then loaded once and multiplied with up to `TILE` activation
-//! rows while it sits in registers. With eight rows or more (a step of eight sequences, a prompt),
-//! the AVX2 path interleaves the rows in groups of eight and broadcasts each 4-byte group of a weight
-//! block across eight lanes, one lane per row: one byte product serves eight rows (on a 2-core Zen 3,
-//! ~0.97 ns per block and row against ~1.3–1.5 for the 4-row tile). Every (weight row, activation
-//! row) pair gets the same numbers by the same operations whatever the tile, so results do not
-//! depend on how many sequences share a step.
+//! offset needs). A (weight row, activation row) pair's dot product is, on every AVX2 tile, each
+//! block's exact integer dot product scaled and added into eight accumulators by block number mod 8,
+//! then the accumulators summed: the same numbers by the same operations whatever the tile, so results
+//! do not depend on how many sequences share a step.
+//!
+//! The row tiles take eight blocks at a time: eight blocks' integer sums are reduced into one vector
+//! (lane `k` for block `k`) and scaled by one FMA, and each weight block is multiplied with up to
+//! `TILE` activation rows while it sits in registers. With eight rows or more (a step of eight
+//! sequences, a prompt), the rows are interleaved in groups of eight and each 4-byte group of a weight
+//! block is broadcast across eight lanes, one lane per row: one byte product serves eight rows, and a
+//! block's eight 16-bit partial sums add up before one widening. On a 2-core Zen 3 (one thread, weights
+//! in L2), per block and activation row: ~0.55–0.65 ns for the eight-row Q4_1 tile, ~1.6–2.3 ns for
+//! the one-row tile (whose ~2.3–2.9 ns before this layout were a float FMA per 4-byte group).
 
 use half::f16;
 
@@ -44,7 +50,7 @@ struct BlockQ8_0 {
 const _: () = assert!(std::mem::size_of::<BlockQ4_1>() == 20);
 const _: () = assert!(std::mem::size_of::<BlockQ8_0>() == 34);
 
-/// Whether the AVX2/FMA paths run here. `CLERK_GENERIC_KERNELS=1` turns them off, to compare
+/// Whether the AVX2/FMA/F16C paths run here. `CLERK_GENERIC_KERNELS=1` turns them off, to compare
 /// against the portable path on the same machine; read once, since this sits on the hot path.
 pub fn available() -> bool {
     static AVAILABLE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
@@ -54,7 +60,9 @@ pub fn available() -> bool {
         }
         #[cfg(target_arch = "x86_64")]
         {
-            std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
+            std::is_x86_feature_detected!("avx2")
+                && std::is_x86_feature_detected!("fma")
+                && std::is_x86_feature_detected!("f16c")
         }
         #[cfg(not(target_arch = "x86_64"))]
         {
@@ -527,39 +535,88 @@ mod avx2 {
         (half::f16::from_f32(d).to_f32(), sum)
     }
 
-    by_count!("avx2,fma", q4_1_tile, q4_1_tile_n, BlockQ4_1);
-    by_count!("avx2,fma", q8_0_tile, q8_0_tile_n, BlockQ8_0);
+    by_count!("avx2,fma,f16c", q4_1_tile, q4_1_tile_n, BlockQ4_1);
+    by_count!("avx2,fma,f16c", q8_0_tile, q8_0_tile_n, BlockQ8_0);
 
-    /// One Q4_1 block against `CNT` activation rows, into one set of accumulators.
+    /// Lane `k` of the result is the sum of `p[k]`'s eight lanes. Integer sums are exact, so the
+    /// order they add in does not matter.
     #[inline]
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn q4_1_block<const CNT: usize>(
-        blk: &BlockQ4_1,
-        xq: &Quantized,
-        xi0: usize,
-        bpr: usize,
-        acc: &mut [__m256; CNT],
-        offs: &mut [f32; CNT],
-    ) {
-        let ones = _mm256_set1_epi16(1);
-        prefetch(blk);
-        let wv = q4_1_nibbles(blk);
-        let dw = blk.d.to_f32();
-        let mw = blk.m.to_f32();
-        let xqp = xq.q.as_ptr();
-        for j in 0..CNT {
-            let xi = xi0 + j * bpr;
-            let xv = _mm256_loadu_si256(xqp.add(xi * QK) as *const __m256i);
-            let p = _mm256_madd_epi16(_mm256_maddubs_epi16(wv, xv), ones);
-            let scale = _mm256_set1_ps(dw * *xq.d.get_unchecked(xi));
-            acc[j] = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(p), acc[j]);
-            offs[j] += mw * *xq.s.get_unchecked(xi);
-        }
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn lane_sums(p: &[__m256i; 8]) -> __m256i {
+        let pair = |a: __m256i, b: __m256i| {
+            _mm256_add_epi32(_mm256_unpacklo_epi32(a, b), _mm256_unpackhi_epi32(a, b))
+        };
+        let quad = |a: __m256i, b: __m256i| {
+            _mm256_add_epi32(_mm256_unpacklo_epi64(a, b), _mm256_unpackhi_epi64(a, b))
+        };
+        let u0 = quad(pair(p[0], p[1]), pair(p[2], p[3]));
+        let u1 = quad(pair(p[4], p[5]), pair(p[6], p[7]));
+        _mm256_add_epi32(
+            _mm256_permute2x128_si256::<0x20>(u0, u1),
+            _mm256_permute2x128_si256::<0x31>(u0, u1),
+        )
     }
+
+    /// Eight f16s, one in the low half of each 32-bit lane, as f32s.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn low_halves(v: __m256i) -> __m256 {
+        let pick = _mm256_setr_epi8(
+            0, 1, 4, 5, 8, 9, 12, 13, 2, 3, 6, 7, 10, 11, 14, 15, 0, 1, 4, 5, 8, 9, 12, 13, 2, 3,
+            6, 7, 10, 11, 14, 15,
+        );
+        let v = _mm256_permute4x64_epi64::<0b11_01_10_00>(_mm256_shuffle_epi8(v, pick));
+        _mm256_cvtph_ps(_mm256_castsi256_si128(v))
+    }
+
+    /// Lanes `0..n` set, for the blocks of a chunk that are there: a row's last chunk may be short.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn first_lanes(n: usize) -> __m256i {
+        _mm256_cmpgt_epi32(
+            _mm256_set1_epi32(n as i32),
+            _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
+        )
+    }
+
+    /// The `d` and `m` of up to eight consecutive Q4_1 blocks (the lanes `mask` sets), block `k`
+    /// in lane `k`, zeros elsewhere: each block starts with its two f16s, so one 32-bit gather
+    /// fetches both.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn q4_1_scales(blks: *const BlockQ4_1, mask: __m256i) -> (__m256, __m256) {
+        let idx = _mm256_setr_epi32(0, 5, 10, 15, 20, 25, 30, 35);
+        let zero = _mm256_setzero_si256();
+        let dm = _mm256_mask_i32gather_epi32::<4>(zero, blks as *const i32, idx, mask);
+        (low_halves(dm), low_halves(_mm256_srli_epi32(dm, 16)))
+    }
+
+    /// The `d` of up to eight consecutive Q8_0 blocks (34 bytes apart), as `q4_1_scales`.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn q8_0_scales(blks: *const BlockQ8_0, mask: __m256i) -> __m256 {
+        let idx = _mm256_setr_epi32(0, 17, 34, 51, 68, 85, 102, 119);
+        let zero = _mm256_setzero_si256();
+        low_halves(_mm256_mask_i32gather_epi32::<2>(
+            zero,
+            blks as *const i32,
+            idx,
+            mask,
+        ))
+    }
+
+    // Every AVX2 tile computes the same thing for a (weight row, activation row) pair, so a row's
+    // bits never depend on the tile: each block's integer dot product, exact; then, block `b`
+    // going to accumulator `b % 8`, `acc = fma(dw * dx, sum, acc)` and for Q4_1
+    // `acc = fma(mw, sx, acc)`; then the eight accumulators added as `hsum` adds. The row tiles
+    // hold the accumulators as one vector (lane `k`) and take eight blocks at a time; the
+    // eight-row tiles hold eight vectors (lane `j` for row `j`) and take one block at a time.
+    // A block past the row's end contributes `fma(0, 0, acc)`, which leaves `acc` as it is (an
+    // accumulator is never -0).
 
     /// `CNT` dot products of one Q4_1 weight row with consecutive quantized activation rows.
     #[inline]
-    #[target_feature(enable = "avx2,fma")]
+    #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn q4_1_tile_n<const CNT: usize>(
         wr: &[BlockQ4_1],
         xq: &Quantized,
@@ -567,95 +624,59 @@ mod avx2 {
         bpr: usize,
         res: &mut [f32; TILE],
     ) {
-        // Even and odd blocks go to separate accumulators, so consecutive blocks do not wait on
-        // each other's FMA; every tile size does this, so a row's bits never depend on the tile.
-        // They are separate locals, stepped two blocks at a time: indexed by `b & 1` they were
-        // kept on the stack, and every FMA went through a store and a load.
-        let (mut acc0, mut acc1) = ([_mm256_setzero_ps(); CNT], [_mm256_setzero_ps(); CNT]);
-        let (mut offs0, mut offs1) = ([0f32; CNT], [0f32; CNT]);
-        let xi0 = a0 * bpr;
+        let ones = _mm256_set1_epi16(1);
+        let mut acc = [_mm256_setzero_ps(); CNT];
+        let xqp = xq.q.as_ptr();
+        // The chunk's block count is a constant for every chunk but a row's last, so that the
+        // full chunks' products stay in registers.
+        macro_rules! chunk {
+            ($b:expr, $n:expr) => {{
+                let (b, n) = ($b, $n);
+                let mask = first_lanes(n);
+                let (dw, mw) = q4_1_scales(wr.as_ptr().add(b), mask);
+                let mut wv = [_mm256_setzero_si256(); 8];
+                for (k, wk) in wv.iter_mut().enumerate() {
+                    if k < n {
+                        let blk = wr.get_unchecked(b + k);
+                        prefetch(blk);
+                        *wk = q4_1_nibbles(blk);
+                    }
+                }
+                for j in 0..CNT {
+                    let xi = (a0 + j) * bpr + b;
+                    let mut p = [_mm256_setzero_si256(); 8];
+                    for (k, pk) in p.iter_mut().enumerate() {
+                        if k < n {
+                            let xv = _mm256_loadu_si256(xqp.add((xi + k) * QK) as *const __m256i);
+                            *pk = _mm256_madd_epi16(_mm256_maddubs_epi16(wv[k], xv), ones);
+                        }
+                    }
+                    let sums = _mm256_cvtepi32_ps(lane_sums(&p));
+                    let dx = _mm256_maskload_ps(xq.d.as_ptr().add(xi), mask);
+                    let sx = _mm256_maskload_ps(xq.s.as_ptr().add(xi), mask);
+                    acc[j] = _mm256_fmadd_ps(_mm256_mul_ps(dw, dx), sums, acc[j]);
+                    acc[j] = _mm256_fmadd_ps(mw, sx, acc[j]);
+                }
+            }};
+        }
         let mut b = 0;
-        while b + 2 <= bpr {
-            q4_1_block(wr.get_unchecked(b), xq, xi0 + b, bpr, &mut acc0, &mut offs0);
-            q4_1_block(
-                wr.get_unchecked(b + 1),
-                xq,
-                xi0 + b + 1,
-                bpr,
-                &mut acc1,
-                &mut offs1,
-            );
-            b += 2;
+        while b + 8 <= bpr {
+            chunk!(b, 8);
+            b += 8;
         }
         if b < bpr {
-            q4_1_block(wr.get_unchecked(b), xq, xi0 + b, bpr, &mut acc0, &mut offs0);
+            chunk!(b, bpr - b);
         }
         for j in 0..CNT {
-            res[j] = hsum(_mm256_add_ps(acc0[j], acc1[j])) + (offs0[j] + offs1[j]);
+            res[j] = hsum(acc[j]);
         }
     }
 
-    /// Every other block of a Q4_1 row, from `first`, against one interleaved group of eight
-    /// activation rows: accumulator `g` holds, for each row in lane `j`, what lane `g` of that
-    /// row's accumulator holds in `q4_1_tile_n`, and the offsets likewise, by the same operations.
-    /// Each 4-byte group of the weight block is broadcast to all lanes, so one byte product
-    /// serves eight rows.
-    #[inline]
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn q4_1_eight_half(
-        wr: &[BlockQ4_1],
-        q: *const i8,
-        d: *const f32,
-        s: *const f32,
-        first: usize,
-    ) -> ([__m256; 8], __m256) {
-        let mask = _mm256_set1_epi8(0x0F);
-        let ones = _mm256_set1_epi16(1);
-        let mut acc = [_mm256_setzero_ps(); 8];
-        let mut offs = _mm256_setzero_ps();
-        let mut b = first;
-        while b < wr.len() {
-            let blk = wr.get_unchecked(b);
-            if first == 0 {
-                prefetch(blk);
-            }
-            // Both halves of the register hold the block, so an in-lane shuffle broadcasts.
-            let raw =
-                _mm256_broadcastsi128_si256(_mm_loadu_si128(blk.qs.as_ptr() as *const __m128i));
-            let lo = _mm256_and_si256(raw, mask);
-            let hi = _mm256_and_si256(_mm256_srli_epi16(raw, 4), mask);
-            let scale = _mm256_mul_ps(
-                _mm256_set1_ps(blk.d.to_f32()),
-                _mm256_loadu_ps(d.add(b * 8)),
-            );
-            let xb = q.add(b * 8 * QK) as *const __m256i;
-            macro_rules! four {
-                ($src:ident, $imm:literal, $g:literal) => {{
-                    let wv = _mm256_shuffle_epi32::<$imm>($src);
-                    let xv = _mm256_loadu_si256(xb.add($g));
-                    let p = _mm256_madd_epi16(_mm256_maddubs_epi16(wv, xv), ones);
-                    acc[$g] = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(p), acc[$g]);
-                }};
-            }
-            four!(lo, 0x00, 0);
-            four!(lo, 0x55, 1);
-            four!(lo, 0xAA, 2);
-            four!(lo, 0xFF, 3);
-            four!(hi, 0x00, 4);
-            four!(hi, 0x55, 5);
-            four!(hi, 0xAA, 6);
-            four!(hi, 0xFF, 7);
-            let m = _mm256_set1_ps(blk.m.to_f32());
-            offs = _mm256_add_ps(offs, _mm256_mul_ps(m, _mm256_loadu_ps(s.add(b * 8))));
-            b += 2;
-        }
-        (acc, offs)
-    }
-
-    /// One Q4_1 weight row against interleaved group `group`: the same bits `q4_1_tile_n` gives
-    /// each of the eight rows. Even and odd blocks run as two passes, whose sums meet at the end
-    /// as the row tile's two accumulator sets do, so only eight accumulators are live at once.
-    #[target_feature(enable = "avx2,fma")]
+    /// One Q4_1 weight row against interleaved group `group` of eight activation rows: the bits
+    /// `q4_1_tile_n` gives each of them. Each 4-byte group of a weight block is broadcast to all
+    /// lanes, so one byte product serves eight rows; the eight groups' 16-bit pair sums add up
+    /// before widening (at most 8 * 2 * 15 * 128 = 30720, no overflow).
+    #[target_feature(enable = "avx2,fma,f16c")]
     pub(super) unsafe fn q4_1_eight(
         wr: &[BlockQ4_1],
         e: &Eights,
@@ -667,20 +688,55 @@ mod avx2 {
         let at = group * bpr;
         let q = e.q.as_ptr().add(at * 8 * QK);
         let (d, s) = (e.d.as_ptr().add(at * 8), e.s.as_ptr().add(at * 8));
-        let (even, offs0) = q4_1_eight_half(wr, q, d, s, 0);
-        let (odd, offs1) = q4_1_eight_half(wr, q, d, s, 1);
-        let out = _mm256_add_ps(eight_sums(&even, &odd), _mm256_add_ps(offs0, offs1));
-        _mm256_storeu_ps(res.as_mut_ptr(), out);
+        let mask = _mm256_set1_epi8(0x0F);
+        let ones = _mm256_set1_epi16(1);
+        let mut acc = [_mm256_setzero_ps(); 8];
+        let mut b0 = 0;
+        while b0 < bpr {
+            for (k, acc) in acc.iter_mut().enumerate() {
+                let b = b0 + k;
+                if b >= bpr {
+                    break;
+                }
+                let blk = wr.get_unchecked(b);
+                prefetch(blk);
+                // Both halves of the register hold the block, so an in-lane shuffle broadcasts.
+                let raw =
+                    _mm256_broadcastsi128_si256(_mm_loadu_si128(blk.qs.as_ptr() as *const __m128i));
+                let lo = _mm256_and_si256(raw, mask);
+                let hi = _mm256_and_si256(_mm256_srli_epi16(raw, 4), mask);
+                let xb = q.add(b * 8 * QK) as *const __m256i;
+                macro_rules! four {
+                    ($src:ident, $imm:literal, $g:literal) => {
+                        _mm256_maddubs_epi16(
+                            _mm256_shuffle_epi32::<$imm>($src),
+                            _mm256_loadu_si256(xb.add($g)),
+                        )
+                    };
+                }
+                let s01 = _mm256_add_epi16(four!(lo, 0x00, 0), four!(lo, 0x55, 1));
+                let s23 = _mm256_add_epi16(four!(lo, 0xAA, 2), four!(lo, 0xFF, 3));
+                let s45 = _mm256_add_epi16(four!(hi, 0x00, 4), four!(hi, 0x55, 5));
+                let s67 = _mm256_add_epi16(four!(hi, 0xAA, 6), four!(hi, 0xFF, 7));
+                let s16 = _mm256_add_epi16(_mm256_add_epi16(s01, s23), _mm256_add_epi16(s45, s67));
+                let sums = _mm256_cvtepi32_ps(_mm256_madd_epi16(s16, ones));
+                let scale = _mm256_mul_ps(
+                    _mm256_set1_ps(blk.d.to_f32()),
+                    _mm256_loadu_ps(d.add(b * 8)),
+                );
+                *acc = _mm256_fmadd_ps(scale, sums, *acc);
+                let m = _mm256_set1_ps(blk.m.to_f32());
+                *acc = _mm256_fmadd_ps(m, _mm256_loadu_ps(s.add(b * 8)), *acc);
+            }
+            b0 += 8;
+        }
+        _mm256_storeu_ps(res.as_mut_ptr(), eight_sums(&acc));
     }
 
-    /// `hsum(even[g] + odd[g])` over `g` as the row tiles add, lane by lane.
+    /// `hsum` lane by lane: the row tiles' last step, for eight rows at once.
     #[inline]
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn eight_sums(even: &[__m256; 8], odd: &[__m256; 8]) -> __m256 {
-        let mut a = [_mm256_setzero_ps(); 8];
-        for g in 0..8 {
-            a[g] = _mm256_add_ps(even[g], odd[g]);
-        }
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn eight_sums(a: &[__m256; 8]) -> __m256 {
         let s0 = _mm256_add_ps(a[0], a[4]);
         let s1 = _mm256_add_ps(a[1], a[5]);
         let s2 = _mm256_add_ps(a[2], a[6]);
@@ -688,46 +744,9 @@ mod avx2 {
         _mm256_add_ps(_mm256_add_ps(s0, s2), _mm256_add_ps(s1, s3))
     }
 
-    /// Every other block of a Q8_0 row against one interleaved group, as `q4_1_eight_half`.
-    #[inline]
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn q8_0_eight_half(
-        wr: &[BlockQ8_0],
-        q: *const i8,
-        d: *const f32,
-        first: usize,
-    ) -> [__m256; 8] {
-        let ones = _mm256_set1_epi16(1);
-        let mut acc = [_mm256_setzero_ps(); 8];
-        let mut b = first;
-        while b < wr.len() {
-            let blk = wr.get_unchecked(b);
-            if first == 0 {
-                prefetch(blk);
-            }
-            let scale = _mm256_mul_ps(
-                _mm256_set1_ps(blk.d.to_f32()),
-                _mm256_loadu_ps(d.add(b * 8)),
-            );
-            let xb = q.add(b * 8 * QK) as *const __m256i;
-            let wq = blk.qs.as_ptr() as *const i32;
-            for g in 0..8 {
-                let wv = _mm256_set1_epi32(wq.add(g).read_unaligned());
-                let xv = _mm256_loadu_si256(xb.add(g));
-                // maddubs multiplies unsigned by signed: the weight's sign moves onto the
-                // activation, as in the row tile.
-                let aw = _mm256_sign_epi8(wv, wv);
-                let sx = _mm256_sign_epi8(xv, wv);
-                let p = _mm256_madd_epi16(_mm256_maddubs_epi16(aw, sx), ones);
-                acc[g] = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(p), acc[g]);
-            }
-            b += 2;
-        }
-        acc
-    }
-
-    /// One Q8_0 weight row against interleaved group `group`: the bits `q8_0_tile_n` gives.
-    #[target_feature(enable = "avx2,fma")]
+    /// One Q8_0 weight row against interleaved group `group`: the bits `q8_0_tile_n` gives. A
+    /// Q8_0 pair sum can reach 2 * 128 * 127, so each group widens to 32 bits before adding.
+    #[target_feature(enable = "avx2,fma,f16c")]
     pub(super) unsafe fn q8_0_eight(
         wr: &[BlockQ8_0],
         e: &Eights,
@@ -739,41 +758,59 @@ mod avx2 {
         let at = group * bpr;
         let q = e.q.as_ptr().add(at * 8 * QK);
         let d = e.d.as_ptr().add(at * 8);
-        let even = q8_0_eight_half(wr, q, d, 0);
-        let odd = q8_0_eight_half(wr, q, d, 1);
-        _mm256_storeu_ps(res.as_mut_ptr(), eight_sums(&even, &odd));
+        let ones = _mm256_set1_epi16(1);
+        let mut acc = [_mm256_setzero_ps(); 8];
+        let mut b0 = 0;
+        while b0 < bpr {
+            for (k, acc) in acc.iter_mut().enumerate() {
+                let b = b0 + k;
+                if b >= bpr {
+                    break;
+                }
+                let blk = wr.get_unchecked(b);
+                prefetch(blk);
+                let xb = q.add(b * 8 * QK) as *const __m256i;
+                let wq = blk.qs.as_ptr() as *const i32;
+                let mut p = [_mm256_setzero_si256(); 8];
+                for (g, pg) in p.iter_mut().enumerate() {
+                    let wv = _mm256_set1_epi32(wq.add(g).read_unaligned());
+                    let xv = _mm256_loadu_si256(xb.add(g));
+                    // maddubs multiplies unsigned by signed: the weight's sign moves onto the
+                    // activation, as in the row tile.
+                    let aw = _mm256_sign_epi8(wv, wv);
+                    let sx = _mm256_sign_epi8(xv, wv);
+                    *pg = _mm256_madd_epi16(_mm256_maddubs_epi16(aw, sx), ones);
+                }
+                let p01 = _mm256_add_epi32(p[0], p[1]);
+                let p23 = _mm256_add_epi32(p[2], p[3]);
+                let p45 = _mm256_add_epi32(p[4], p[5]);
+                let p67 = _mm256_add_epi32(p[6], p[7]);
+                let sum = _mm256_add_epi32(_mm256_add_epi32(p01, p23), _mm256_add_epi32(p45, p67));
+                let scale = _mm256_mul_ps(
+                    _mm256_set1_ps(blk.d.to_f32()),
+                    _mm256_loadu_ps(d.add(b * 8)),
+                );
+                *acc = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(sum), *acc);
+            }
+            b0 += 8;
+        }
+        _mm256_storeu_ps(res.as_mut_ptr(), eight_sums(&acc));
     }
 
-    /// One Q8_0 block against `CNT` activation rows, into one set of accumulators.
+    /// One Q8_0 block's integer dot product with one activation block, in eight lanes.
     #[inline]
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn q8_0_block<const CNT: usize>(
-        blk: &BlockQ8_0,
-        xq: &Quantized,
-        xi0: usize,
-        bpr: usize,
-        acc: &mut [__m256; CNT],
-    ) {
-        let ones = _mm256_set1_epi16(1);
-        prefetch(blk);
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn q8_0_dot(blk: &BlockQ8_0, x: *const i8) -> __m256i {
         let wv = _mm256_loadu_si256(blk.qs.as_ptr() as *const __m256i);
+        let xv = _mm256_loadu_si256(x as *const __m256i);
         // maddubs multiplies unsigned by signed: move the weight's sign onto the activation.
-        let aw = _mm256_sign_epi8(wv, wv);
-        let dw = blk.d.to_f32();
-        let xqp = xq.q.as_ptr();
-        for j in 0..CNT {
-            let xi = xi0 + j * bpr;
-            let xv = _mm256_loadu_si256(xqp.add(xi * QK) as *const __m256i);
-            let sx = _mm256_sign_epi8(xv, wv);
-            let p = _mm256_madd_epi16(_mm256_maddubs_epi16(aw, sx), ones);
-            let scale = _mm256_set1_ps(dw * *xq.d.get_unchecked(xi));
-            acc[j] = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(p), acc[j]);
-        }
+        let p = _mm256_maddubs_epi16(_mm256_sign_epi8(wv, wv), _mm256_sign_epi8(xv, wv));
+        _mm256_madd_epi16(p, _mm256_set1_epi16(1))
     }
 
     /// `CNT` dot products of one Q8_0 weight row with consecutive quantized activation rows.
     #[inline]
-    #[target_feature(enable = "avx2,fma")]
+    #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn q8_0_tile_n<const CNT: usize>(
         wr: &[BlockQ8_0],
         xq: &Quantized,
@@ -781,19 +818,42 @@ mod avx2 {
         bpr: usize,
         res: &mut [f32; TILE],
     ) {
-        let (mut acc0, mut acc1) = ([_mm256_setzero_ps(); CNT], [_mm256_setzero_ps(); CNT]);
-        let xi0 = a0 * bpr;
+        let mut acc = [_mm256_setzero_ps(); CNT];
+        let xqp = xq.q.as_ptr();
+        // As in `q4_1_tile_n`.
+        macro_rules! chunk {
+            ($b:expr, $n:expr) => {{
+                let (b, n) = ($b, $n);
+                let mask = first_lanes(n);
+                let dw = q8_0_scales(wr.as_ptr().add(b), mask);
+                for j in 0..CNT {
+                    let xi = (a0 + j) * bpr + b;
+                    let mut p = [_mm256_setzero_si256(); 8];
+                    for (k, pk) in p.iter_mut().enumerate() {
+                        if k < n {
+                            let blk = wr.get_unchecked(b + k);
+                            if j == 0 {
+                                prefetch(blk);
+                            }
+                            *pk = q8_0_dot(blk, xqp.add((xi + k) * QK));
+                        }
+                    }
+                    let sums = _mm256_cvtepi32_ps(lane_sums(&p));
+                    let dx = _mm256_maskload_ps(xq.d.as_ptr().add(xi), mask);
+                    acc[j] = _mm256_fmadd_ps(_mm256_mul_ps(dw, dx), sums, acc[j]);
+                }
+            }};
+        }
         let mut b = 0;
-        while b + 2 <= bpr {
-            q8_0_block(wr.get_unchecked(b), xq, xi0 + b, bpr, &mut acc0);
-            q8_0_block(wr.get_unchecked(b + 1), xq, xi0 + b + 1, bpr, &mut acc1);
-            b += 2;
+        while b + 8 <= bpr {
+            chunk!(b, 8);
+            b += 8;
         }
         if b < bpr {
-            q8_0_block(wr.get_unchecked(b), xq, xi0 + b, bpr, &mut acc0);
+            chunk!(b, bpr - b);
         }
         for j in 0..CNT {
-            res[j] = hsum(_mm256_add_ps(acc0[j], acc1[j]));
+            res[j] = hsum(acc[j]);
         }
     }
 }
@@ -1083,8 +1143,8 @@ mod tests {
         if !available() {
             return;
         }
-        // Odd block counts too: the odd pass then has one block fewer than the even one.
-        for bpr in [1, 2, 7, 18] {
+        // Rows of whole eight-block chunks, of a short chunk alone, and of both.
+        for bpr in [1, 2, 7, 8, 9, 18, 48] {
             let cols = bpr * QK;
             let w4 = matrix(GgmlDType::Q4_1, 5, cols);
             let w8 = matrix(GgmlDType::Q8_0, 5, cols);
