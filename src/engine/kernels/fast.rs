@@ -99,7 +99,8 @@ struct Quantized {
     q: Vec<i8>,
     d: Vec<f32>,
     s: Vec<f32>,
-    /// The first `8 * groups` rows again, interleaved for the eight-row AVX2 tiles.
+    /// The first `8 * groups` rows again, interleaved for the eight-row AVX2 tiles; where there are
+    /// fewer rows, the last group is padded with zero rows.
     eights: Eights,
 }
 
@@ -165,6 +166,7 @@ fn avx2_quantize_block(xb: &[f32], qb: &mut [i8]) -> (f32, i32) {
 }
 
 fn interleave(xq: &Quantized, bpr: usize, groups: usize) -> Eights {
+    let rows = xq.d.len() / bpr.max(1);
     let mut e = Eights {
         groups,
         q: vec![0; groups * bpr * 8 * QK],
@@ -175,7 +177,8 @@ fn interleave(xq: &Quantized, bpr: usize, groups: usize) -> Eights {
         for b in 0..bpr {
             let at = g * bpr + b;
             let dst = &mut e.q[at * 8 * QK..(at + 1) * 8 * QK];
-            for j in 0..8 {
+            // A padding row stays zero.
+            for j in 0..8.min(rows - g * 8) {
                 let xi = (g * 8 + j) * bpr + b;
                 let src = &xq.q[xi * QK..(xi + 1) * QK];
                 for (k, four) in src.chunks_exact(4).enumerate() {
@@ -226,7 +229,11 @@ fn matmul_blocks<B: Sync>(
     tile: TileFn<B>,
     eight: Option<EightFn<B>>,
 ) {
+    // Five to seven rows past the last full group ride in one more group, padded with zero rows:
+    // one eight-row pass costs less than a four-row tile and a smaller one (four rows alone cost
+    // about what eight do).
     let groups = match eight {
+        Some(_) if eights_here() && n % 8 >= 5 => n.div_ceil(8),
         Some(_) if eights_here() => n / 8,
         _ => 0,
     };
@@ -280,7 +287,7 @@ fn matmul_blocks<B: Sync>(
                         bpr,
                         &mut res,
                     );
-                    for (j, v) in res.iter().enumerate() {
+                    for (j, v) in res.iter().enumerate().take(n - g * 8) {
                         // SAFETY: (8g + j, row) of matrix i belongs to this task alone.
                         unsafe { *o.0.add((g * 8 + j) * rows + row) = *v };
                     }
@@ -288,7 +295,7 @@ fn matmul_blocks<B: Sync>(
             }
         }
         let mut res = [0f32; TILE];
-        let mut a0 = xq.eights.groups * 8;
+        let mut a0 = (xq.eights.groups * 8).min(n);
         while a0 < n {
             let cnt = TILE.min(n - a0);
             for row in r0..r1 {
@@ -1249,15 +1256,18 @@ mod tests {
             GgmlDType::Q4K,
             GgmlDType::Q6K,
         ] {
-            // Two groups of eight and three rows more: every kind of tile.
+            // Two groups of eight and three rows more: every kind of tile; fourteen rows: a group
+            // and a padded one.
             let w = matrix(dtype, 70, 256);
-            let x = random(19 * 256, 11);
-            let mut all = vec![0f32; 19 * 70];
-            w.matmul(&x, 19, &mut all, &pool);
-            for a in 0..19 {
-                let mut one = vec![0f32; 70];
-                w.matmul(&x[a * 256..(a + 1) * 256], 1, &mut one, &pool);
-                assert_eq!(one, all[a * 70..(a + 1) * 70], "{dtype:?} row {a}");
+            for n in [19, 14] {
+                let x = random(n * 256, 11);
+                let mut all = vec![0f32; n * 70];
+                w.matmul(&x, n, &mut all, &pool);
+                for a in 0..n {
+                    let mut one = vec![0f32; 70];
+                    w.matmul(&x[a * 256..(a + 1) * 256], 1, &mut one, &pool);
+                    assert_eq!(one, all[a * 70..(a + 1) * 70], "{dtype:?} row {a} of {n}");
+                }
             }
         }
     }
