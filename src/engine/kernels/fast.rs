@@ -102,6 +102,8 @@ struct Quantized {
     /// The first `8 * groups` rows again, interleaved for the eight-row AVX2 tiles; where there are
     /// fewer rows, the last group is padded with zero rows.
     eights: Eights,
+    /// The rows after those, in groups of four for the four-row AVX2 tiles, padded likewise.
+    fours: Fours,
 }
 
 /// Activation rows in groups of eight, interleaved so that the eight-row tiles reach every row with
@@ -116,13 +118,29 @@ struct Eights {
     s: Vec<f32>,
 }
 
-fn quantize_rows(x: &[f32], cols: usize, groups: usize) -> Quantized {
+/// Activation rows in groups of four, interleaved for the four-row tiles, which take two blocks at a
+/// time: per (group, pair of blocks), eight 32-byte vectors, vector `g` holding bytes `4g..4g + 4`
+/// of the pair's first block in the four rows (row `j` in lane `j`) and of its second block in
+/// lanes `4 + j`; scales and `scale * sum`s the same way. A row with an odd block count has a zero
+/// second block in its last pair.
+#[derive(Default)]
+struct Fours {
+    /// The first row of the first group.
+    first: usize,
+    groups: usize,
+    q: Vec<i8>,
+    d: Vec<f32>,
+    s: Vec<f32>,
+}
+
+fn quantize_rows(x: &[f32], cols: usize, groups: usize, fours: usize) -> Quantized {
     let blocks = x.len() / QK;
     let mut out = Quantized {
         q: vec![0; x.len()],
         d: Vec::with_capacity(blocks),
         s: Vec::with_capacity(blocks),
         eights: Eights::default(),
+        fours: Fours::default(),
     };
     // The block quantizer is chosen once per product, not per block.
     let block: fn(&[f32], &mut [i8]) -> (f32, i32) = if cfg!(target_arch = "x86_64") && available()
@@ -137,6 +155,7 @@ fn quantize_rows(x: &[f32], cols: usize, groups: usize) -> Quantized {
         out.s.push(d * sum as f32);
     }
     out.eights = interleave(&out, cols / QK, groups);
+    out.fours = interleave_fours(&out, cols / QK, groups * 8, fours);
     out
 }
 
@@ -192,6 +211,36 @@ fn interleave(xq: &Quantized, bpr: usize, groups: usize) -> Eights {
     e
 }
 
+fn interleave_fours(xq: &Quantized, bpr: usize, first: usize, groups: usize) -> Fours {
+    let rows = xq.d.len() / bpr.max(1);
+    let pairs = bpr.div_ceil(2);
+    let mut f = Fours {
+        first,
+        groups,
+        q: vec![0; groups * pairs * 8 * QK],
+        d: vec![0.0; groups * pairs * 8],
+        s: vec![0.0; groups * pairs * 8],
+    };
+    for g in 0..groups {
+        for b in 0..bpr {
+            let at = g * pairs + b / 2;
+            let dst = &mut f.q[at * 8 * QK..(at + 1) * 8 * QK];
+            // A padding row stays zero.
+            for j in 0..4.min(rows.saturating_sub(first + g * 4)) {
+                let lane = (b % 2) * 4 + j;
+                let xi = (first + g * 4 + j) * bpr + b;
+                let src = &xq.q[xi * QK..(xi + 1) * QK];
+                for (k, four) in src.chunks_exact(4).enumerate() {
+                    dst[k * QK + lane * 4..k * QK + lane * 4 + 4].copy_from_slice(four);
+                }
+                f.d[at * 8 + lane] = xq.d[xi];
+                f.s[at * 8 + lane] = xq.s[xi];
+            }
+        }
+    }
+    f
+}
+
 fn blocks<T>(w: &QMatrix) -> &[T] {
     let bytes = w.data.as_slice();
     // SAFETY: `QMatrix::new` checked the byte length for this type and 4-byte alignment; the block
@@ -211,6 +260,16 @@ type TileFn<B> = fn(&[B], &Quantized, usize, usize, usize, &mut [f32; TILE]);
 /// the row tiles give those rows, bit for bit.
 type EightFn<B> = fn(&[B], &Eights, usize, usize, &mut [f32; 8]);
 
+/// One weight row against the four activation rows of one four-row group, likewise.
+type FourFn<B> = fn(&[B], &Fours, usize, usize, &mut [f32; 4]);
+
+/// A block type's AVX2 tiles for many activation rows.
+#[derive(Clone, Copy)]
+struct Wide<B> {
+    eight: EightFn<B>,
+    four: FourFn<B>,
+}
+
 /// Whether products with eight or more activation rows use the eight-row tiles. The AVX-512 tiles
 /// add in another order, and a machine uses one kind of tile for every product.
 fn eights_here() -> bool {
@@ -227,17 +286,29 @@ fn matmul_blocks<B: Sync>(
     outs: &mut [&mut [f32]],
     pool: &ThreadPool,
     tile: TileFn<B>,
-    eight: Option<EightFn<B>>,
+    wide: Option<Wide<B>>,
 ) {
-    // Five to seven rows past the last full group ride in one more group, padded with zero rows:
-    // one eight-row pass costs less than a four-row tile and a smaller one (four rows alone cost
-    // about what eight do).
-    let groups = match eight {
-        Some(_) if eights_here() && n % 8 >= 5 => n.div_ceil(8),
-        Some(_) if eights_here() => n / 8,
-        _ => 0,
+    // Rows go to eight-row groups, then four-row groups, each padded with zero rows where that
+    // costs less than the smaller tiles: five to seven rows past the last eight ride in one more
+    // eight-row group, three or four in a four-row group. One or two rows (a decode step of one
+    // or two sequences) take the row tile.
+    let wide = wide.filter(|_| eights_here());
+    let (groups, fours) = match wide {
+        Some(_) => {
+            let eights = if n % 8 >= 5 { n.div_ceil(8) } else { n / 8 };
+            let rest = n.saturating_sub(eights * 8);
+            (
+                eights,
+                if rest >= FOUR_FROM {
+                    rest.div_ceil(4)
+                } else {
+                    0
+                },
+            )
+        }
+        None => (0, 0),
     };
-    let xq = quantize_rows(x, ws[0].cols, groups);
+    let xq = quantize_rows(x, ws[0].cols, groups, fours);
     let per_task = if n == 1 {
         ROWS_PER_TASK_ONE
     } else {
@@ -276,7 +347,7 @@ fn matmul_blocks<B: Sync>(
                 };
             }
         }
-        if let Some(eight) = eight {
+        if let Some(Wide { eight, four }) = wide {
             let mut res = [0f32; 8];
             for g in 0..xq.eights.groups {
                 for row in r0..r1 {
@@ -293,9 +364,20 @@ fn matmul_blocks<B: Sync>(
                     }
                 }
             }
+            let mut res = [0f32; 4];
+            for g in 0..xq.fours.groups {
+                let a = xq.fours.first + g * 4;
+                for row in r0..r1 {
+                    four(&wb[row * bpr..(row + 1) * bpr], &xq.fours, g, bpr, &mut res);
+                    for (j, v) in res.iter().enumerate().take(n - a) {
+                        // SAFETY: (a + j, row) of matrix i belongs to this task alone.
+                        unsafe { *o.0.add((a + j) * rows + row) = *v };
+                    }
+                }
+            }
         }
         let mut res = [0f32; TILE];
-        let mut a0 = (xq.eights.groups * 8).min(n);
+        let mut a0 = (xq.eights.groups * 8 + xq.fours.groups * 4).min(n);
         while a0 < n {
             let cnt = TILE.min(n - a0);
             for row in r0..r1 {
@@ -329,25 +411,32 @@ pub fn matmul_many(
     pool: &ThreadPool,
 ) {
     match ws[0].dtype {
-        GgmlDType::Q4_1 => matmul_blocks(ws, x, n, outs, pool, q4_1_tile, Q4_1_EIGHT),
-        _ => matmul_blocks(ws, x, n, outs, pool, q8_0_tile, Q8_0_EIGHT),
+        GgmlDType::Q4_1 => matmul_blocks(ws, x, n, outs, pool, q4_1_tile, Q4_1_WIDE),
+        _ => matmul_blocks(ws, x, n, outs, pool, q8_0_tile, Q8_0_WIDE),
     }
 }
 
+/// Rows left after the eight-row groups that take a (padded) four-row group rather than row tiles:
+/// in isolation a four-row group cost about what two rows' row tile did, and less than three rows'.
+const FOUR_FROM: usize = 3;
+
 #[cfg(target_arch = "x86_64")]
-const Q4_1_EIGHT: Option<EightFn<BlockQ4_1>> = Some(|wr, e, group, bpr, res| {
-    // SAFETY: the caller chose the fast path because `available()` said AVX2 and FMA are there.
-    unsafe { avx2::q4_1_eight(wr, e, group, bpr, res) }
+const Q4_1_WIDE: Option<Wide<BlockQ4_1>> = Some(Wide {
+    // SAFETY (both): the caller chose the fast path because `available()` said AVX2, FMA and
+    // F16C are there.
+    eight: |wr, e, group, bpr, res| unsafe { avx2::q4_1_eight(wr, e, group, bpr, res) },
+    four: |wr, f, group, bpr, res| unsafe { avx2::q4_1_four(wr, f, group, bpr, res) },
 });
 #[cfg(target_arch = "x86_64")]
-const Q8_0_EIGHT: Option<EightFn<BlockQ8_0>> = Some(|wr, e, group, bpr, res| {
-    // SAFETY: as for Q4_1.
-    unsafe { avx2::q8_0_eight(wr, e, group, bpr, res) }
+const Q8_0_WIDE: Option<Wide<BlockQ8_0>> = Some(Wide {
+    // SAFETY (both): as for Q4_1.
+    eight: |wr, e, group, bpr, res| unsafe { avx2::q8_0_eight(wr, e, group, bpr, res) },
+    four: |wr, f, group, bpr, res| unsafe { avx2::q8_0_four(wr, f, group, bpr, res) },
 });
 #[cfg(not(target_arch = "x86_64"))]
-const Q4_1_EIGHT: Option<EightFn<BlockQ4_1>> = None;
+const Q4_1_WIDE: Option<Wide<BlockQ4_1>> = None;
 #[cfg(not(target_arch = "x86_64"))]
-const Q8_0_EIGHT: Option<EightFn<BlockQ8_0>> = None;
+const Q8_0_WIDE: Option<Wide<BlockQ8_0>> = None;
 
 /// Defines a block type's tile: the AVX-512 one where the CPU has it, else AVX2 (else, off x86,
 /// the scalar one).
@@ -462,7 +551,7 @@ macro_rules! by_count {
 mod avx2 {
     use std::arch::x86_64::*;
 
-    use super::{BlockQ4_1, BlockQ8_0, Eights, Quantized, QK, TILE};
+    use super::{BlockQ4_1, BlockQ8_0, Eights, Fours, Quantized, QK, TILE};
 
     /// How far ahead of the block being multiplied the weight stream is fetched, in bytes. The
     /// model's weights don't fit in the cache, and the hardware prefetcher stops at every 4 KiB
@@ -804,6 +893,157 @@ mod avx2 {
         _mm256_storeu_ps(res.as_mut_ptr(), eight_sums(&acc));
     }
 
+    /// `hsum` for the four rows of a four-row tile, whose accumulator `c` holds block classes
+    /// `2c` (low half) and `2c + 1` (high half): the same additions in the same order.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn four_sums(a: &[__m256; 4]) -> __m128 {
+        // [c0 + c4 | c1 + c5] + [c2 + c6 | c3 + c7], then the halves: hsum's order.
+        let b = _mm256_add_ps(_mm256_add_ps(a[0], a[2]), _mm256_add_ps(a[1], a[3]));
+        _mm_add_ps(_mm256_castps256_ps128(b), _mm256_extractf128_ps::<1>(b))
+    }
+
+    /// Two blocks' 16 bytes from `at`, the first block's in the low half; a missing second block
+    /// reads as zeros.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn two_halves(first: *const u8, second: Option<*const u8>) -> __m256i {
+        let lo = _mm_loadu_si128(first as *const __m128i);
+        let hi = match second {
+            Some(p) => _mm_loadu_si128(p as *const __m128i),
+            None => _mm_setzero_si128(),
+        };
+        _mm256_set_m128i(hi, lo)
+    }
+
+    /// A pair of blocks' scales, four lanes each.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn two_scales(first: f32, second: f32) -> __m256 {
+        _mm256_set_m128(_mm_set1_ps(second), _mm_set1_ps(first))
+    }
+
+    /// One Q4_1 weight row against four-row group `group`: the bits `q4_1_tile_n` gives each of
+    /// the four rows. As the eight-row tile, with two blocks side by side in place of eight rows:
+    /// the in-lane shuffles broadcast each block's 4-byte groups across its own half. Pair `p`'s
+    /// blocks are classes `2p % 8` and `2p % 8 + 1`, so accumulator `p % 4` holds both.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) unsafe fn q4_1_four(
+        wr: &[BlockQ4_1],
+        f: &Fours,
+        group: usize,
+        bpr: usize,
+        res: &mut [f32; 4],
+    ) {
+        let pairs = bpr.div_ceil(2);
+        debug_assert!(wr.len() == bpr && group < f.groups && f.s.len() >= f.groups * pairs * 8);
+        let at = group * pairs;
+        let q = f.q.as_ptr().add(at * 8 * QK);
+        let (d, s) = (f.d.as_ptr().add(at * 8), f.s.as_ptr().add(at * 8));
+        let mask = _mm256_set1_epi8(0x0F);
+        let ones = _mm256_set1_epi16(1);
+        let mut acc = [_mm256_setzero_ps(); 4];
+        let mut p0 = 0;
+        while p0 < pairs {
+            for (c, acc) in acc.iter_mut().enumerate() {
+                let p = p0 + c;
+                if p >= pairs {
+                    break;
+                }
+                let b0 = wr.get_unchecked(2 * p);
+                let b1 = wr.get(2 * p + 1);
+                prefetch(b0);
+                let raw = two_halves(b0.qs.as_ptr(), b1.map(|b| b.qs.as_ptr()));
+                let lo = _mm256_and_si256(raw, mask);
+                let hi = _mm256_and_si256(_mm256_srli_epi16(raw, 4), mask);
+                let xb = q.add(p * 8 * QK) as *const __m256i;
+                macro_rules! four {
+                    ($src:ident, $imm:literal, $g:literal) => {
+                        _mm256_maddubs_epi16(
+                            _mm256_shuffle_epi32::<$imm>($src),
+                            _mm256_loadu_si256(xb.add($g)),
+                        )
+                    };
+                }
+                let s01 = _mm256_add_epi16(four!(lo, 0x00, 0), four!(lo, 0x55, 1));
+                let s23 = _mm256_add_epi16(four!(lo, 0xAA, 2), four!(lo, 0xFF, 3));
+                let s45 = _mm256_add_epi16(four!(hi, 0x00, 4), four!(hi, 0x55, 5));
+                let s67 = _mm256_add_epi16(four!(hi, 0xAA, 6), four!(hi, 0xFF, 7));
+                let s16 = _mm256_add_epi16(_mm256_add_epi16(s01, s23), _mm256_add_epi16(s45, s67));
+                let sums = _mm256_cvtepi32_ps(_mm256_madd_epi16(s16, ones));
+                let (d1, m1) = b1.map_or((0.0, 0.0), |b| (b.d.to_f32(), b.m.to_f32()));
+                let dw = two_scales(b0.d.to_f32(), d1);
+                let scale = _mm256_mul_ps(dw, _mm256_loadu_ps(d.add(p * 8)));
+                *acc = _mm256_fmadd_ps(scale, sums, *acc);
+                let mw = two_scales(b0.m.to_f32(), m1);
+                *acc = _mm256_fmadd_ps(mw, _mm256_loadu_ps(s.add(p * 8)), *acc);
+            }
+            p0 += 4;
+        }
+        _mm_storeu_ps(res.as_mut_ptr(), four_sums(&acc));
+    }
+
+    /// One Q8_0 weight row against four-row group `group`: the bits `q8_0_tile_n` gives, as
+    /// `q4_1_four` does for Q4_1.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) unsafe fn q8_0_four(
+        wr: &[BlockQ8_0],
+        f: &Fours,
+        group: usize,
+        bpr: usize,
+        res: &mut [f32; 4],
+    ) {
+        let pairs = bpr.div_ceil(2);
+        debug_assert!(wr.len() == bpr && group < f.groups && f.d.len() >= f.groups * pairs * 8);
+        let at = group * pairs;
+        let q = f.q.as_ptr().add(at * 8 * QK);
+        let d = f.d.as_ptr().add(at * 8);
+        let ones = _mm256_set1_epi16(1);
+        let mut acc = [_mm256_setzero_ps(); 4];
+        let mut p0 = 0;
+        while p0 < pairs {
+            for (c, acc) in acc.iter_mut().enumerate() {
+                let p = p0 + c;
+                if p >= pairs {
+                    break;
+                }
+                let b0 = wr.get_unchecked(2 * p);
+                let b1 = wr.get(2 * p + 1);
+                prefetch(b0);
+                let xb = q.add(p * 8 * QK) as *const __m256i;
+                let mut sum = _mm256_setzero_si256();
+                for h in 0..2 {
+                    let raw = two_halves(
+                        b0.qs.as_ptr().add(16 * h) as *const u8,
+                        b1.map(|b| b.qs.as_ptr().add(16 * h) as *const u8),
+                    );
+                    macro_rules! four {
+                        ($imm:literal, $g:expr) => {{
+                            let wv = _mm256_shuffle_epi32::<$imm>(raw);
+                            let xv = _mm256_loadu_si256(xb.add($g));
+                            // maddubs multiplies unsigned by signed: the weight's sign moves onto
+                            // the activation, as in the row tile.
+                            let p = _mm256_maddubs_epi16(
+                                _mm256_sign_epi8(wv, wv),
+                                _mm256_sign_epi8(xv, wv),
+                            );
+                            _mm256_madd_epi16(p, ones)
+                        }};
+                    }
+                    let s01 = _mm256_add_epi32(four!(0x00, 4 * h), four!(0x55, 4 * h + 1));
+                    let s23 = _mm256_add_epi32(four!(0xAA, 4 * h + 2), four!(0xFF, 4 * h + 3));
+                    sum = _mm256_add_epi32(sum, _mm256_add_epi32(s01, s23));
+                }
+                let d1 = b1.map_or(0.0, |b| b.d.to_f32());
+                let scale =
+                    _mm256_mul_ps(two_scales(b0.d.to_f32(), d1), _mm256_loadu_ps(d.add(p * 8)));
+                *acc = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(sum), *acc);
+            }
+            p0 += 4;
+        }
+        _mm_storeu_ps(res.as_mut_ptr(), four_sums(&acc));
+    }
+
     /// One Q8_0 block's integer dot product with one activation block, in eight lanes.
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
@@ -1121,7 +1361,7 @@ mod tests {
         let w4 = matrix(GgmlDType::Q4_1, 8, 256);
         let w8 = matrix(GgmlDType::Q8_0, 8, 256);
         let x = random(5 * 256, 3);
-        let xq = quantize_rows(&x, 256, 0);
+        let xq = quantize_rows(&x, 256, 0, 0);
         for row in 0..8 {
             let (mut a, mut b) = ([0f32; TILE], [0f32; TILE]);
             let r4 = &blocks::<BlockQ4_1>(&w4)[row * 8..(row + 1) * 8];
@@ -1146,33 +1386,42 @@ mod tests {
     }
 
     #[test]
-    fn the_eight_row_tile_gives_the_row_tiles_bits() {
+    fn the_wide_tiles_give_the_row_tiles_bits() {
         if !available() {
             return;
         }
-        // Rows of whole eight-block chunks, of a short chunk alone, and of both.
+        // Rows of whole eight-block chunks, of a short chunk alone, and of both; odd block counts
+        // leave the four-row tile's last pair half empty.
         for bpr in [1, 2, 7, 8, 9, 18, 48] {
             let cols = bpr * QK;
             let w4 = matrix(GgmlDType::Q4_1, 5, cols);
             let w8 = matrix(GgmlDType::Q8_0, 5, cols);
-            let x = random(16 * cols, bpr as u64);
-            let xq = quantize_rows(&x, cols, 2);
+            // Two groups of eight, then two of four.
+            let x = random(24 * cols, bpr as u64);
+            let xq = quantize_rows(&x, cols, 2, 2);
             for row in 0..5 {
                 let r4 = &blocks::<BlockQ4_1>(&w4)[row * bpr..(row + 1) * bpr];
                 let r8 = &blocks::<BlockQ8_0>(&w8)[row * bpr..(row + 1) * bpr];
+                let mut wide = Vec::new();
                 for group in 0..2 {
                     let (mut e4, mut e8) = ([0f32; 8], [0f32; 8]);
                     unsafe { avx2::q4_1_eight(r4, &xq.eights, group, bpr, &mut e4) };
                     unsafe { avx2::q8_0_eight(r8, &xq.eights, group, bpr, &mut e8) };
-                    for j in 0..8 {
-                        let a = group * 8 + j;
-                        let (mut o4, mut o8) = ([0f32; TILE], [0f32; TILE]);
-                        unsafe { avx2::q4_1_tile(r4, &xq, a, 1, bpr, &mut o4) };
-                        unsafe { avx2::q8_0_tile(r8, &xq, a, 1, bpr, &mut o8) };
-                        let at = format!("{bpr} blocks, row {row}, activation row {a}");
-                        assert_eq!(e4[j].to_bits(), o4[0].to_bits(), "Q4_1 {at}");
-                        assert_eq!(e8[j].to_bits(), o8[0].to_bits(), "Q8_0 {at}");
-                    }
+                    wide.extend(e4.iter().zip(e8).map(|(a, b)| (*a, b)));
+                }
+                for group in 0..2 {
+                    let (mut f4, mut f8) = ([0f32; 4], [0f32; 4]);
+                    unsafe { avx2::q4_1_four(r4, &xq.fours, group, bpr, &mut f4) };
+                    unsafe { avx2::q8_0_four(r8, &xq.fours, group, bpr, &mut f8) };
+                    wide.extend(f4.iter().zip(f8).map(|(a, b)| (*a, b)));
+                }
+                for (a, (w4, w8)) in wide.into_iter().enumerate() {
+                    let (mut o4, mut o8) = ([0f32; TILE], [0f32; TILE]);
+                    unsafe { avx2::q4_1_tile(r4, &xq, a, 1, bpr, &mut o4) };
+                    unsafe { avx2::q8_0_tile(r8, &xq, a, 1, bpr, &mut o8) };
+                    let at = format!("{bpr} blocks, row {row}, activation row {a}");
+                    assert_eq!(w4.to_bits(), o4[0].to_bits(), "Q4_1 {at}");
+                    assert_eq!(w8.to_bits(), o8[0].to_bits(), "Q8_0 {at}");
                 }
             }
         }
@@ -1189,7 +1438,7 @@ mod tests {
             let w4 = matrix(GgmlDType::Q4_1, 8, cols);
             let w8 = matrix(GgmlDType::Q8_0, 8, cols);
             let x = random(5 * cols, 3);
-            let xq = quantize_rows(&x, cols, 0);
+            let xq = quantize_rows(&x, cols, 0, 0);
             let bpr = blocks_per_row;
             for row in 0..8 {
                 for cnt in 1..=4 {
@@ -1256,10 +1505,10 @@ mod tests {
             GgmlDType::Q4K,
             GgmlDType::Q6K,
         ] {
-            // Two groups of eight and three rows more: every kind of tile; fourteen rows: a group
-            // and a padded one.
+            // Two groups of eight and three rows more (a padded four-row group); eight and six (a
+            // padded eight-row group); eight and four; two (row tiles).
             let w = matrix(dtype, 70, 256);
-            for n in [19, 14] {
+            for n in [19, 14, 12, 2] {
                 let x = random(n * 256, 11);
                 let mut all = vec![0f32; n * 70];
                 w.matmul(&x, n, &mut all, &pool);
