@@ -1,5 +1,5 @@
 //! The quantized matrix kernels on SmolLM2's shapes: the AVX2 path against the portable one, for a
-//! decode step (1 row), a step of eight sequences (8 rows) and a prompt chunk (64 rows).
+//! decode step (1 row), a step of four or eight sequences (4 or 8 rows) and a prompt chunk (64 rows).
 //!
 //!     cargo bench --bench kernels
 
@@ -32,7 +32,7 @@ fn kernels(c: &mut Criterion) {
         let w = matrix(dtype, rows, cols);
         let mut group = c.benchmark_group(format!("{dtype:?}-{rows}x{cols}"));
         group.sample_size(20);
-        for n in [1usize, 8, 64] {
+        for n in [1usize, 4, 8, 64] {
             let x = vec![0.01f32; n * cols];
             let mut out = vec![0f32; n * rows];
             group.throughput(Throughput::Elements((n * rows * cols) as u64));

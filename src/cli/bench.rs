@@ -1,6 +1,7 @@
 //! `clerk bench`: the engine's speed and memory on this machine, as a table or JSON.
 //!
-//! Each figure is the median of `--repetitions` runs. Every run starts its prompt with a different
+//! Each figure is the median of `--repetitions` runs; the aggregate-decode runs go round the
+//! concurrencies in turn, and a speed-up over one sequence is the median of the rounds' ratios. Every run starts its prompt with a different
 //! token so the prefix cache never serves a run from an earlier one, except where the prefix-cache
 //! figure measures exactly that.
 
@@ -212,26 +213,28 @@ pub fn measure(a: &BenchArgs) -> anyhow::Result<BenchReport> {
         ttft.push(r.ttft.as_secs_f64() * 1e3);
     }
 
-    let mut agg = Vec::new();
-    let mut single = f64::NAN;
-    for &c in &a.concurrency {
-        let mut v = vec![];
-        for _ in 0..a.repetitions {
-            v.push(aggregate(&engine, c, a.gen_tokens, next_salt() * 100)?);
+    // Rounds go through every concurrency in turn, so that a slow minute on a shared machine
+    // lands on all of them alike; each speed-up is the median of one round's ratios.
+    let mut rounds: Vec<Vec<f64>> = vec![vec![]; a.concurrency.len()];
+    for _ in 0..a.repetitions {
+        for (i, &c) in a.concurrency.iter().enumerate() {
+            rounds[i].push(aggregate(&engine, c, a.gen_tokens, next_salt() * 100)?);
         }
-        let tps = median(v);
-        if c == 1 {
-            single = tps;
-        }
-        agg.push(AggregateFigure {
+    }
+    let single = a.concurrency.iter().position(|&c| c == 1);
+    let agg = a
+        .concurrency
+        .iter()
+        .zip(&rounds)
+        .map(|(&c, v)| AggregateFigure {
             sequences: c,
-            tokens_per_s: tps,
-            speedup: f64::NAN,
-        });
-    }
-    for f in &mut agg {
-        f.speedup = f.tokens_per_s / single;
-    }
+            tokens_per_s: median(v.clone()),
+            speedup: match single {
+                Some(one) => median(v.iter().zip(&rounds[one]).map(|(x, y)| x / y).collect()),
+                None => f64::NAN,
+            },
+        })
+        .collect();
 
     let (mut unc, mut cac, mut cached_tokens) = (vec![], vec![], 0);
     for _ in 0..a.repetitions {

@@ -13,9 +13,11 @@
 //! `TILE` activation rows while it sits in registers. With eight rows or more (a step of eight
 //! sequences, a prompt), the rows are interleaved in groups of eight and each 4-byte group of a weight
 //! block is broadcast across eight lanes, one lane per row: one byte product serves eight rows, and a
-//! block's eight 16-bit partial sums add up before one widening. On a 2-core Zen 3 (one thread, weights
-//! in L2), per block and activation row: ~0.55–0.65 ns for the eight-row Q4_1 tile, ~1.6–2.3 ns for
-//! the one-row tile (whose ~2.3–2.9 ns before this layout were a float FMA per 4-byte group).
+//! block's eight 16-bit partial sums add up before one widening. Three or four rows left over go to
+//! four-row tiles, which do the same with two blocks side by side in place of eight rows. On a 2-core
+//! Zen 3 (one thread, weights in L2), per block and activation row for Q4_1: ~0.55–0.65 ns for the
+//! eight-row tile, ~0.65–0.75 for the four-row one, ~0.85–1.15 for the 4-row row tile, ~1.6–2.3 for one
+//! row (whose ~2.3–2.9 ns before this layout were a float FMA per 4-byte group).
 
 use half::f16;
 
