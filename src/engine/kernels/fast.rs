@@ -555,6 +555,44 @@ mod avx2 {
 
     use super::{BlockQ4_1, BlockQ8_0, Eights, Fours, Quantized, QK, TILE};
 
+    /// Runs `$body` for each chunk of eight blocks of a row of `$bpr`, `$b` its first block and `$n`
+    /// its block count. `$n` is the constant 8 in every chunk but a row's last, so that the full
+    /// chunks' products stay in registers.
+    macro_rules! by_chunk {
+        ($bpr:expr, |$b:ident, $n:ident| $body:block) => {
+            let bpr = $bpr;
+            let mut b0 = 0;
+            while b0 + 8 <= bpr {
+                let ($b, $n) = (b0, 8);
+                $body
+                b0 += 8;
+            }
+            if b0 < bpr {
+                let ($b, $n) = (b0, bpr - b0);
+                $body
+            }
+        };
+    }
+
+    /// Runs `$body` for `$i` in `0..$count` with `$a` bound to accumulator `$i % N` of the
+    /// `N`-array `$acc`: the loop is unrolled by `N`, so each accumulator stays in its register.
+    macro_rules! by_class {
+        ($count:expr, $acc:ident, |$i:ident, $a:ident| $body:block) => {
+            let count = $count;
+            let mut i0 = 0;
+            while i0 < count {
+                for (k, $a) in $acc.iter_mut().enumerate() {
+                    let $i = i0 + k;
+                    if $i >= count {
+                        break;
+                    }
+                    $body
+                }
+                i0 += $acc.len();
+            }
+        };
+    }
+
     /// How far ahead of the block being multiplied the weight stream is fetched, in bytes. The
     /// model's weights don't fit in the cache, and the hardware prefetcher stops at every 4 KiB
     /// page and at every task's first row; fetching ahead by hand keeps the loads from stalling.
@@ -725,49 +763,63 @@ mod avx2 {
         let ones = _mm256_set1_epi16(1);
         let mut acc = [_mm256_setzero_ps(); CNT];
         let xqp = xq.q.as_ptr();
-        // The chunk's block count is a constant for every chunk but a row's last, so that the
-        // full chunks' products stay in registers.
-        macro_rules! chunk {
-            ($b:expr, $n:expr) => {{
-                let (b, n) = ($b, $n);
-                let mask = first_lanes(n);
-                let (dw, mw) = q4_1_scales(wr.as_ptr().add(b), mask);
-                let mut wv = [_mm256_setzero_si256(); 8];
-                for (k, wk) in wv.iter_mut().enumerate() {
+        by_chunk!(bpr, |b, n| {
+            let mask = first_lanes(n);
+            let (dw, mw) = q4_1_scales(wr.as_ptr().add(b), mask);
+            let mut wv = [_mm256_setzero_si256(); 8];
+            for (k, wk) in wv.iter_mut().enumerate() {
+                if k < n {
+                    let blk = wr.get_unchecked(b + k);
+                    prefetch(blk);
+                    *wk = q4_1_nibbles(blk);
+                }
+            }
+            for j in 0..CNT {
+                let xi = (a0 + j) * bpr + b;
+                let mut p = [_mm256_setzero_si256(); 8];
+                for (k, pk) in p.iter_mut().enumerate() {
                     if k < n {
-                        let blk = wr.get_unchecked(b + k);
-                        prefetch(blk);
-                        *wk = q4_1_nibbles(blk);
+                        let xv = _mm256_loadu_si256(xqp.add((xi + k) * QK) as *const __m256i);
+                        *pk = _mm256_madd_epi16(_mm256_maddubs_epi16(wv[k], xv), ones);
                     }
                 }
-                for j in 0..CNT {
-                    let xi = (a0 + j) * bpr + b;
-                    let mut p = [_mm256_setzero_si256(); 8];
-                    for (k, pk) in p.iter_mut().enumerate() {
-                        if k < n {
-                            let xv = _mm256_loadu_si256(xqp.add((xi + k) * QK) as *const __m256i);
-                            *pk = _mm256_madd_epi16(_mm256_maddubs_epi16(wv[k], xv), ones);
-                        }
-                    }
-                    let sums = _mm256_cvtepi32_ps(lane_sums(&p));
-                    let dx = _mm256_maskload_ps(xq.d.as_ptr().add(xi), mask);
-                    let sx = _mm256_maskload_ps(xq.s.as_ptr().add(xi), mask);
-                    acc[j] = _mm256_fmadd_ps(_mm256_mul_ps(dw, dx), sums, acc[j]);
-                    acc[j] = _mm256_fmadd_ps(mw, sx, acc[j]);
-                }
-            }};
-        }
-        let mut b = 0;
-        while b + 8 <= bpr {
-            chunk!(b, 8);
-            b += 8;
-        }
-        if b < bpr {
-            chunk!(b, bpr - b);
-        }
+                let sums = _mm256_cvtepi32_ps(lane_sums(&p));
+                let dx = _mm256_maskload_ps(xq.d.as_ptr().add(xi), mask);
+                let sx = _mm256_maskload_ps(xq.s.as_ptr().add(xi), mask);
+                acc[j] = _mm256_fmadd_ps(_mm256_mul_ps(dw, dx), sums, acc[j]);
+                acc[j] = _mm256_fmadd_ps(mw, sx, acc[j]);
+            }
+        });
         for j in 0..CNT {
             res[j] = hsum(acc[j]);
         }
+    }
+
+    /// The wide tiles' Q4_1 products: `raw` holds a weight block's 16 bytes in each 128-bit half
+    /// (the same block in both for eight rows, two blocks for four), `xb` the eight interleaved
+    /// activation vectors. Each 4-byte group is broadcast across its half by an in-lane shuffle, and
+    /// the eight groups' 16-bit pair sums add up before widening (at most 8 * 2 * 15 * 128 = 30720,
+    /// no overflow): lane `l` gets the exact dot product of its row and block.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn q4_1_interleaved(raw: __m256i, xb: *const __m256i) -> __m256 {
+        let mask = _mm256_set1_epi8(0x0F);
+        let lo = _mm256_and_si256(raw, mask);
+        let hi = _mm256_and_si256(_mm256_srli_epi16(raw, 4), mask);
+        macro_rules! four {
+            ($src:ident, $imm:literal, $g:literal) => {
+                _mm256_maddubs_epi16(
+                    _mm256_shuffle_epi32::<$imm>($src),
+                    _mm256_loadu_si256(xb.add($g)),
+                )
+            };
+        }
+        let s01 = _mm256_add_epi16(four!(lo, 0x00, 0), four!(lo, 0x55, 1));
+        let s23 = _mm256_add_epi16(four!(lo, 0xAA, 2), four!(lo, 0xFF, 3));
+        let s45 = _mm256_add_epi16(four!(hi, 0x00, 4), four!(hi, 0x55, 5));
+        let s67 = _mm256_add_epi16(four!(hi, 0xAA, 6), four!(hi, 0xFF, 7));
+        let s16 = _mm256_add_epi16(_mm256_add_epi16(s01, s23), _mm256_add_epi16(s45, s67));
+        _mm256_cvtepi32_ps(_mm256_madd_epi16(s16, _mm256_set1_epi16(1)))
     }
 
     /// One Q4_1 weight row against interleaved group `group` of eight activation rows: the bits
@@ -786,48 +838,22 @@ mod avx2 {
         let at = group * bpr;
         let q = e.q.as_ptr().add(at * 8 * QK);
         let (d, s) = (e.d.as_ptr().add(at * 8), e.s.as_ptr().add(at * 8));
-        let mask = _mm256_set1_epi8(0x0F);
-        let ones = _mm256_set1_epi16(1);
         let mut acc = [_mm256_setzero_ps(); 8];
-        let mut b0 = 0;
-        while b0 < bpr {
-            for (k, acc) in acc.iter_mut().enumerate() {
-                let b = b0 + k;
-                if b >= bpr {
-                    break;
-                }
-                let blk = wr.get_unchecked(b);
-                prefetch(blk);
-                // Both halves of the register hold the block, so an in-lane shuffle broadcasts.
-                let raw =
-                    _mm256_broadcastsi128_si256(_mm_loadu_si128(blk.qs.as_ptr() as *const __m128i));
-                let lo = _mm256_and_si256(raw, mask);
-                let hi = _mm256_and_si256(_mm256_srli_epi16(raw, 4), mask);
-                let xb = q.add(b * 8 * QK) as *const __m256i;
-                macro_rules! four {
-                    ($src:ident, $imm:literal, $g:literal) => {
-                        _mm256_maddubs_epi16(
-                            _mm256_shuffle_epi32::<$imm>($src),
-                            _mm256_loadu_si256(xb.add($g)),
-                        )
-                    };
-                }
-                let s01 = _mm256_add_epi16(four!(lo, 0x00, 0), four!(lo, 0x55, 1));
-                let s23 = _mm256_add_epi16(four!(lo, 0xAA, 2), four!(lo, 0xFF, 3));
-                let s45 = _mm256_add_epi16(four!(hi, 0x00, 4), four!(hi, 0x55, 5));
-                let s67 = _mm256_add_epi16(four!(hi, 0xAA, 6), four!(hi, 0xFF, 7));
-                let s16 = _mm256_add_epi16(_mm256_add_epi16(s01, s23), _mm256_add_epi16(s45, s67));
-                let sums = _mm256_cvtepi32_ps(_mm256_madd_epi16(s16, ones));
-                let scale = _mm256_mul_ps(
-                    _mm256_set1_ps(blk.d.to_f32()),
-                    _mm256_loadu_ps(d.add(b * 8)),
-                );
-                *acc = _mm256_fmadd_ps(scale, sums, *acc);
-                let m = _mm256_set1_ps(blk.m.to_f32());
-                *acc = _mm256_fmadd_ps(m, _mm256_loadu_ps(s.add(b * 8)), *acc);
-            }
-            b0 += 8;
-        }
+        by_class!(bpr, acc, |b, acc| {
+            let blk = wr.get_unchecked(b);
+            prefetch(blk);
+            // Both halves of the register hold the block, so an in-lane shuffle broadcasts.
+            let raw =
+                _mm256_broadcastsi128_si256(_mm_loadu_si128(blk.qs.as_ptr() as *const __m128i));
+            let sums = q4_1_interleaved(raw, q.add(b * 8 * QK) as *const __m256i);
+            let scale = _mm256_mul_ps(
+                _mm256_set1_ps(blk.d.to_f32()),
+                _mm256_loadu_ps(d.add(b * 8)),
+            );
+            *acc = _mm256_fmadd_ps(scale, sums, *acc);
+            let m = _mm256_set1_ps(blk.m.to_f32());
+            *acc = _mm256_fmadd_ps(m, _mm256_loadu_ps(s.add(b * 8)), *acc);
+        });
         _mm256_storeu_ps(res.as_mut_ptr(), eight_sums(&acc));
     }
 
@@ -858,40 +884,32 @@ mod avx2 {
         let d = e.d.as_ptr().add(at * 8);
         let ones = _mm256_set1_epi16(1);
         let mut acc = [_mm256_setzero_ps(); 8];
-        let mut b0 = 0;
-        while b0 < bpr {
-            for (k, acc) in acc.iter_mut().enumerate() {
-                let b = b0 + k;
-                if b >= bpr {
-                    break;
-                }
-                let blk = wr.get_unchecked(b);
-                prefetch(blk);
-                let xb = q.add(b * 8 * QK) as *const __m256i;
-                let wq = blk.qs.as_ptr() as *const i32;
-                let mut p = [_mm256_setzero_si256(); 8];
-                for (g, pg) in p.iter_mut().enumerate() {
-                    let wv = _mm256_set1_epi32(wq.add(g).read_unaligned());
-                    let xv = _mm256_loadu_si256(xb.add(g));
-                    // maddubs multiplies unsigned by signed: the weight's sign moves onto the
-                    // activation, as in the row tile.
-                    let aw = _mm256_sign_epi8(wv, wv);
-                    let sx = _mm256_sign_epi8(xv, wv);
-                    *pg = _mm256_madd_epi16(_mm256_maddubs_epi16(aw, sx), ones);
-                }
-                let p01 = _mm256_add_epi32(p[0], p[1]);
-                let p23 = _mm256_add_epi32(p[2], p[3]);
-                let p45 = _mm256_add_epi32(p[4], p[5]);
-                let p67 = _mm256_add_epi32(p[6], p[7]);
-                let sum = _mm256_add_epi32(_mm256_add_epi32(p01, p23), _mm256_add_epi32(p45, p67));
-                let scale = _mm256_mul_ps(
-                    _mm256_set1_ps(blk.d.to_f32()),
-                    _mm256_loadu_ps(d.add(b * 8)),
-                );
-                *acc = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(sum), *acc);
+        by_class!(bpr, acc, |b, acc| {
+            let blk = wr.get_unchecked(b);
+            prefetch(blk);
+            let xb = q.add(b * 8 * QK) as *const __m256i;
+            let wq = blk.qs.as_ptr() as *const i32;
+            let mut p = [_mm256_setzero_si256(); 8];
+            for (g, pg) in p.iter_mut().enumerate() {
+                let wv = _mm256_set1_epi32(wq.add(g).read_unaligned());
+                let xv = _mm256_loadu_si256(xb.add(g));
+                // maddubs multiplies unsigned by signed: the weight's sign moves onto the
+                // activation, as in the row tile.
+                let aw = _mm256_sign_epi8(wv, wv);
+                let sx = _mm256_sign_epi8(xv, wv);
+                *pg = _mm256_madd_epi16(_mm256_maddubs_epi16(aw, sx), ones);
             }
-            b0 += 8;
-        }
+            let p01 = _mm256_add_epi32(p[0], p[1]);
+            let p23 = _mm256_add_epi32(p[2], p[3]);
+            let p45 = _mm256_add_epi32(p[4], p[5]);
+            let p67 = _mm256_add_epi32(p[6], p[7]);
+            let sum = _mm256_add_epi32(_mm256_add_epi32(p01, p23), _mm256_add_epi32(p45, p67));
+            let scale = _mm256_mul_ps(
+                _mm256_set1_ps(blk.d.to_f32()),
+                _mm256_loadu_ps(d.add(b * 8)),
+            );
+            *acc = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(sum), *acc);
+        });
         _mm256_storeu_ps(res.as_mut_ptr(), eight_sums(&acc));
     }
 
@@ -942,46 +960,20 @@ mod avx2 {
         let at = group * pairs;
         let q = f.q.as_ptr().add(at * 8 * QK);
         let (d, s) = (f.d.as_ptr().add(at * 8), f.s.as_ptr().add(at * 8));
-        let mask = _mm256_set1_epi8(0x0F);
-        let ones = _mm256_set1_epi16(1);
         let mut acc = [_mm256_setzero_ps(); 4];
-        let mut p0 = 0;
-        while p0 < pairs {
-            for (c, acc) in acc.iter_mut().enumerate() {
-                let p = p0 + c;
-                if p >= pairs {
-                    break;
-                }
-                let b0 = wr.get_unchecked(2 * p);
-                let b1 = wr.get(2 * p + 1);
-                prefetch(b0);
-                let raw = two_halves(b0.qs.as_ptr(), b1.map(|b| b.qs.as_ptr()));
-                let lo = _mm256_and_si256(raw, mask);
-                let hi = _mm256_and_si256(_mm256_srli_epi16(raw, 4), mask);
-                let xb = q.add(p * 8 * QK) as *const __m256i;
-                macro_rules! four {
-                    ($src:ident, $imm:literal, $g:literal) => {
-                        _mm256_maddubs_epi16(
-                            _mm256_shuffle_epi32::<$imm>($src),
-                            _mm256_loadu_si256(xb.add($g)),
-                        )
-                    };
-                }
-                let s01 = _mm256_add_epi16(four!(lo, 0x00, 0), four!(lo, 0x55, 1));
-                let s23 = _mm256_add_epi16(four!(lo, 0xAA, 2), four!(lo, 0xFF, 3));
-                let s45 = _mm256_add_epi16(four!(hi, 0x00, 4), four!(hi, 0x55, 5));
-                let s67 = _mm256_add_epi16(four!(hi, 0xAA, 6), four!(hi, 0xFF, 7));
-                let s16 = _mm256_add_epi16(_mm256_add_epi16(s01, s23), _mm256_add_epi16(s45, s67));
-                let sums = _mm256_cvtepi32_ps(_mm256_madd_epi16(s16, ones));
-                let (d1, m1) = b1.map_or((0.0, 0.0), |b| (b.d.to_f32(), b.m.to_f32()));
-                let dw = two_scales(b0.d.to_f32(), d1);
-                let scale = _mm256_mul_ps(dw, _mm256_loadu_ps(d.add(p * 8)));
-                *acc = _mm256_fmadd_ps(scale, sums, *acc);
-                let mw = two_scales(b0.m.to_f32(), m1);
-                *acc = _mm256_fmadd_ps(mw, _mm256_loadu_ps(s.add(p * 8)), *acc);
-            }
-            p0 += 4;
-        }
+        by_class!(pairs, acc, |p, acc| {
+            let b0 = wr.get_unchecked(2 * p);
+            let b1 = wr.get(2 * p + 1);
+            prefetch(b0);
+            let raw = two_halves(b0.qs.as_ptr(), b1.map(|b| b.qs.as_ptr()));
+            let sums = q4_1_interleaved(raw, q.add(p * 8 * QK) as *const __m256i);
+            let (d1, m1) = b1.map_or((0.0, 0.0), |b| (b.d.to_f32(), b.m.to_f32()));
+            let dw = two_scales(b0.d.to_f32(), d1);
+            let scale = _mm256_mul_ps(dw, _mm256_loadu_ps(d.add(p * 8)));
+            *acc = _mm256_fmadd_ps(scale, sums, *acc);
+            let mw = two_scales(b0.m.to_f32(), m1);
+            *acc = _mm256_fmadd_ps(mw, _mm256_loadu_ps(s.add(p * 8)), *acc);
+        });
         _mm_storeu_ps(res.as_mut_ptr(), four_sums(&acc));
     }
 
@@ -1002,47 +994,38 @@ mod avx2 {
         let d = f.d.as_ptr().add(at * 8);
         let ones = _mm256_set1_epi16(1);
         let mut acc = [_mm256_setzero_ps(); 4];
-        let mut p0 = 0;
-        while p0 < pairs {
-            for (c, acc) in acc.iter_mut().enumerate() {
-                let p = p0 + c;
-                if p >= pairs {
-                    break;
+        by_class!(pairs, acc, |p, acc| {
+            let b0 = wr.get_unchecked(2 * p);
+            let b1 = wr.get(2 * p + 1);
+            prefetch(b0);
+            let xb = q.add(p * 8 * QK) as *const __m256i;
+            let mut sum = _mm256_setzero_si256();
+            for h in 0..2 {
+                let raw = two_halves(
+                    b0.qs.as_ptr().add(16 * h) as *const u8,
+                    b1.map(|b| b.qs.as_ptr().add(16 * h) as *const u8),
+                );
+                macro_rules! four {
+                    ($imm:literal, $g:expr) => {{
+                        let wv = _mm256_shuffle_epi32::<$imm>(raw);
+                        let xv = _mm256_loadu_si256(xb.add($g));
+                        // maddubs multiplies unsigned by signed: the weight's sign moves onto
+                        // the activation, as in the row tile.
+                        let p = _mm256_maddubs_epi16(
+                            _mm256_sign_epi8(wv, wv),
+                            _mm256_sign_epi8(xv, wv),
+                        );
+                        _mm256_madd_epi16(p, ones)
+                    }};
                 }
-                let b0 = wr.get_unchecked(2 * p);
-                let b1 = wr.get(2 * p + 1);
-                prefetch(b0);
-                let xb = q.add(p * 8 * QK) as *const __m256i;
-                let mut sum = _mm256_setzero_si256();
-                for h in 0..2 {
-                    let raw = two_halves(
-                        b0.qs.as_ptr().add(16 * h) as *const u8,
-                        b1.map(|b| b.qs.as_ptr().add(16 * h) as *const u8),
-                    );
-                    macro_rules! four {
-                        ($imm:literal, $g:expr) => {{
-                            let wv = _mm256_shuffle_epi32::<$imm>(raw);
-                            let xv = _mm256_loadu_si256(xb.add($g));
-                            // maddubs multiplies unsigned by signed: the weight's sign moves onto
-                            // the activation, as in the row tile.
-                            let p = _mm256_maddubs_epi16(
-                                _mm256_sign_epi8(wv, wv),
-                                _mm256_sign_epi8(xv, wv),
-                            );
-                            _mm256_madd_epi16(p, ones)
-                        }};
-                    }
-                    let s01 = _mm256_add_epi32(four!(0x00, 4 * h), four!(0x55, 4 * h + 1));
-                    let s23 = _mm256_add_epi32(four!(0xAA, 4 * h + 2), four!(0xFF, 4 * h + 3));
-                    sum = _mm256_add_epi32(sum, _mm256_add_epi32(s01, s23));
-                }
-                let d1 = b1.map_or(0.0, |b| b.d.to_f32());
-                let scale =
-                    _mm256_mul_ps(two_scales(b0.d.to_f32(), d1), _mm256_loadu_ps(d.add(p * 8)));
-                *acc = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(sum), *acc);
+                let s01 = _mm256_add_epi32(four!(0x00, 4 * h), four!(0x55, 4 * h + 1));
+                let s23 = _mm256_add_epi32(four!(0xAA, 4 * h + 2), four!(0xFF, 4 * h + 3));
+                sum = _mm256_add_epi32(sum, _mm256_add_epi32(s01, s23));
             }
-            p0 += 4;
-        }
+            let d1 = b1.map_or(0.0, |b| b.d.to_f32());
+            let scale = _mm256_mul_ps(two_scales(b0.d.to_f32(), d1), _mm256_loadu_ps(d.add(p * 8)));
+            *acc = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(sum), *acc);
+        });
         _mm_storeu_ps(res.as_mut_ptr(), four_sums(&acc));
     }
 
@@ -1069,38 +1052,26 @@ mod avx2 {
     ) {
         let mut acc = [_mm256_setzero_ps(); CNT];
         let xqp = xq.q.as_ptr();
-        // As in `q4_1_tile_n`.
-        macro_rules! chunk {
-            ($b:expr, $n:expr) => {{
-                let (b, n) = ($b, $n);
-                let mask = first_lanes(n);
-                let dw = q8_0_scales(wr.as_ptr().add(b), mask);
-                for j in 0..CNT {
-                    let xi = (a0 + j) * bpr + b;
-                    let mut p = [_mm256_setzero_si256(); 8];
-                    for (k, pk) in p.iter_mut().enumerate() {
-                        if k < n {
-                            let blk = wr.get_unchecked(b + k);
-                            if j == 0 {
-                                prefetch(blk);
-                            }
-                            *pk = q8_0_dot(blk, xqp.add((xi + k) * QK));
+        by_chunk!(bpr, |b, n| {
+            let mask = first_lanes(n);
+            let dw = q8_0_scales(wr.as_ptr().add(b), mask);
+            for j in 0..CNT {
+                let xi = (a0 + j) * bpr + b;
+                let mut p = [_mm256_setzero_si256(); 8];
+                for (k, pk) in p.iter_mut().enumerate() {
+                    if k < n {
+                        let blk = wr.get_unchecked(b + k);
+                        if j == 0 {
+                            prefetch(blk);
                         }
+                        *pk = q8_0_dot(blk, xqp.add((xi + k) * QK));
                     }
-                    let sums = _mm256_cvtepi32_ps(lane_sums(&p));
-                    let dx = _mm256_maskload_ps(xq.d.as_ptr().add(xi), mask);
-                    acc[j] = _mm256_fmadd_ps(_mm256_mul_ps(dw, dx), sums, acc[j]);
                 }
-            }};
-        }
-        let mut b = 0;
-        while b + 8 <= bpr {
-            chunk!(b, 8);
-            b += 8;
-        }
-        if b < bpr {
-            chunk!(b, bpr - b);
-        }
+                let sums = _mm256_cvtepi32_ps(lane_sums(&p));
+                let dx = _mm256_maskload_ps(xq.d.as_ptr().add(xi), mask);
+                acc[j] = _mm256_fmadd_ps(_mm256_mul_ps(dw, dx), sums, acc[j]);
+            }
+        });
         for j in 0..CNT {
             res[j] = hsum(acc[j]);
         }
