@@ -1,9 +1,9 @@
 //! `clerk bench`: the engine's speed and memory on this machine, as a table or JSON.
 //!
 //! Each figure is the median of `--repetitions` runs; the aggregate-decode runs go round the
-//! concurrencies in turn, and a speed-up over one sequence is the median of the rounds' ratios. Every run starts its prompt with a different
-//! token so the prefix cache never serves a run from an earlier one, except where the prefix-cache
-//! figure measures exactly that.
+//! concurrencies in turn, and a speed-up over one sequence is the median of the rounds' ratios.
+//! Every run starts its prompt with a different token so the prefix cache never serves a run from
+//! an earlier one, except where the prefix-cache figure measures exactly that.
 
 use std::time::{Duration, Instant};
 

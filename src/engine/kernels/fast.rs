@@ -101,32 +101,22 @@ struct Quantized {
     q: Vec<i8>,
     d: Vec<f32>,
     s: Vec<f32>,
-    /// The first `8 * groups` rows again, interleaved for the eight-row AVX2 tiles; where there are
-    /// fewer rows, the last group is padded with zero rows.
-    eights: Eights,
+    /// The first `8 * eights.groups` rows again, interleaved for the eight-row AVX2 tiles; where
+    /// there are fewer rows, the last group is padded with zero rows.
+    eights: Interleaved,
     /// The rows after those, in groups of four for the four-row AVX2 tiles, padded likewise.
-    fours: Fours,
+    fours: Interleaved,
 }
 
-/// Activation rows in groups of eight, interleaved so that the eight-row tiles reach every row with
-/// one load: per (group, block), eight 32-byte vectors, vector `g` holding bytes `4g..4g + 4` of
-/// that block in each of the eight rows (row `j` in 32-bit lane `j`), then the eight rows' scales
-/// and `scale * sum`s as two vectors. The values are the row-major ones, moved.
+/// Activation rows in groups of eight or four, interleaved so that the wide tiles reach a group with
+/// one load. Each slot is eight 32-byte vectors, vector `g` holding bytes `4g..4g + 4` of a block in
+/// each of the group's rows, one row and block per 32-bit lane, then the lanes' scales and
+/// `scale * sum`s as two vectors. A group of eight rows takes one block per slot (row `j` in lane
+/// `j`); a group of four takes two blocks side by side (the first block's row `j` in lane `j`, the
+/// second's in lane `4 + j`), and a row with an odd block count has a zero second block in its last
+/// slot. The values are the row-major ones, moved.
 #[derive(Default)]
-struct Eights {
-    groups: usize,
-    q: Vec<i8>,
-    d: Vec<f32>,
-    s: Vec<f32>,
-}
-
-/// Activation rows in groups of four, interleaved for the four-row tiles, which take two blocks at a
-/// time: per (group, pair of blocks), eight 32-byte vectors, vector `g` holding bytes `4g..4g + 4`
-/// of the pair's first block in the four rows (row `j` in lane `j`) and of its second block in
-/// lanes `4 + j`; scales and `scale * sum`s the same way. A row with an odd block count has a zero
-/// second block in its last pair.
-#[derive(Default)]
-struct Fours {
+struct Interleaved {
     /// The first row of the first group.
     first: usize,
     groups: usize,
@@ -141,8 +131,8 @@ fn quantize_rows(x: &[f32], cols: usize, groups: usize, fours: usize) -> Quantiz
         q: vec![0; x.len()],
         d: Vec::with_capacity(blocks),
         s: Vec::with_capacity(blocks),
-        eights: Eights::default(),
-        fours: Fours::default(),
+        eights: Interleaved::default(),
+        fours: Interleaved::default(),
     };
     // The block quantizer is chosen once per product, not per block.
     let block: fn(&[f32], &mut [i8]) -> (f32, i32) = if cfg!(target_arch = "x86_64") && available()
@@ -156,8 +146,8 @@ fn quantize_rows(x: &[f32], cols: usize, groups: usize, fours: usize) -> Quantiz
         out.d.push(d);
         out.s.push(d * sum as f32);
     }
-    out.eights = interleave(&out, cols / QK, groups);
-    out.fours = interleave_fours(&out, cols / QK, groups * 8, fours);
+    out.eights = interleave(&out, cols / QK, 8, 0, groups);
+    out.fours = interleave(&out, cols / QK, 4, groups * 8, fours);
     out
 }
 
@@ -186,61 +176,37 @@ fn avx2_quantize_block(xb: &[f32], qb: &mut [i8]) -> (f32, i32) {
     portable_quantize_block(xb, qb)
 }
 
-fn interleave(xq: &Quantized, bpr: usize, groups: usize) -> Eights {
+/// `groups` groups of `per` rows (eight or four) from row `first` on, laid out as `Interleaved` says.
+fn interleave(xq: &Quantized, bpr: usize, per: usize, first: usize, groups: usize) -> Interleaved {
     let rows = xq.d.len() / bpr.max(1);
-    let mut e = Eights {
-        groups,
-        q: vec![0; groups * bpr * 8 * QK],
-        d: vec![0.0; groups * bpr * 8],
-        s: vec![0.0; groups * bpr * 8],
-    };
-    for g in 0..groups {
-        for b in 0..bpr {
-            let at = g * bpr + b;
-            let dst = &mut e.q[at * 8 * QK..(at + 1) * 8 * QK];
-            // A padding row stays zero.
-            for j in 0..8.min(rows - g * 8) {
-                let xi = (g * 8 + j) * bpr + b;
-                let src = &xq.q[xi * QK..(xi + 1) * QK];
-                for (k, four) in src.chunks_exact(4).enumerate() {
-                    dst[k * QK + j * 4..k * QK + j * 4 + 4].copy_from_slice(four);
-                }
-                e.d[at * 8 + j] = xq.d[xi];
-                e.s[at * 8 + j] = xq.s[xi];
-            }
-        }
-    }
-    e
-}
-
-fn interleave_fours(xq: &Quantized, bpr: usize, first: usize, groups: usize) -> Fours {
-    let rows = xq.d.len() / bpr.max(1);
-    let pairs = bpr.div_ceil(2);
-    let mut f = Fours {
+    let side = 8 / per;
+    let slots = bpr.div_ceil(side);
+    let mut il = Interleaved {
         first,
         groups,
-        q: vec![0; groups * pairs * 8 * QK],
-        d: vec![0.0; groups * pairs * 8],
-        s: vec![0.0; groups * pairs * 8],
+        q: vec![0; groups * slots * 8 * QK],
+        d: vec![0.0; groups * slots * 8],
+        s: vec![0.0; groups * slots * 8],
     };
     for g in 0..groups {
+        let row0 = first + g * per;
         for b in 0..bpr {
-            let at = g * pairs + b / 2;
-            let dst = &mut f.q[at * 8 * QK..(at + 1) * 8 * QK];
+            let at = g * slots + b / side;
+            let dst = &mut il.q[at * 8 * QK..(at + 1) * 8 * QK];
             // A padding row stays zero.
-            for j in 0..4.min(rows.saturating_sub(first + g * 4)) {
-                let lane = (b % 2) * 4 + j;
-                let xi = (first + g * 4 + j) * bpr + b;
+            for j in 0..per.min(rows.saturating_sub(row0)) {
+                let lane = (b % side) * per + j;
+                let xi = (row0 + j) * bpr + b;
                 let src = &xq.q[xi * QK..(xi + 1) * QK];
                 for (k, four) in src.chunks_exact(4).enumerate() {
                     dst[k * QK + lane * 4..k * QK + lane * 4 + 4].copy_from_slice(four);
                 }
-                f.d[at * 8 + lane] = xq.d[xi];
-                f.s[at * 8 + lane] = xq.s[xi];
+                il.d[at * 8 + lane] = xq.d[xi];
+                il.s[at * 8 + lane] = xq.s[xi];
             }
         }
     }
-    f
+    il
 }
 
 fn blocks<T>(w: &QMatrix) -> &[T] {
@@ -258,23 +224,20 @@ fn blocks<T>(w: &QMatrix) -> &[T] {
 /// One weight row against up to `TILE` quantized activation rows.
 type TileFn<B> = fn(&[B], &Quantized, usize, usize, usize, &mut [f32; TILE]);
 
-/// One weight row against the eight activation rows of one interleaved group: the same numbers as
+/// One weight row against the `R` activation rows of one interleaved group: the same numbers as
 /// the row tiles give those rows, bit for bit.
-type EightFn<B> = fn(&[B], &Eights, usize, usize, &mut [f32; 8]);
-
-/// One weight row against the four activation rows of one four-row group, likewise.
-type FourFn<B> = fn(&[B], &Fours, usize, usize, &mut [f32; 4]);
+type GroupFn<B, const R: usize> = fn(&[B], &Interleaved, usize, usize, &mut [f32; R]);
 
 /// A block type's AVX2 tiles for many activation rows.
 #[derive(Clone, Copy)]
 struct Wide<B> {
-    eight: EightFn<B>,
-    four: FourFn<B>,
+    eight: GroupFn<B, 8>,
+    four: GroupFn<B, 4>,
 }
 
-/// Whether products with eight or more activation rows use the eight-row tiles. The AVX-512 tiles
-/// add in another order, and a machine uses one kind of tile for every product.
-fn eights_here() -> bool {
+/// Whether products with three or more activation rows use the wide (eight- and four-row) tiles.
+/// The AVX-512 tiles add in another order, and a machine uses one kind of tile for every product.
+fn wide_here() -> bool {
     cfg!(target_arch = "x86_64") && !avx512()
 }
 
@@ -294,22 +257,15 @@ fn matmul_blocks<B: Sync>(
     // costs less than the smaller tiles: five to seven rows past the last eight ride in one more
     // eight-row group, three or four in a four-row group. One or two rows (a decode step of one
     // or two sequences) take the row tile.
-    let wide = wide.filter(|_| eights_here());
-    let (groups, fours) = match wide {
-        Some(_) => {
-            let eights = if n % 8 >= 5 { n.div_ceil(8) } else { n / 8 };
-            let rest = n.saturating_sub(eights * 8);
-            (
-                eights,
-                if rest >= FOUR_FROM {
-                    rest.div_ceil(4)
-                } else {
-                    0
-                },
-            )
+    let wide = wide.filter(|_| wide_here());
+    let (mut groups, mut fours) = (0, 0);
+    if wide.is_some() {
+        groups = if n % 8 >= 5 { n.div_ceil(8) } else { n / 8 };
+        let rest = n.saturating_sub(groups * 8);
+        if rest >= FOUR_FROM {
+            fours = rest.div_ceil(4);
         }
-        None => (0, 0),
-    };
+    }
     let xq = quantize_rows(x, ws[0].cols, groups, fours);
     let per_task = if n == 1 {
         ROWS_PER_TASK_ONE
@@ -349,34 +305,29 @@ fn matmul_blocks<B: Sync>(
                 };
             }
         }
-        if let Some(Wide { eight, four }) = wide {
-            let mut res = [0f32; 8];
-            for g in 0..xq.eights.groups {
+        // Every group's results for rows `r0..r1`, padding rows left out.
+        fn run<B, const R: usize>(
+            tile: GroupFn<B, R>,
+            il: &Interleaved,
+            wb: &[B],
+            (r0, r1, bpr): (usize, usize, usize),
+            (n, rows, o): (usize, usize, OutPtr),
+        ) {
+            let mut res = [0f32; R];
+            for g in 0..il.groups {
+                let a = il.first + g * R;
                 for row in r0..r1 {
-                    eight(
-                        &wb[row * bpr..(row + 1) * bpr],
-                        &xq.eights,
-                        g,
-                        bpr,
-                        &mut res,
-                    );
-                    for (j, v) in res.iter().enumerate().take(n - g * 8) {
-                        // SAFETY: (8g + j, row) of matrix i belongs to this task alone.
-                        unsafe { *o.0.add((g * 8 + j) * rows + row) = *v };
-                    }
-                }
-            }
-            let mut res = [0f32; 4];
-            for g in 0..xq.fours.groups {
-                let a = xq.fours.first + g * 4;
-                for row in r0..r1 {
-                    four(&wb[row * bpr..(row + 1) * bpr], &xq.fours, g, bpr, &mut res);
+                    tile(&wb[row * bpr..(row + 1) * bpr], il, g, bpr, &mut res);
                     for (j, v) in res.iter().enumerate().take(n - a) {
-                        // SAFETY: (a + j, row) of matrix i belongs to this task alone.
+                        // SAFETY: (a + j, row) of this matrix belongs to this task alone.
                         unsafe { *o.0.add((a + j) * rows + row) = *v };
                     }
                 }
             }
+        }
+        if let Some(Wide { eight, four }) = wide {
+            run(eight, &xq.eights, wb, (r0, r1, bpr), (n, rows, o));
+            run(four, &xq.fours, wb, (r0, r1, bpr), (n, rows, o));
         }
         let mut res = [0f32; TILE];
         let mut a0 = (xq.eights.groups * 8 + xq.fours.groups * 4).min(n);
@@ -553,7 +504,7 @@ macro_rules! by_count {
 mod avx2 {
     use std::arch::x86_64::*;
 
-    use super::{BlockQ4_1, BlockQ8_0, Eights, Fours, Quantized, QK, TILE};
+    use super::{BlockQ4_1, BlockQ8_0, Interleaved, Quantized, QK, TILE};
 
     /// Runs `$body` for each chunk of eight blocks of a row of `$bpr`, `$b` its first block and `$n`
     /// its block count. `$n` is the constant 8 in every chunk but a row's last, so that the full
@@ -774,7 +725,7 @@ mod avx2 {
                     *wk = q4_1_nibbles(blk);
                 }
             }
-            for j in 0..CNT {
+            for (j, acc) in acc.iter_mut().enumerate() {
                 let xi = (a0 + j) * bpr + b;
                 let mut p = [_mm256_setzero_si256(); 8];
                 for (k, pk) in p.iter_mut().enumerate() {
@@ -786,8 +737,8 @@ mod avx2 {
                 let sums = _mm256_cvtepi32_ps(lane_sums(&p));
                 let dx = _mm256_maskload_ps(xq.d.as_ptr().add(xi), mask);
                 let sx = _mm256_maskload_ps(xq.s.as_ptr().add(xi), mask);
-                acc[j] = _mm256_fmadd_ps(_mm256_mul_ps(dw, dx), sums, acc[j]);
-                acc[j] = _mm256_fmadd_ps(mw, sx, acc[j]);
+                *acc = _mm256_fmadd_ps(_mm256_mul_ps(dw, dx), sums, *acc);
+                *acc = _mm256_fmadd_ps(mw, sx, *acc);
             }
         });
         for j in 0..CNT {
@@ -829,7 +780,7 @@ mod avx2 {
     #[target_feature(enable = "avx2,fma,f16c")]
     pub(super) unsafe fn q4_1_eight(
         wr: &[BlockQ4_1],
-        e: &Eights,
+        e: &Interleaved,
         group: usize,
         bpr: usize,
         res: &mut [f32; 8],
@@ -873,7 +824,7 @@ mod avx2 {
     #[target_feature(enable = "avx2,fma,f16c")]
     pub(super) unsafe fn q8_0_eight(
         wr: &[BlockQ8_0],
-        e: &Eights,
+        e: &Interleaved,
         group: usize,
         bpr: usize,
         res: &mut [f32; 8],
@@ -950,7 +901,7 @@ mod avx2 {
     #[target_feature(enable = "avx2,fma,f16c")]
     pub(super) unsafe fn q4_1_four(
         wr: &[BlockQ4_1],
-        f: &Fours,
+        f: &Interleaved,
         group: usize,
         bpr: usize,
         res: &mut [f32; 4],
@@ -982,7 +933,7 @@ mod avx2 {
     #[target_feature(enable = "avx2,fma,f16c")]
     pub(super) unsafe fn q8_0_four(
         wr: &[BlockQ8_0],
-        f: &Fours,
+        f: &Interleaved,
         group: usize,
         bpr: usize,
         res: &mut [f32; 4],
@@ -1055,7 +1006,7 @@ mod avx2 {
         by_chunk!(bpr, |b, n| {
             let mask = first_lanes(n);
             let dw = q8_0_scales(wr.as_ptr().add(b), mask);
-            for j in 0..CNT {
+            for (j, acc) in acc.iter_mut().enumerate() {
                 let xi = (a0 + j) * bpr + b;
                 let mut p = [_mm256_setzero_si256(); 8];
                 for (k, pk) in p.iter_mut().enumerate() {
@@ -1069,7 +1020,7 @@ mod avx2 {
                 }
                 let sums = _mm256_cvtepi32_ps(lane_sums(&p));
                 let dx = _mm256_maskload_ps(xq.d.as_ptr().add(xi), mask);
-                acc[j] = _mm256_fmadd_ps(_mm256_mul_ps(dw, dx), sums, acc[j]);
+                *acc = _mm256_fmadd_ps(_mm256_mul_ps(dw, dx), sums, *acc);
             }
         });
         for j in 0..CNT {
