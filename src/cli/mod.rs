@@ -106,7 +106,8 @@ pub struct ModelArgs {
     /// Folder of model manifests and weights.
     #[arg(long, env = "CLERK_MODELS_DIR")]
     pub models_dir: Option<PathBuf>,
-    /// Where the model runs: cpu, cuda, cuda:N or metal.
+    /// Where the model runs: cpu (clerk's own kernels), cuda, cuda:N or metal (builds with the `cuda` or
+    /// `metal` feature), or candle-cpu (the GPU builds' tensor forward on the CPU, for comparison).
     #[arg(long, env = "CLERK_DEVICE", default_value = "cpu")]
     pub device: Device,
     /// CPU threads for the forward (default: all cores).

@@ -13,6 +13,8 @@ use std::sync::Arc;
 use half::f16;
 use half::slice::HalfFloatSliceExt;
 
+use super::tensor_model::DeviceKv;
+
 /// How keys and values are stored: f16, as llama.cpp stores them by default. Attention reads every
 /// cached position of every sequence at each step, so with many sequences it is bound by these
 /// bytes; half of f32's.
@@ -23,12 +25,18 @@ pub type KvElem = f16;
 pub const BLOCK: usize = 16;
 
 /// One sequence's keys and values for every layer, `[position × kv_dim]` row-major.
+///
+/// The CPU forward keeps them here in host memory. The tensor forward keeps them on its device (the
+/// `device` part) and copies to these host rows only what the prefix cache needs: host rows that a
+/// restore put here are uploaded when the sequence first runs, and a finished prompt's rows are
+/// downloaded before they are offered to the cache.
 #[derive(Debug)]
 pub struct SeqKv {
     kv_dim: usize,
     k: Vec<Vec<KvElem>>,
     v: Vec<Vec<KvElem>>,
     len: usize,
+    pub(super) device: Option<DeviceKv>,
 }
 
 impl SeqKv {
@@ -38,7 +46,17 @@ impl SeqKv {
             k: vec![Vec::new(); n_layer],
             v: vec![Vec::new(); n_layer],
             len: 0,
+            device: None,
         }
+    }
+
+    pub(super) fn kv_dim(&self) -> usize {
+        self.kv_dim
+    }
+
+    /// Positions held in host memory (all of them on the CPU forward).
+    pub(super) fn host_len(&self) -> usize {
+        self.len_pending()
     }
 
     /// Positions computed and committed.
@@ -71,8 +89,9 @@ impl SeqKv {
         }
     }
 
-    /// Appends rows already stored as [`KvElem`] (a prefix-cache block).
-    fn append_stored(&mut self, il: usize, k: &[KvElem], v: &[KvElem]) {
+    /// Appends rows already stored as [`KvElem`] (a prefix-cache block, or rows downloaded from a
+    /// device).
+    pub(super) fn append_stored(&mut self, il: usize, k: &[KvElem], v: &[KvElem]) {
         self.k[il].extend_from_slice(k);
         self.v[il].extend_from_slice(v);
     }
@@ -96,6 +115,9 @@ impl SeqKv {
             v.truncate(len * self.kv_dim);
         }
         self.len = self.len.min(len);
+        if let Some(d) = &mut self.device {
+            d.truncate(len);
+        }
     }
 
     pub fn bytes(&self) -> usize {
@@ -103,7 +125,8 @@ impl SeqKv {
             .iter()
             .chain(&self.v)
             .map(|x| x.capacity() * std::mem::size_of::<KvElem>())
-            .sum()
+            .sum::<usize>()
+            + self.device.as_ref().map_or(0, DeviceKv::bytes)
     }
 }
 

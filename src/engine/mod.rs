@@ -9,6 +9,8 @@
 //! - `kernels`: quantized matrix × activation kernels (AVX2/FMA with a portable fallback) and the
 //!   thread pool they run on.
 //! - `model`: the transformer forward for many sequences at once (llama, qwen2, qwen3, gemma3).
+//! - `tensor_model`: the same forward on candle tensors for any candle device (the CUDA and Metal
+//!   builds; `candle-cpu` runs it here).
 //! - `kv`: per-sequence KV caches and the prefix cache shared between sequences.
 //! - `scheduler`: the engine thread, its bounded queue, and the [`Engine`] handle.
 //! - `embedder`: sentence embeddings from a BERT-family model on candle tensors.
@@ -26,6 +28,7 @@ pub mod sampler;
 pub mod scheduler;
 pub mod stop;
 pub mod template;
+pub mod tensor_model;
 pub mod tokenizer;
 
 pub use constraint::Grammar;

@@ -149,29 +149,83 @@ impl ModelConfig {
     }
 }
 
-struct Layer {
-    attn_norm: Vec<f32>,
-    wq: QMatrix,
-    wk: QMatrix,
-    wv: QMatrix,
-    wo: QMatrix,
-    bq: Option<Vec<f32>>,
-    bk: Option<Vec<f32>>,
-    bv: Option<Vec<f32>>,
-    q_norm: Option<Vec<f32>>,
-    k_norm: Option<Vec<f32>>,
-    post_attn_norm: Option<Vec<f32>>,
-    ffn_norm: Vec<f32>,
-    w_gate: QMatrix,
-    w_up: QMatrix,
-    w_down: QMatrix,
-    post_ffn_norm: Option<Vec<f32>>,
+/// One transformer block's weights, generic over how a matrix (`M`) and a vector (`V`) are held, so
+/// the CPU forward here and the tensor forward ([`super::tensor_model`]) load the same names and shapes
+/// through one table.
+pub(super) struct Layer<M, V> {
+    pub attn_norm: V,
+    pub wq: M,
+    pub wk: M,
+    pub wv: M,
+    pub wo: M,
+    pub bq: Option<V>,
+    pub bk: Option<V>,
+    pub bv: Option<V>,
+    pub q_norm: Option<V>,
+    pub k_norm: Option<V>,
+    pub post_attn_norm: Option<V>,
+    pub ffn_norm: V,
+    pub w_gate: M,
+    pub w_up: M,
+    pub w_down: M,
+    pub post_ffn_norm: Option<V>,
+}
+
+/// Loads every layer of `cfg`'s model, with `mat(name, rows, cols)` building a matrix and
+/// `vec(name, len)` a vector from the tensor of that name.
+pub(super) fn load_layers<M, V>(
+    g: &GgufFile,
+    cfg: &ModelConfig,
+    mat: impl Fn(&str, usize, usize) -> Result<M>,
+    vec: impl Fn(&str, usize) -> Result<V>,
+) -> Result<Vec<Layer<M, V>>> {
+    let (d, ff, hd) = (cfg.n_embd, cfg.n_ff, cfg.head_dim);
+    let (qd, kvd) = (cfg.q_dim(), cfg.kv_dim());
+    let opt = |name: &str, len: usize| -> Result<Option<V>> {
+        if g.has_tensor(name) {
+            vec(name, len).map(Some)
+        } else {
+            Ok(None)
+        }
+    };
+    (0..cfg.n_layer)
+        .map(|il| {
+            let n = |s: &str| format!("blk.{il}.{s}");
+            Ok(Layer {
+                attn_norm: vec(&n("attn_norm.weight"), d)?,
+                wq: mat(&n("attn_q.weight"), qd, d)?,
+                wk: mat(&n("attn_k.weight"), kvd, d)?,
+                wv: mat(&n("attn_v.weight"), kvd, d)?,
+                wo: mat(&n("attn_output.weight"), d, qd)?,
+                bq: opt(&n("attn_q.bias"), qd)?,
+                bk: opt(&n("attn_k.bias"), kvd)?,
+                bv: opt(&n("attn_v.bias"), kvd)?,
+                q_norm: opt(&n("attn_q_norm.weight"), hd)?,
+                k_norm: opt(&n("attn_k_norm.weight"), hd)?,
+                post_attn_norm: opt(&n("post_attention_norm.weight"), d)?,
+                ffn_norm: vec(&n("ffn_norm.weight"), d)?,
+                w_gate: mat(&n("ffn_gate.weight"), ff, d)?,
+                w_up: mat(&n("ffn_up.weight"), ff, d)?,
+                w_down: mat(&n("ffn_down.weight"), d, ff)?,
+                post_ffn_norm: opt(&n("post_ffw_norm.weight"), d)?,
+            })
+        })
+        .collect()
+}
+
+/// The output matrix's name: models with tied embeddings ship none and reuse `token_embd.weight`.
+pub(super) fn lm_head_name(g: &GgufFile) -> &'static str {
+    if g.has_tensor("output.weight") {
+        "output.weight"
+    } else {
+        "token_embd.weight"
+    }
 }
 
 pub struct Model {
     pub cfg: ModelConfig,
     embed: QMatrix,
-    layers: Vec<Layer>,
+    layers: Vec<Layer<QMatrix, Vec<f32>>>,
     out_norm: Vec<f32>,
     lm_head: QMatrix,
     inv_freq: Vec<f32>,
@@ -210,7 +264,7 @@ fn to_f32_vec(g: &GgufFile, t: &TensorRef) -> Result<Vec<f32>> {
     }
 }
 
-fn vector(g: &GgufFile, name: &str, len: usize) -> Result<Vec<f32>> {
+pub(super) fn vector(g: &GgufFile, name: &str, len: usize) -> Result<Vec<f32>> {
     let t = g.tensor(name)?;
     let v = to_f32_vec(g, &t)?;
     if v.len() != len {
@@ -222,15 +276,7 @@ fn vector(g: &GgufFile, name: &str, len: usize) -> Result<Vec<f32>> {
     Ok(v)
 }
 
-fn opt_vector(g: &GgufFile, name: &str, len: usize) -> Result<Option<Vec<f32>>> {
-    if g.has_tensor(name) {
-        vector(g, name, len).map(Some)
-    } else {
-        Ok(None)
-    }
-}
-
-fn matrix(g: &GgufFile, name: &str, rows: usize, cols: usize) -> Result<QMatrix> {
+pub(super) fn matrix(g: &GgufFile, name: &str, rows: usize, cols: usize) -> Result<QMatrix> {
     let t = g.tensor(name)?;
     if t.dims != [rows, cols] {
         return Err(load_err(
@@ -245,7 +291,7 @@ fn matrix(g: &GgufFile, name: &str, rows: usize, cols: usize) -> Result<QMatrix>
         .map_err(|e| load_err(g, format!("tensor `{name}`: {e}")))
 }
 
-fn inv_freq(rope_dim: usize, base: f32) -> Vec<f32> {
+pub(super) fn inv_freq(rope_dim: usize, base: f32) -> Vec<f32> {
     (0..rope_dim / 2)
         .map(|i| 1.0 / base.powf(2.0 * i as f32 / rope_dim as f32))
         .collect()
@@ -400,7 +446,12 @@ fn rope(
     }
 }
 
-fn rope_tables(positions: &[usize], inv_freq: &[f32], cos: &mut Vec<f32>, sin: &mut Vec<f32>) {
+pub(super) fn rope_tables(
+    positions: &[usize],
+    inv_freq: &[f32],
+    cos: &mut Vec<f32>,
+    sin: &mut Vec<f32>,
+) {
     cos.clear();
     sin.clear();
     for &p in positions {
@@ -408,6 +459,60 @@ fn rope_tables(positions: &[usize], inv_freq: &[f32], cos: &mut Vec<f32>, sin: &
             let (s, c) = (p as f32 * f).sin_cos();
             cos.push(c);
             sin.push(s);
+        }
+    }
+}
+
+/// Refuses a batch that would overflow a sequence's context or names a token outside the
+/// vocabulary, before anything is computed; returns every row's position and where each item's
+/// rows start.
+pub(super) fn check_batch(
+    cfg: &ModelConfig,
+    items: &[BatchItem<'_>],
+) -> Result<(Vec<usize>, Vec<usize>)> {
+    for it in items {
+        let end = it.kv.len() + it.tokens.len();
+        if end > cfg.context_length {
+            return Err(EngineError::ContextOverflow {
+                prompt_tokens: end,
+                max_tokens: 0,
+                context_length: cfg.context_length,
+            });
+        }
+        if let Some(&bad) = it.tokens.iter().find(|&&t| t as usize >= cfg.vocab_size) {
+            return Err(EngineError::InvalidParameter {
+                param: "prompt",
+                message: format!(
+                    "token id {bad} is outside the vocabulary ({})",
+                    cfg.vocab_size
+                ),
+            });
+        }
+    }
+    let n_tok: usize = items.iter().map(|it| it.tokens.len()).sum();
+    let mut positions = Vec::with_capacity(n_tok);
+    let mut starts = Vec::with_capacity(items.len());
+    for it in items {
+        starts.push(positions.len());
+        let p0 = it.kv.len();
+        positions.extend(p0..p0 + it.tokens.len());
+    }
+    Ok((positions, starts))
+}
+
+/// Writes every new token's (scaled) embedding into `x`, one row of `n_embd` per token.
+pub(super) fn embed_rows(
+    embed: &QMatrix,
+    cfg: &ModelConfig,
+    items: &[BatchItem<'_>],
+    x: &mut [f32],
+) {
+    let d = cfg.n_embd;
+    let tokens = items.iter().flat_map(|it| it.tokens.iter());
+    for (xr, &t) in x.chunks_exact_mut(d).zip(tokens) {
+        embed.dequantize_row(t as usize, xr);
+        if cfg.embed_scale != 1.0 {
+            xr.iter_mut().for_each(|v| *v *= cfg.embed_scale);
         }
     }
 }
@@ -436,45 +541,23 @@ unsafe impl Sync for SyncPtr {}
 impl Model {
     pub fn load(g: &GgufFile) -> Result<Self> {
         let cfg = ModelConfig::from_gguf(g)?;
-        let (d, ff, qd, kvd) = (cfg.n_embd, cfg.n_ff, cfg.q_dim(), cfg.kv_dim());
+        let d = cfg.n_embd;
         let embed = matrix(g, "token_embd.weight", cfg.vocab_size, d)?;
-        let lm_head = if g.has_tensor("output.weight") {
-            matrix(g, "output.weight", cfg.vocab_size, d)?
-        } else {
-            embed.clone()
-        };
-        let mut layers = Vec::with_capacity(cfg.n_layer);
-        for il in 0..cfg.n_layer {
-            let n = |s: &str| format!("blk.{il}.{s}");
-            layers.push(Layer {
-                attn_norm: vector(g, &n("attn_norm.weight"), d)?,
-                wq: matrix(g, &n("attn_q.weight"), qd, d)?,
-                wk: matrix(g, &n("attn_k.weight"), kvd, d)?,
-                wv: matrix(g, &n("attn_v.weight"), kvd, d)?,
-                wo: matrix(g, &n("attn_output.weight"), d, qd)?,
-                bq: opt_vector(g, &n("attn_q.bias"), qd)?,
-                bk: opt_vector(g, &n("attn_k.bias"), kvd)?,
-                bv: opt_vector(g, &n("attn_v.bias"), kvd)?,
-                q_norm: opt_vector(g, &n("attn_q_norm.weight"), cfg.head_dim)?,
-                k_norm: opt_vector(g, &n("attn_k_norm.weight"), cfg.head_dim)?,
-                post_attn_norm: opt_vector(g, &n("post_attention_norm.weight"), d)?,
-                ffn_norm: vector(g, &n("ffn_norm.weight"), d)?,
-                w_gate: matrix(g, &n("ffn_gate.weight"), ff, d)?,
-                w_up: matrix(g, &n("ffn_up.weight"), ff, d)?,
-                w_down: matrix(g, &n("ffn_down.weight"), d, ff)?,
-                post_ffn_norm: opt_vector(g, &n("post_ffw_norm.weight"), d)?,
-            });
-        }
+        let lm_head = matrix(g, lm_head_name(g), cfg.vocab_size, d)?;
+        let layers = load_layers(
+            g,
+            &cfg,
+            |name, rows, cols| matrix(g, name, rows, cols),
+            |name, len| vector(g, name, len),
+        )?;
         let out_norm = vector(g, "output_norm.weight", d)?;
-        let inv_freq_global = inv_freq(cfg.rope_dim, cfg.rope_base);
-        let inv_freq_local = inv_freq(cfg.rope_dim, cfg.rope_base_local);
         Ok(Self {
             embed,
             layers,
             out_norm,
             lm_head,
-            inv_freq: inv_freq_global,
-            inv_freq_local,
+            inv_freq: inv_freq(cfg.rope_dim, cfg.rope_base),
+            inv_freq_local: inv_freq(cfg.rope_dim, cfg.rope_base_local),
             cfg,
         })
     }
@@ -499,34 +582,7 @@ impl Model {
         if n_tok == 0 {
             return Ok(Vec::new());
         }
-        for it in items.iter() {
-            let end = it.kv.len() + it.tokens.len();
-            if end > cfg.context_length {
-                return Err(EngineError::ContextOverflow {
-                    prompt_tokens: end,
-                    max_tokens: 0,
-                    context_length: cfg.context_length,
-                });
-            }
-            if let Some(&bad) = it.tokens.iter().find(|&&t| t as usize >= cfg.vocab_size) {
-                return Err(EngineError::InvalidParameter {
-                    param: "prompt",
-                    message: format!(
-                        "token id {bad} is outside the vocabulary ({})",
-                        cfg.vocab_size
-                    ),
-                });
-            }
-        }
-
-        // Positions of every row, and where each item's rows start.
-        let mut positions = Vec::with_capacity(n_tok);
-        let mut starts = Vec::with_capacity(items.len());
-        for it in items.iter() {
-            starts.push(positions.len());
-            let p0 = it.kv.len();
-            positions.extend(p0..p0 + it.tokens.len());
-        }
+        let (positions, starts) = check_batch(cfg, items)?;
         rope_tables(&positions, &self.inv_freq, &mut s.cos, &mut s.sin);
         if cfg.sliding_window.is_some() {
             rope_tables(
@@ -538,17 +594,7 @@ impl Model {
         }
 
         resize(&mut s.x, n_tok * d);
-        let mut row = 0;
-        for it in items.iter() {
-            for &t in it.tokens {
-                let xr = &mut s.x[row * d..(row + 1) * d];
-                self.embed.dequantize_row(t as usize, xr);
-                if cfg.embed_scale != 1.0 {
-                    xr.iter_mut().for_each(|v| *v *= cfg.embed_scale);
-                }
-                row += 1;
-            }
-        }
+        embed_rows(&self.embed, cfg, items, &mut s.x);
         for it in items.iter_mut() {
             it.kv.reserve(it.tokens.len());
         }

@@ -24,15 +24,45 @@ use super::model::{BatchItem, Model, ModelConfig, Scratch};
 use super::sampler::{Sampler, SamplingParams};
 use super::stop::StopMatcher;
 use super::template::{ChatMessage, ChatTemplate};
+use super::tensor_model::TensorModel;
 use super::tokenizer::Tokenizer;
 
 /// Where the forward runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Device {
+    /// clerk's own CPU kernels ([`Model`]).
     #[default]
     Cpu,
+    /// The tensor forward ([`TensorModel`]) on candle's CPU ops: what the GPU builds run, on a
+    /// machine without a GPU. Slower than `Cpu`; there to test that forward and compare against it.
+    CandleCpu,
+    /// The tensor forward on an NVIDIA GPU (a build with the `cuda` feature).
     Cuda(usize),
+    /// The tensor forward on an Apple GPU (a build with the `metal` feature).
     Metal,
+}
+
+impl Device {
+    /// The candle device the tensor forward runs on; `None` for clerk's own CPU forward.
+    fn candle(self) -> Result<Option<candle_core::Device>> {
+        let made = match self {
+            Device::Cpu => return Ok(None),
+            Device::CandleCpu => Ok(candle_core::Device::Cpu),
+            Device::Cuda(i) => candle_core::Device::new_cuda(i),
+            Device::Metal => candle_core::Device::new_metal(0),
+        };
+        let feature = match self {
+            Device::Metal => "metal",
+            _ => "cuda",
+        };
+        made.map(Some).map_err(|e| EngineError::InvalidParameter {
+            param: "device",
+            message: format!(
+                "{self:?} is not available: {e} (GPU devices need a build with `--features {feature}` \
+                 and the device's driver)"
+            ),
+        })
+    }
 }
 
 impl std::str::FromStr for Device {
@@ -40,11 +70,14 @@ impl std::str::FromStr for Device {
     fn from_str(s: &str) -> std::result::Result<Self, String> {
         match s {
             "cpu" => Ok(Device::Cpu),
+            "candle-cpu" => Ok(Device::CandleCpu),
             "metal" => Ok(Device::Metal),
             "cuda" => Ok(Device::Cuda(0)),
             s => match s.strip_prefix("cuda:").map(str::parse) {
                 Some(Ok(i)) => Ok(Device::Cuda(i)),
-                _ => Err(format!("unknown device `{s}` (cpu, cuda, cuda:N, metal)")),
+                _ => Err(format!(
+                    "unknown device `{s}` (cpu, candle-cpu, cuda, cuda:N, metal)"
+                )),
             },
         }
     }
@@ -255,15 +288,6 @@ pub struct Engine {
 impl Engine {
     /// Loads the model and starts the engine thread.
     pub fn load(cfg: EngineConfig) -> Result<Self> {
-        if cfg.device != Device::Cpu {
-            return Err(EngineError::InvalidParameter {
-                param: "device",
-                message: format!(
-                    "{:?}: this build's forward runs on the CPU only; GPU devices are not implemented yet",
-                    cfg.device
-                ),
-            });
-        }
         if cfg.threads == 0 || cfg.max_batch == 0 || cfg.prefill_chunk == 0 {
             return Err(EngineError::InvalidParameter {
                 param: "engine config",
@@ -292,11 +316,15 @@ impl Engine {
         let template = template_src
             .map(|src| ChatTemplate::new(&src, &bos, &eos))
             .transpose()?;
-        let mut model = Model::load(&gguf)?;
+        let mut model = match cfg.device.candle()? {
+            None => Forward::Cpu(Model::load(&gguf)?),
+            Some(device) => Forward::Tensor(TensorModel::load(&gguf, device)?),
+        };
         if let Some(cap) = cfg.context_length {
-            model.cfg.context_length = model.cfg.context_length.min(cap);
+            let mc = model.cfg_mut();
+            mc.context_length = mc.context_length.min(cap);
         }
-        let mc: &ModelConfig = &model.cfg;
+        let mc: &ModelConfig = model.cfg();
         let info = ModelInfo {
             name: cfg.model_name.clone(),
             path: cfg.model_path.clone(),
@@ -311,10 +339,15 @@ impl Engine {
         let tokenizer = Arc::new(tokenizer);
         let stats = Arc::new(EngineStats::default());
         let (queue, rx) = mpsc::sync_channel(cfg.queue_capacity);
+        // The tensor forward runs on its device (on the CPU, on candle's own threads): no pool.
+        let pool = ThreadPool::new(match model {
+            Forward::Cpu(_) => cfg.threads,
+            Forward::Tensor(_) => 1,
+        });
         let worker = Worker {
             model,
             tokenizer: tokenizer.clone(),
-            pool: ThreadPool::new(cfg.threads),
+            pool,
             prefix: Arc::new(Mutex::new(PrefixCache::new(cfg.prefix_cache_bytes))),
             stats: stats.clone(),
             max_batch: cfg.max_batch,
@@ -444,8 +477,51 @@ impl Engine {
     }
 }
 
+/// The forward the engine thread runs: clerk's own CPU kernels, or the tensor forward on a candle
+/// device.
+enum Forward {
+    Cpu(Model),
+    Tensor(TensorModel),
+}
+
+impl Forward {
+    fn cfg(&self) -> &ModelConfig {
+        match self {
+            Forward::Cpu(m) => &m.cfg,
+            Forward::Tensor(m) => &m.cfg,
+        }
+    }
+
+    fn cfg_mut(&mut self) -> &mut ModelConfig {
+        match self {
+            Forward::Cpu(m) => &mut m.cfg,
+            Forward::Tensor(m) => &mut m.cfg,
+        }
+    }
+
+    fn forward(
+        &self,
+        batch: &mut [BatchItem<'_>],
+        scratch: &mut Scratch,
+        pool: &ThreadPool,
+    ) -> Result<Vec<f32>> {
+        match self {
+            Forward::Cpu(m) => m.forward(batch, scratch, pool),
+            Forward::Tensor(m) => m.forward(batch),
+        }
+    }
+
+    /// Makes every computed position of `kv` readable from host memory, for the prefix cache.
+    fn sync_host(&self, kv: &mut SeqKv) -> Result<()> {
+        match self {
+            Forward::Cpu(_) => Ok(()),
+            Forward::Tensor(m) => m.sync_host(kv),
+        }
+    }
+}
+
 struct Worker {
-    model: Model,
+    model: Forward,
     tokenizer: Arc<Tokenizer>,
     pool: ThreadPool,
     prefix: Arc<Mutex<PrefixCache>>,
@@ -553,7 +629,7 @@ impl Worker {
             self.stats.cancelled.fetch_add(1, Ordering::Relaxed);
             return;
         }
-        let cfg = &self.model.cfg;
+        let cfg = self.model.cfg();
         let mut kv = SeqKv::new(cfg.n_layer, cfg.kv_dim());
         let cached = match self.prefix.lock() {
             Ok(mut pc) => {
@@ -661,7 +737,7 @@ impl Worker {
                 }
             }
             Ok(mut logits) => {
-                let vocab = self.model.cfg.vocab_size;
+                let vocab = self.model.cfg().vocab_size;
                 let mut row = 0;
                 for &(i, w) in &order {
                     let a = &mut active[i];
@@ -672,8 +748,14 @@ impl Worker {
                             if a.prompt_done < a.req.prompt.len() {
                                 continue;
                             }
-                            if let Ok(mut pc) = self.prefix.lock() {
-                                pc.insert(&a.req.prompt, &a.kv);
+                            match self.model.sync_host(&mut a.kv) {
+                                Ok(()) => {
+                                    if let Ok(mut pc) = self.prefix.lock() {
+                                        pc.insert(&a.req.prompt, &a.kv);
+                                    }
+                                }
+                                // The sequence goes on; only its prompt is not offered to the cache.
+                                Err(e) => tracing::warn!(error = %e, "prompt not cached"),
                             }
                         }
                     }

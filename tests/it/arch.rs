@@ -8,8 +8,11 @@ use candle_core::{Device, Tensor};
 use clerk::engine::gguf::GgufFile;
 use clerk::engine::kernels::ThreadPool;
 use clerk::engine::kv::SeqKv;
-use clerk::engine::model::{BatchItem, Model, Scratch};
-use clerk::engine::{Engine, EngineConfig, GenerateRequest, SamplingParams};
+use clerk::engine::model::{BatchItem, Model, ModelConfig, Scratch};
+use clerk::engine::tensor_model::TensorModel;
+use clerk::engine::{
+    Device as EngineDevice, Engine, EngineConfig, GenerateRequest, SamplingParams,
+};
 
 const D: usize = 64;
 const HEADS: usize = 4;
@@ -36,6 +39,9 @@ fn byte_chars() -> Vec<char> {
 struct Tiny {
     arch: &'static str,
     n_layer: usize,
+    /// Every matrix in f32 instead of Q8_0/Q4_0, so two forwards can be compared without the
+    /// quantization of their activations.
+    exact: bool,
 }
 
 fn tensor(rows: usize, cols: usize, seed: u64, dtype: GgmlDType, scale: f32) -> QTensor {
@@ -106,7 +112,11 @@ fn write_tiny(t: &Tiny, dir: &Path) -> PathBuf {
     if a == "gemma3" {
         meta.push((key("attention.sliding_window"), Value::U32(4)));
     }
-    let q = GgmlDType::Q8_0;
+    let (q, q4) = if t.exact {
+        (GgmlDType::F32, GgmlDType::F32)
+    } else {
+        (GgmlDType::Q8_0, GgmlDType::Q4_0)
+    };
     let (qd, kvd) = (HEADS * HEAD_DIM, KV_HEADS * HEAD_DIM);
     let mut tensors: Vec<(String, QTensor)> = vec![
         ("token_embd.weight".into(), tensor(vocab, D, 1, q, 1.0)),
@@ -119,10 +129,7 @@ fn write_tiny(t: &Tiny, dir: &Path) -> PathBuf {
         tensors.push((n("attn_q.weight"), tensor(qd, D, s + 1, q, 0.2)));
         tensors.push((n("attn_k.weight"), tensor(kvd, D, s + 2, q, 0.2)));
         tensors.push((n("attn_v.weight"), tensor(kvd, D, s + 3, q, 0.2)));
-        tensors.push((
-            n("attn_output.weight"),
-            tensor(D, qd, s + 4, GgmlDType::Q4_0, 0.2),
-        ));
+        tensors.push((n("attn_output.weight"), tensor(D, qd, s + 4, q4, 0.2)));
         tensors.push((n("ffn_norm.weight"), norm(D, s + 5)));
         tensors.push((n("ffn_gate.weight"), tensor(FF, D, s + 6, q, 0.2)));
         tensors.push((n("ffn_up.weight"), tensor(FF, D, s + 7, q, 0.2)));
@@ -147,7 +154,8 @@ fn write_tiny(t: &Tiny, dir: &Path) -> PathBuf {
             tensors.push((n("post_ffw_norm.weight"), norm(D, s + 15)));
         }
     }
-    let path = dir.join(format!("tiny-{a}.gguf"));
+    let exact = if t.exact { "-f32" } else { "" };
+    let path = dir.join(format!("tiny-{a}{exact}.gguf"));
     let mut f = std::fs::File::create(&path).unwrap();
     let meta_refs: Vec<(&str, &Value)> = meta.iter().map(|(k, v)| (k.as_str(), v)).collect();
     let tensor_refs: Vec<(&str, &QTensor)> = tensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
@@ -161,24 +169,113 @@ fn tmp_dir() -> PathBuf {
     d
 }
 
-fn logits_last(model: &Model, chunks: &[&[u32]], pool: &ThreadPool) -> Vec<f32> {
-    let mut kv = SeqKv::new(model.cfg.n_layer, model.cfg.kv_dim());
-    let mut s = Scratch::default();
+/// The logits for the last token after feeding `chunks` of one sequence to `forward` in turn.
+fn feed(
+    cfg: &ModelConfig,
+    chunks: &[&[u32]],
+    mut forward: impl FnMut(&mut [BatchItem<'_>]) -> Vec<f32>,
+) -> Vec<f32> {
+    let mut kv = SeqKv::new(cfg.n_layer, cfg.kv_dim());
     let mut out = vec![];
     for (i, c) in chunks.iter().enumerate() {
-        let mut items = [BatchItem {
+        out = forward(&mut [BatchItem {
             kv: &mut kv,
             tokens: c,
             want_logits: i + 1 == chunks.len(),
-        }];
-        out = model.forward(&mut items, &mut s, pool).unwrap();
+        }]);
     }
     out
 }
 
+fn logits_last(model: &Model, chunks: &[&[u32]], pool: &ThreadPool) -> Vec<f32> {
+    let mut s = Scratch::default();
+    feed(&model.cfg, chunks, |items| {
+        model.forward(items, &mut s, pool).unwrap()
+    })
+}
+
+/// The same through the tensor forward.
+fn tensor_logits_last(model: &TensorModel, chunks: &[&[u32]]) -> Vec<f32> {
+    feed(&model.cfg, chunks, |items| model.forward(items).unwrap())
+}
+
+/// The largest difference between two logit rows relative to the largest logit; NaN counts as
+/// infinitely different.
+fn max_rel_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    let scale = a.iter().fold(1f32, |m, v| m.max(v.abs()));
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(
+            0f32,
+            |m, d| if d.is_nan() { f32::INFINITY } else { m.max(d) },
+        )
+        / scale
+}
+
+/// The tensor forward (what the GPU builds run) on candle's CPU ops against the CPU forward, whole,
+/// chunked, token by token and on a shorter context, within `tolerance` of the largest logit.
+fn check_tensor_forward(arch: &str, path: &Path, prompt: &[u32], tolerance: f32) {
+    let gguf = GgufFile::open(path).unwrap();
+    let model = Model::load(&gguf).unwrap();
+    let tensor = TensorModel::load(&gguf, candle_core::Device::Cpu).unwrap();
+    let pool = ThreadPool::new(2);
+    let singles: Vec<&[u32]> = prompt.chunks(1).collect();
+    for (how, chunks) in [
+        ("whole", vec![prompt]),
+        ("chunked", vec![&prompt[..5], &prompt[5..]]),
+        ("token by token", singles),
+        ("shorter context", vec![&prompt[6..]]),
+    ] {
+        let want = logits_last(&model, &chunks, &pool);
+        let got = tensor_logits_last(&tensor, &chunks);
+        let diff = max_rel_diff(&want, &got);
+        assert!(
+            diff < tolerance,
+            "{arch}: tensor forward, {how}: logits differ by {diff} of the largest"
+        );
+    }
+}
+
+/// Deterministic greedy generations of two prompts, each alone and then both batched.
+fn alone_and_batched(engine: &Engine) -> [(Vec<u32>, Vec<u32>); 2] {
+    let req = |p: &str| GenerateRequest {
+        prompt: engine.tokenizer().encode(p, false).unwrap(),
+        sampling: SamplingParams::default(),
+        max_tokens: Some(12),
+        stop: vec![],
+        ignore_eos: true,
+        grammar: None,
+    };
+    let run = |p: &str| {
+        engine
+            .submit(req(p))
+            .unwrap()
+            .collect_blocking()
+            .unwrap()
+            .tokens
+    };
+    let (a, b) = (run("abc"), run("xyz!?"));
+    assert_eq!(a.len(), 12);
+    let ga = engine.submit(req("abc")).unwrap();
+    let gb = engine.submit(req("xyz!?")).unwrap();
+    [
+        (a, ga.collect_blocking().unwrap().tokens),
+        (b, gb.collect_blocking().unwrap().tokens),
+    ]
+}
+
 fn check_arch(arch: &'static str, n_layer: usize) {
     let dir = tmp_dir();
-    let path = write_tiny(&Tiny { arch, n_layer }, &dir);
+    let path = write_tiny(
+        &Tiny {
+            arch,
+            n_layer,
+            exact: false,
+        },
+        &dir,
+    );
     let gguf = GgufFile::open(&path).unwrap();
     let model = Model::load(&gguf).unwrap();
     let pool = ThreadPool::new(2);
@@ -202,42 +299,33 @@ fn check_arch(arch: &'static str, n_layer: usize) {
     let tail = logits_last(&model, &[&prompt[6..]], &pool);
     assert_ne!(whole, tail, "{arch}: earlier tokens had no effect");
 
-    // Through the engine: deterministic greedy generation, alone and batched.
-    let mut cfg = EngineConfig::new(path.clone());
-    cfg.threads = 2;
-    cfg.chat_template = Some(clerk::engine::template::CHATML_TEMPLATE.to_string());
-    let engine = Engine::load(cfg).unwrap();
-    let req = |p: &str| GenerateRequest {
-        prompt: engine.tokenizer().encode(p, false).unwrap(),
-        sampling: SamplingParams::default(),
-        max_tokens: Some(12),
-        stop: vec![],
-        ignore_eos: true,
-        grammar: None,
-    };
-    let a = engine
-        .submit(req("abc"))
-        .unwrap()
-        .collect_blocking()
-        .unwrap();
-    let b = engine
-        .submit(req("xyz!?"))
-        .unwrap()
-        .collect_blocking()
-        .unwrap();
-    assert_eq!(a.tokens.len(), 12);
-    let ga = engine.submit(req("abc")).unwrap();
-    let gb = engine.submit(req("xyz!?")).unwrap();
-    assert_eq!(
-        ga.collect_blocking().unwrap().tokens,
-        a.tokens,
-        "{arch}: batched differs"
+    // The tensor forward computes the same function: with f32 weights up to float rounding; with
+    // quantized weights both forwards quantize their activations (to Q8_0, as llama.cpp does), a
+    // value on a rounding boundary can land on either side, and this random model amplifies that to
+    // about 1.5% of the largest logit. A wrong layout or a missed step is of the order of the logits.
+    let exact = write_tiny(
+        &Tiny {
+            arch,
+            n_layer,
+            exact: true,
+        },
+        &dir,
     );
-    assert_eq!(
-        gb.collect_blocking().unwrap().tokens,
-        b.tokens,
-        "{arch}: batched differs"
-    );
+    check_tensor_forward(arch, &exact, &prompt, 1e-4);
+    std::fs::remove_file(&exact).unwrap();
+    check_tensor_forward(arch, &path, &prompt, 5e-2);
+
+    // Through the engine on both forwards: deterministic greedy generation, alone and batched.
+    for device in [EngineDevice::Cpu, EngineDevice::CandleCpu] {
+        let mut cfg = EngineConfig::new(path.clone());
+        cfg.threads = 2;
+        cfg.device = device;
+        cfg.chat_template = Some(clerk::engine::template::CHATML_TEMPLATE.to_string());
+        let engine = Engine::load(cfg).unwrap();
+        for (alone, batched) in alone_and_batched(&engine) {
+            assert_eq!(batched, alone, "{arch} on {device:?}: batched differs");
+        }
+    }
     std::fs::remove_file(&path).unwrap();
 }
 
@@ -269,6 +357,7 @@ fn an_unknown_architecture_is_a_clear_error() {
         &Tiny {
             arch: "mamba",
             n_layer: 1,
+            exact: false,
         },
         &dir,
     );
@@ -291,6 +380,7 @@ fn a_truncated_file_is_a_clear_error() {
         &Tiny {
             arch: "llama",
             n_layer: 1,
+            exact: false,
         },
         &dir,
     );

@@ -4,8 +4,8 @@
 use std::time::Duration;
 
 use clerk::engine::{
-    ChatMessage, Engine, EngineConfig, EngineError, Event, FinishReason, GenerateRequest, Grammar,
-    SamplingParams,
+    ChatMessage, Device, Engine, EngineConfig, EngineError, Event, FinishReason, GenerateRequest,
+    Grammar, SamplingParams,
 };
 
 use crate::common::model_path;
@@ -44,7 +44,11 @@ const LLAMA_CPP_ANSWER: [u32; 6] = [504, 3575, 282, 4649, 314, 7042];
 
 #[test]
 fn greedy_is_deterministic_and_answers_sensibly() {
-    let engine = smollm(|_| {});
+    answers_like_llama_cpp(Device::Cpu);
+}
+
+fn answers_like_llama_cpp(device: Device) {
+    let engine = smollm(|c| c.device = device);
     let prompt = chat(&engine, QUESTION);
     let a = engine
         .submit(greedy(prompt.clone(), 24))
@@ -65,7 +69,14 @@ fn greedy_is_deterministic_and_answers_sensibly() {
 
 #[test]
 fn batched_decoding_matches_each_sequence_alone() {
-    let engine = smollm(|c| c.prefix_cache_bytes = 0);
+    batched_matches_alone(Device::Cpu);
+}
+
+fn batched_matches_alone(device: Device) {
+    let engine = smollm(|c| {
+        c.prefix_cache_bytes = 0;
+        c.device = device;
+    });
     let questions = [
         "What is the capital of France?",
         "Write a haiku about shoes.",
@@ -98,8 +109,49 @@ fn batched_decoding_matches_each_sequence_alone() {
 
 #[test]
 fn a_cached_prefix_gives_the_same_tokens() {
-    let uncached = smollm(|c| c.prefix_cache_bytes = 0);
-    let cached = smollm(|_| {});
+    cached_matches_uncached(Device::Cpu);
+}
+
+/// The tensor forward (what the CUDA and Metal builds run) on candle's CPU ops: the same answer,
+/// batched = alone, and a prefix restored from the (host) cache into its device KV = uncached.
+#[test]
+fn the_tensor_forward_answers_batches_and_caches_like_the_cpu_forward() {
+    answers_like_llama_cpp(Device::CandleCpu);
+    batched_matches_alone(Device::CandleCpu);
+    cached_matches_uncached(Device::CandleCpu);
+}
+
+/// On a GPU, a row's result may depend on the batch's shape (the kernels chosen differ), so only the
+/// answer is checked there, which has clear margins.
+#[cfg(feature = "cuda")]
+#[test]
+fn the_tensor_forward_answers_on_cuda() {
+    answers_like_llama_cpp(Device::Cuda(0));
+}
+
+#[cfg(not(any(feature = "cuda", feature = "metal")))]
+#[test]
+fn a_gpu_device_in_a_build_without_it_is_a_clear_error() {
+    for device in [Device::Cuda(0), Device::Metal] {
+        let mut cfg = EngineConfig::new(model_path("smollm2-135m-instruct"));
+        cfg.device = device;
+        match Engine::load(cfg) {
+            Err(EngineError::InvalidParameter { param, message }) => {
+                assert_eq!(param, "device");
+                assert!(message.contains("--features"), "{message}");
+            }
+            Err(e) => panic!("wrong error for {device:?}: {e}"),
+            Ok(_) => panic!("{device:?} loaded in a build without it"),
+        }
+    }
+}
+
+fn cached_matches_uncached(device: Device) {
+    let uncached = smollm(|c| {
+        c.prefix_cache_bytes = 0;
+        c.device = device;
+    });
+    let cached = smollm(|c| c.device = device);
     let system =
         "You are the shop assistant of a small outdoor-gear shop. Answer briefly and politely. \
         Orders ship within two days; returns are accepted within thirty days of delivery.";
