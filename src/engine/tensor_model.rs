@@ -278,6 +278,18 @@ impl TensorModel {
             None => None,
         };
 
+        let spans = |window: Option<usize>| -> Result<Vec<Span>> {
+            items
+                .iter()
+                .map(|it| self.span(it.kv.len(), it.tokens.len(), window))
+                .collect()
+        };
+        let global_spans = spans(None)?;
+        let local_spans = match cfg.sliding_window {
+            Some(w) => Some(spans(Some(w))?),
+            None => None,
+        };
+
         let mut x_host = vec![0f32; n_tok * d];
         embed_rows(&self.embed, cfg, items, &mut x_host);
         let mut x = Tensor::from_vec(x_host, (n_tok, d), &self.device)?;
@@ -311,10 +323,13 @@ impl TensorModel {
             // Stored as the CPU forward stores them, so a restored prefix is exactly what was computed.
             let k = k.to_dtype(DType::F16)?.to_dtype(DType::F32)?;
             let v = v.to_dtype(DType::F16)?.to_dtype(DType::F32)?;
-            let window = if is_local { cfg.sliding_window } else { None };
+            let spans = match (&local_spans, is_local) {
+                (Some(s), true) => s,
+                _ => &global_spans,
+            };
 
             let mut outs = Vec::with_capacity(items.len());
-            for (it, &r0) in items.iter().zip(&starts) {
+            for ((it, &r0), span) in items.iter().zip(&starts).zip(spans) {
                 let n = it.tokens.len();
                 let p0 = it.kv.len();
                 let dk = it
@@ -324,7 +339,7 @@ impl TensorModel {
                     .ok_or_else(|| EngineError::Generation("device KV cache missing".into()))?;
                 dk.k[il].slice_set(&k.narrow(0, r0, n)?.transpose(0, 1)?.contiguous()?, 1, p0)?;
                 dk.v[il].slice_set(&v.narrow(0, r0, n)?.transpose(0, 1)?.contiguous()?, 1, p0)?;
-                outs.push(self.attend(&q.narrow(0, r0, n)?, dk, il, p0, window, group)?);
+                outs.push(self.attend(&q.narrow(0, r0, n)?, dk, il, span, group)?);
             }
             let o = Tensor::cat(&outs, 0)?;
 
@@ -369,35 +384,14 @@ impl TensorModel {
         Ok(self.lm_head.forward(&last)?.flatten_all()?.to_vec1()?)
     }
 
-    /// Causal attention of one sequence's `n` new query rows (`[n × heads × head_dim]`, at positions
-    /// `p0..`) against its cached keys and values, already holding the new rows.
-    fn attend(
-        &self,
-        q: &Tensor,
-        kv: &DeviceKv,
-        il: usize,
-        p0: usize,
-        window: Option<usize>,
-        group: usize,
-    ) -> Result<Tensor> {
-        let cfg = &self.cfg;
-        let (n, _, hd) = q.dims3()?;
-        let n_kv = cfg.n_head_kv;
+    /// The cached positions `p0 .. p0 + n` may see, and their mask (built once a step, not once a
+    /// layer: on a GPU each mask is an upload).
+    fn span(&self, p0: usize, n: usize, window: Option<usize>) -> Result<Span> {
         let end = p0 + n;
         // The earliest position any of the rows may see.
         let first = window.map_or(0, |w| (p0 + 1).saturating_sub(w));
-        let len = end - first;
-        let keys = kv.k[il].narrow(1, first, len)?;
-        let vals = kv.v[il].narrow(1, first, len)?;
-        // Query heads that share a key-value head become extra rows of that head's product.
-        let q = q
-            .reshape((n, n_kv, group, hd))?
-            .permute((1, 2, 0, 3))?
-            .contiguous()?
-            .reshape((n_kv, group * n, hd))?;
-        let mut scores = (q.matmul(&keys.t()?)? * cfg.attn_scale as f64)?;
         // One row alone sees every kept position; several need the causal (and window) mask.
-        if n > 1 {
+        let mask = if n > 1 {
             let mask: Vec<f32> = (0..n)
                 .flat_map(|r| {
                     let pos = p0 + r;
@@ -411,10 +405,40 @@ impl TensorModel {
                     })
                 })
                 .collect();
-            let mask = Tensor::from_vec(mask, (n, len), &self.device)?;
+            Some(Tensor::from_vec(mask, (n, end - first), &self.device)?)
+        } else {
+            None
+        };
+        Ok(Span { first, end, mask })
+    }
+
+    /// Causal attention of one sequence's new query rows (`[n × heads × head_dim]`) against its
+    /// cached keys and values, which already hold the new rows.
+    fn attend(
+        &self,
+        q: &Tensor,
+        kv: &DeviceKv,
+        il: usize,
+        span: &Span,
+        group: usize,
+    ) -> Result<Tensor> {
+        let cfg = &self.cfg;
+        let (n, _, hd) = q.dims3()?;
+        let n_kv = cfg.n_head_kv;
+        let len = span.end - span.first;
+        let keys = kv.k[il].narrow(1, span.first, len)?;
+        let vals = kv.v[il].narrow(1, span.first, len)?;
+        // Query heads that share a key-value head become extra rows of that head's product.
+        let q = q
+            .reshape((n, n_kv, group, hd))?
+            .permute((1, 2, 0, 3))?
+            .contiguous()?
+            .reshape((n_kv, group * n, hd))?;
+        let mut scores = (q.matmul(&keys.t()?)? * cfg.attn_scale as f64)?;
+        if let Some(mask) = &span.mask {
             scores = scores
                 .reshape((n_kv, group, n, len))?
-                .broadcast_add(&mask)?
+                .broadcast_add(mask)?
                 .reshape((n_kv, group * n, len))?;
         }
         let o = softmax_last(&scores)?.matmul(&vals)?;
@@ -423,6 +447,13 @@ impl TensorModel {
             .contiguous()?
             .reshape((n, n_kv * group * hd))?)
     }
+}
+
+/// What one sequence's new rows attend to in a step.
+struct Span {
+    first: usize,
+    end: usize,
+    mask: Option<Tensor>,
 }
 
 #[cfg(test)]
