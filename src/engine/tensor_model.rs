@@ -20,15 +20,15 @@ use candle_core::{DType, Device as CandleDevice, Module, Tensor, D};
 
 use super::error::{EngineError, Result};
 use super::gguf::GgufFile;
-use super::kernels::QMatrix;
+use super::kernels::{GgmlDType, QMatrix};
 use super::kv::SeqKv;
 use super::model::{
     check_batch, embed_rows, inv_freq, lm_head_name, load_layers, matrix, rope_tables, vector,
     Activation, BatchItem, Layer, ModelConfig,
 };
 
-/// One sequence's keys and values on the device, per layer `[kv_head × capacity × head_dim]`, so a
-/// head's cached positions are one strided block that attention multiplies in place.
+/// One sequence's keys and values on the device, per layer `[kv_head × capacity × head_dim]` in f16,
+/// so a head's cached positions are one strided block; attention widens the block it reads to f32.
 #[derive(Debug)]
 pub struct DeviceKv {
     k: Vec<Tensor>,
@@ -71,6 +71,13 @@ fn qmatmul(
 ) -> Result<QMatMul> {
     // The same shape checks and error as the CPU forward's weights.
     let m = matrix(g, name, rows, cols)?;
+    if m.dtype() == GgmlDType::Q8K && !dev.is_cpu() {
+        // candle's CUDA and Metal products have no Q8_K kernel; refuse it at load, not at the first step.
+        return Err(EngineError::Load {
+            path: g.path.clone(),
+            message: format!("tensor `{name}` is Q8_K, which the GPU forward cannot multiply"),
+        });
+    }
     let t = g.tensor(name)?;
     let storage = QStorage::from_data(
         std::borrow::Cow::Borrowed(t.bytes.as_slice()),
@@ -175,17 +182,20 @@ impl TensorModel {
         let on_device = kv.device.as_ref().map_or(0, |d| d.len);
         let cap = kv.device.as_ref().map_or(0, |d| d.cap);
         if need > cap {
-            // Grow geometrically so a long generation copies its cache O(log n) times.
+            // Grow geometrically so a long generation copies its cache O(log n) times; each old
+            // layer is freed as soon as it is copied, so the peak is the new cache plus one layer.
             let new_cap = need.max(cap * 2).max(64).min(cfg.context_length.max(need));
-            let zeros = || Tensor::zeros((n_kv, new_cap, hd), DType::F32, &self.device);
+            let zeros = || Tensor::zeros((n_kv, new_cap, hd), DType::F16, &self.device);
+            let old = kv.device.take();
+            let mut old_layers = old.map(|o| o.k.into_iter().zip(o.v));
             let mut k = Vec::with_capacity(cfg.n_layer);
             let mut v = Vec::with_capacity(cfg.n_layer);
-            for il in 0..cfg.n_layer {
+            for _ in 0..cfg.n_layer {
                 let (nk, nv) = (zeros()?, zeros()?);
-                if let Some(old) = &kv.device {
+                if let Some((ok, ov)) = old_layers.as_mut().and_then(Iterator::next) {
                     if on_device > 0 {
-                        nk.slice_set(&old.k[il].narrow(1, 0, on_device)?.contiguous()?, 1, 0)?;
-                        nv.slice_set(&old.v[il].narrow(1, 0, on_device)?.contiguous()?, 1, 0)?;
+                        nk.slice_set(&ok.narrow(1, 0, on_device)?.contiguous()?, 1, 0)?;
+                        nv.slice_set(&ov.narrow(1, 0, on_device)?.contiguous()?, 1, 0)?;
                     }
                 }
                 k.push(nk);
@@ -196,7 +206,7 @@ impl TensorModel {
                 v,
                 cap: new_cap,
                 len: on_device,
-                bytes: 2 * cfg.n_layer * n_kv * new_cap * hd * std::mem::size_of::<f32>(),
+                bytes: 2 * cfg.n_layer * n_kv * new_cap * hd * std::mem::size_of::<half::f16>(),
             });
         }
         if on_device < committed {
@@ -213,7 +223,6 @@ impl TensorModel {
                 let host = |rows: &[half::f16]| -> Result<Tensor> {
                     let rows = &rows[on_device * kvd..committed * kvd];
                     Ok(Tensor::from_slice(rows, (n, n_kv, hd), &self.device)?
-                        .to_dtype(DType::F32)?
                         .transpose(0, 1)?
                         .contiguous()?)
                 };
@@ -244,7 +253,6 @@ impl TensorModel {
         let host = |t: &Tensor| -> Result<Vec<half::f16>> {
             Ok(t.narrow(1, from, to - from)?
                 .transpose(0, 1)?
-                .to_dtype(DType::F16)?
                 .flatten_all()?
                 .to_vec1()?)
         };
@@ -320,9 +328,10 @@ impl TensorModel {
             };
             let q = rope(&q, cos, sin, cfg.rope_dim, cfg.rope_neox)?;
             let k = rope(&k, cos, sin, cfg.rope_dim, cfg.rope_neox)?;
-            // Stored as the CPU forward stores them, so a restored prefix is exactly what was computed.
-            let k = k.to_dtype(DType::F16)?.to_dtype(DType::F32)?;
-            let v = v.to_dtype(DType::F16)?.to_dtype(DType::F32)?;
+            // Stored in f16 as the CPU forward stores them (half the memory of f32, and a prefix
+            // restored from the host cache is exactly what was computed).
+            let k = k.to_dtype(DType::F16)?;
+            let v = v.to_dtype(DType::F16)?;
             let spans = match (&local_spans, is_local) {
                 (Some(s), true) => s,
                 _ => &global_spans,
@@ -362,6 +371,9 @@ impl TensorModel {
             }
             x = (x + h)?;
         }
+        // A GPU reports a failed kernel only at a synchronising call: wait for the step here, so a
+        // failure is this step's error and no sequence counts positions its device never stored.
+        self.device.synchronize()?;
         for it in items.iter_mut() {
             let n = it.tokens.len();
             if let Some(dk) = &mut it.kv.device {
@@ -426,8 +438,8 @@ impl TensorModel {
         let (n, _, hd) = q.dims3()?;
         let n_kv = cfg.n_head_kv;
         let len = span.end - span.first;
-        let keys = kv.k[il].narrow(1, span.first, len)?;
-        let vals = kv.v[il].narrow(1, span.first, len)?;
+        let keys = kv.k[il].narrow(1, span.first, len)?.to_dtype(DType::F32)?;
+        let vals = kv.v[il].narrow(1, span.first, len)?.to_dtype(DType::F32)?;
         // Query heads that share a key-value head become extra rows of that head's product.
         let q = q
             .reshape((n, n_kv, group, hd))?
@@ -460,7 +472,7 @@ struct Span {
 mod tests {
     use super::*;
     use crate::engine::gguf::Bytes;
-    use crate::engine::kernels::{test_random as values, GgmlDType, ThreadPool};
+    use crate::engine::kernels::{test_random as values, ThreadPool};
     use std::sync::Arc;
 
     /// candle's quantized products, which the tensor forward uses, against clerk's CPU kernels on the
