@@ -5,10 +5,11 @@
 //! for recommendations and the embedder for its feedback classifier):
 //!
 //! - [`engine`]: everything that turns tokens into tokens. GGUF loading, tokenizers built from GGUF
-//!   metadata, chat templates, the quantized kernels, the transformer forward, sampling, the KV and
-//!   prefix caches, and the scheduler thread that batches every active sequence into one forward per
-//!   step; also the sentence embedder ([`engine::Embedder`], BERT on candle tensors). It knows
-//!   nothing of HTTP or shops; callers talk to it through [`engine::Engine`].
+//!   metadata, chat templates, the quantized kernels, the transformer forward (clerk's own on the
+//!   CPU, one on candle tensors for GPUs), sampling, the KV and prefix caches, and the scheduler
+//!   thread that batches every active sequence into one forward per step; also the sentence
+//!   embedder ([`engine::Embedder`], BERT on candle tensors). It knows nothing of HTTP or shops;
+//!   callers talk to it through [`engine::Engine`].
 //! - [`retrieval`]: the shop's knowledge. Parsers for catalogues (CSV, JSON, JSONL, tau2 `db.json`),
 //!   FAQ and policy pages (Markdown, text, HTML) into citable chunks; immutable on-disk generations
 //!   (tantivy BM25 index with a CJK-aware tokenizer, memory-mapped vector file) switched
