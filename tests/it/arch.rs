@@ -214,27 +214,38 @@ fn max_rel_diff(a: &[f32], b: &[f32]) -> f32 {
         / scale
 }
 
-/// The tensor forward (what the GPU builds run) on candle's CPU ops against the CPU forward, whole,
-/// chunked, token by token and on a shorter context, within `tolerance` of the largest logit.
+/// The devices the tensor forward is checked on: candle's CPU, and the GPU in a `cuda` build.
+fn tensor_devices() -> Vec<candle_core::Device> {
+    #[allow(unused_mut)]
+    let mut devices = vec![candle_core::Device::Cpu];
+    #[cfg(feature = "cuda")]
+    devices.push(candle_core::Device::new_cuda(0).expect("the cuda build's tests need a GPU"));
+    devices
+}
+
+/// The tensor forward (what the GPU builds run) against the CPU forward, whole, chunked, token by
+/// token and on a shorter context, within `tolerance` of the largest logit.
 fn check_tensor_forward(arch: &str, path: &Path, prompt: &[u32], tolerance: f32) {
     let gguf = GgufFile::open(path).unwrap();
     let model = Model::load(&gguf).unwrap();
-    let tensor = TensorModel::load(&gguf, candle_core::Device::Cpu).unwrap();
     let pool = ThreadPool::new(2);
     let singles: Vec<&[u32]> = prompt.chunks(1).collect();
-    for (how, chunks) in [
-        ("whole", vec![prompt]),
-        ("chunked", vec![&prompt[..5], &prompt[5..]]),
-        ("token by token", singles),
-        ("shorter context", vec![&prompt[6..]]),
-    ] {
-        let want = logits_last(&model, &chunks, &pool);
-        let got = tensor_logits_last(&tensor, &chunks);
-        let diff = max_rel_diff(&want, &got);
-        assert!(
-            diff < tolerance,
-            "{arch}: tensor forward, {how}: logits differ by {diff} of the largest"
-        );
+    for device in tensor_devices() {
+        let tensor = TensorModel::load(&gguf, device.clone()).unwrap();
+        for (how, chunks) in [
+            ("whole", vec![prompt]),
+            ("chunked", vec![&prompt[..5], &prompt[5..]]),
+            ("token by token", singles.clone()),
+            ("shorter context", vec![&prompt[6..]]),
+        ] {
+            let want = logits_last(&model, &chunks, &pool);
+            let got = tensor_logits_last(&tensor, &chunks);
+            let diff = max_rel_diff(&want, &got);
+            assert!(
+                diff < tolerance,
+                "{arch}: tensor forward on {device:?}, {how}: logits differ by {diff} of the largest"
+            );
+        }
     }
 }
 
