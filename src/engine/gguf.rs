@@ -110,6 +110,12 @@ impl GgufFile {
         Self::open_with(path, std::env::var_os("CLERK_NO_HUGE_PAGES").is_none())
     }
 
+    /// Opens a model as the plain mapping, for a forward that copies its weights elsewhere (a GPU):
+    /// a huge-page copy in host memory would only cost start-up time and memory there.
+    pub fn open_mapped(path: &Path) -> Result<Self> {
+        Self::open_with(path, false)
+    }
+
     fn open_with(path: &Path, huge_pages: bool) -> Result<Self> {
         let load_err = |message: String| EngineError::Load {
             path: path.to_path_buf(),

@@ -54,11 +54,6 @@ impl SeqKv {
         self.kv_dim
     }
 
-    /// Positions held in host memory (all of them on the CPU forward).
-    pub(super) fn host_len(&self) -> usize {
-        self.len_pending()
-    }
-
     /// Positions computed and committed.
     pub fn len(&self) -> usize {
         self.len
@@ -68,8 +63,9 @@ impl SeqKv {
         self.len == 0
     }
 
-    /// Positions stored in layer 0, including those appended by the step in progress.
-    pub fn len_pending(&self) -> usize {
+    /// Positions held in host memory: on the CPU forward all of them, including those appended by
+    /// the step in progress; on the tensor forward only those a restore or a download put there.
+    pub(super) fn host_len(&self) -> usize {
         self.k.first().map_or(0, |k| k.len() / self.kv_dim.max(1))
     }
 
@@ -106,18 +102,6 @@ impl SeqKv {
 
     pub fn values(&self, il: usize) -> &[KvElem] {
         &self.v[il]
-    }
-
-    /// Drops everything past `len` positions (used after a failed step, and to reuse a cache).
-    pub fn truncate(&mut self, len: usize) {
-        for (k, v) in self.k.iter_mut().zip(self.v.iter_mut()) {
-            k.truncate(len * self.kv_dim);
-            v.truncate(len * self.kv_dim);
-        }
-        self.len = self.len.min(len);
-        if let Some(d) = &mut self.device {
-            d.truncate(len);
-        }
     }
 
     pub fn bytes(&self) -> usize {

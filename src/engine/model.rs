@@ -500,6 +500,17 @@ pub(super) fn check_batch(
     Ok((positions, starts))
 }
 
+/// The rows whose logits are wanted: each wanting item's last row, in order (`starts` as
+/// [`check_batch`] returns them).
+pub(super) fn logit_rows(items: &[BatchItem<'_>], starts: &[usize]) -> Vec<usize> {
+    items
+        .iter()
+        .zip(starts)
+        .filter(|(it, _)| it.want_logits)
+        .map(|(it, &r0)| r0 + it.tokens.len() - 1)
+        .collect()
+}
+
 /// Writes every new token's (scaled) embedding into `x`, one row of `n_embd` per token.
 pub(super) fn embed_rows(
     embed: &QMatrix,
@@ -705,12 +716,7 @@ impl Model {
         }
 
         // Only the rows whose logits are wanted go through the final norm and the (large) output matrix.
-        let wanted: Vec<usize> = items
-            .iter()
-            .zip(&starts)
-            .filter(|(it, _)| it.want_logits)
-            .map(|(it, &r0)| r0 + it.tokens.len() - 1)
-            .collect();
+        let wanted = logit_rows(items, &starts);
         if wanted.is_empty() {
             return Ok(Vec::new());
         }

@@ -45,15 +45,11 @@ pub enum Device {
 impl Device {
     /// The candle device the tensor forward runs on; `None` for clerk's own CPU forward.
     fn candle(self) -> Result<Option<candle_core::Device>> {
-        let made = match self {
+        let (made, feature) = match self {
             Device::Cpu => return Ok(None),
-            Device::CandleCpu => Ok(candle_core::Device::Cpu),
-            Device::Cuda(i) => candle_core::Device::new_cuda(i),
-            Device::Metal => candle_core::Device::new_metal(0),
-        };
-        let feature = match self {
-            Device::Metal => "metal",
-            _ => "cuda",
+            Device::CandleCpu => return Ok(Some(candle_core::Device::Cpu)),
+            Device::Cuda(i) => (candle_core::Device::new_cuda(i), "cuda"),
+            Device::Metal => (candle_core::Device::new_metal(0), "metal"),
         };
         made.map(Some).map_err(|e| EngineError::InvalidParameter {
             param: "device",
@@ -295,7 +291,11 @@ impl Engine {
             });
         }
         let started = Instant::now();
-        let gguf = GgufFile::open(&cfg.model_path)?;
+        let candle = cfg.device.candle()?;
+        let gguf = match candle {
+            None => GgufFile::open(&cfg.model_path)?,
+            Some(_) => GgufFile::open_mapped(&cfg.model_path)?,
+        };
         let tokenizer = match &cfg.tokenizer_json {
             Some(p) => Tokenizer::from_json_file(p)?,
             None => Tokenizer::from_gguf(&gguf)?,
@@ -316,7 +316,7 @@ impl Engine {
         let template = template_src
             .map(|src| ChatTemplate::new(&src, &bos, &eos))
             .transpose()?;
-        let mut model = match cfg.device.candle()? {
+        let mut model = match candle {
             None => Forward::Cpu(Model::load(&gguf)?),
             Some(device) => Forward::Tensor(TensorModel::load(&gguf, device)?),
         };

@@ -23,8 +23,8 @@ use super::gguf::GgufFile;
 use super::kernels::{GgmlDType, QMatrix};
 use super::kv::SeqKv;
 use super::model::{
-    check_batch, embed_rows, inv_freq, lm_head_name, load_layers, matrix, rope_tables, vector,
-    Activation, BatchItem, Layer, ModelConfig,
+    check_batch, embed_rows, inv_freq, lm_head_name, load_layers, logit_rows, matrix, rope_tables,
+    vector, Activation, BatchItem, Layer, ModelConfig,
 };
 
 /// One sequence's keys and values on the device, per layer `[kv_head × capacity × head_dim]` in f16,
@@ -42,10 +42,6 @@ pub struct DeviceKv {
 }
 
 impl DeviceKv {
-    pub(super) fn truncate(&mut self, len: usize) {
-        self.len = self.len.min(len);
-    }
-
     pub(super) fn bytes(&self) -> usize {
         self.bytes
     }
@@ -78,12 +74,7 @@ fn qmatmul(
             message: format!("tensor `{name}` is Q8_K, which the GPU forward cannot multiply"),
         });
     }
-    let t = g.tensor(name)?;
-    let storage = QStorage::from_data(
-        std::borrow::Cow::Borrowed(t.bytes.as_slice()),
-        dev,
-        m.dtype(),
-    )?;
+    let storage = QStorage::from_data(std::borrow::Cow::Borrowed(m.bytes()), dev, m.dtype())?;
     Ok(QMatMul::from_qtensor(QTensor::new(storage, (rows, cols))?)?)
 }
 
@@ -219,6 +210,9 @@ impl TensorModel {
             }
             let kvd = kv.kv_dim();
             let n = committed - on_device;
+            let d = kv.device.as_ref().ok_or_else(|| {
+                EngineError::Generation("device KV cache missing after allocation".into())
+            })?;
             for il in 0..cfg.n_layer {
                 let host = |rows: &[half::f16]| -> Result<Tensor> {
                     let rows = &rows[on_device * kvd..committed * kvd];
@@ -227,9 +221,6 @@ impl TensorModel {
                         .contiguous()?)
                 };
                 let (hk, hv) = (host(kv.keys(il))?, host(kv.values(il))?);
-                let d = kv.device.as_ref().ok_or_else(|| {
-                    EngineError::Generation("device KV cache missing after allocation".into())
-                })?;
                 d.k[il].slice_set(&hk, 1, on_device)?;
                 d.v[il].slice_set(&hv, 1, on_device)?;
             }
@@ -382,11 +373,9 @@ impl TensorModel {
             it.kv.commit(n);
         }
 
-        let wanted: Vec<u32> = items
-            .iter()
-            .zip(&starts)
-            .filter(|(it, _)| it.want_logits)
-            .map(|(it, &r0)| (r0 + it.tokens.len() - 1) as u32)
+        let wanted: Vec<u32> = logit_rows(items, &starts)
+            .into_iter()
+            .map(|r| r as u32)
             .collect();
         if wanted.is_empty() {
             return Ok(Vec::new());

@@ -88,6 +88,11 @@ impl QMatrix {
         })
     }
 
+    /// The matrix's bytes as GGUF stores them.
+    pub fn bytes(&self) -> &[u8] {
+        self.data.as_slice()
+    }
+
     pub fn dtype(&self) -> GgmlDType {
         self.dtype
     }
