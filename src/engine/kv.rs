@@ -104,6 +104,18 @@ impl SeqKv {
         &self.v[il]
     }
 
+    /// Drops everything past `len` positions (the benchmarks reuse a computed prompt this way).
+    pub fn truncate(&mut self, len: usize) {
+        for (k, v) in self.k.iter_mut().zip(self.v.iter_mut()) {
+            k.truncate(len * self.kv_dim);
+            v.truncate(len * self.kv_dim);
+        }
+        self.len = self.len.min(len);
+        if let Some(d) = &mut self.device {
+            d.truncate(len);
+        }
+    }
+
     pub fn bytes(&self) -> usize {
         self.k
             .iter()

@@ -42,6 +42,10 @@ pub struct DeviceKv {
 }
 
 impl DeviceKv {
+    pub(super) fn truncate(&mut self, len: usize) {
+        self.len = self.len.min(len);
+    }
+
     pub(super) fn bytes(&self) -> usize {
         self.bytes
     }
