@@ -469,9 +469,20 @@ mod tests {
     use std::sync::Arc;
 
     /// candle's quantized products, which the tensor forward uses, against clerk's CPU kernels on the
-    /// same bytes: equal up to the float order of the sums.
+    /// same bytes: equal up to the float order of the sums. In a `cuda` build, also on the GPU, where
+    /// candle picks one kernel up to 8 rows and another above.
     #[test]
     fn candle_products_match_the_cpu_kernels() {
+        #[allow(unused_mut)]
+        let mut devices = vec![CandleDevice::Cpu];
+        #[cfg(feature = "cuda")]
+        devices.push(CandleDevice::new_cuda(0).expect("the cuda build's tests need a GPU"));
+        for device in &devices {
+            products_match_the_cpu_kernels(device);
+        }
+    }
+
+    fn products_match_the_cpu_kernels(device: &CandleDevice) {
         let (rows, cols) = (48, 512);
         let pool = ThreadPool::new(2);
         for n in [1, 5, 12, 64] {
@@ -492,15 +503,12 @@ mod tests {
                 let x = values(n * cols, 2);
                 let mut want = vec![0f32; n * rows];
                 ours.matmul(&x, n, &mut want, &pool);
-                let storage = QStorage::from_data(
-                    std::borrow::Cow::Borrowed(&bytes[..]),
-                    &CandleDevice::Cpu,
-                    dtype,
-                )
-                .unwrap();
+                let storage =
+                    QStorage::from_data(std::borrow::Cow::Borrowed(&bytes[..]), device, dtype)
+                        .unwrap();
                 let mm =
                     QMatMul::from_qtensor(QTensor::new(storage, (rows, cols)).unwrap()).unwrap();
-                let xt = Tensor::from_vec(x, (n, cols), &CandleDevice::Cpu).unwrap();
+                let xt = Tensor::from_vec(x, (n, cols), device).unwrap();
                 let got: Vec<f32> = mm
                     .forward(&xt)
                     .unwrap()
@@ -520,7 +528,7 @@ mod tests {
                     );
                 assert!(
                     diff <= 1e-3 * scale,
-                    "{dtype:?}: max |diff| {diff} of {scale}"
+                    "{device:?} {dtype:?} n={n}: max |diff| {diff} of {scale}"
                 );
             }
         }
