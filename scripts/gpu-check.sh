@@ -108,7 +108,10 @@ for p in nvidia.__path__:
   [ -n "$libs" ] || libs=$(dirname "$(find / -name libcublas.so.13 -not -path '/proc/*' 2>/dev/null | head -1)")
   export LD_LIBRARY_PATH=$libs:/usr/local/nvidia/lib64:${LD_LIBRARY_PATH:-}
   mkdir -p "$out" .gpu/bin
-  [ -x .gpu/bin/clerk ] || tar -C .gpu/bin -xJf .gpu/a/bin.tar.xz
+  # Python's tarfile rather than tar -J: a slim image may lack the xz program.
+  [ -x .gpu/bin/clerk ] || python3 -c '
+import sys, tarfile
+tarfile.open(sys.argv[1]).extractall(sys.argv[2], filter="data")' .gpu/a/bin.tar.xz .gpu/bin
 }
 
 # Runs one step, its output to the terminal and to $out/NAME.txt; a failure is remembered, not fatal,
