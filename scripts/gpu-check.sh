@@ -135,8 +135,8 @@ run_a() {
 }
 
 run_b() {
-  gpu_env
   [ -f .gpu/a/model.0 ] || { echo "no .gpu/a/model.0: run-a must run first on this machine" >&2; exit 2; }
+  gpu_env
   local dir=.gpu/models want
   mkdir -p "$dir"
   cat .gpu/a/model.0 .gpu/b/model.1 >"$dir/$model.gguf"
