@@ -60,24 +60,24 @@ pack() {
   export CUDA_PATH=$cuda_root CUDA_ROOT=$cuda_root PATH=$cuda_root/bin:$PATH
   export CUDA_COMPUTE_CAP=${CUDA_COMPUTE_CAP:-90}
   export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$root/target/cuda}
-  local flags=(--locked --release --features cuda)
-  cargo build "${flags[@]}" --bin clerk
-  # The test binaries' paths are read from cargo's messages rather than guessed from their hashes.
-  local tests
-  tests=$(cargo test "${flags[@]}" --lib --test it --no-run --message-format json |
-    python3 -c '
+  # One cargo run builds all three: the integration tests need the binary, so cargo builds it with
+  # them (a separate `cargo build` would compile the dependencies again, with other features). The
+  # paths are read from cargo's messages rather than guessed from hashes.
+  local built
+  built=$(cargo test --locked --release --features cuda --lib --test it --no-run \
+    --message-format json | python3 -c '
 import json, sys
 for line in sys.stdin:
     m = json.loads(line)
-    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["profile"]["test"]:
-        print(m["target"]["kind"][0], m["executable"])')
+    if m.get("reason") == "compiler-artifact" and m.get("executable"):
+        kind = m["target"]["kind"][0]
+        name = "clerk" if kind == "bin" else "unit" if kind == "lib" else "it"
+        print(name, m["executable"])')
   rm -rf .gpu/a .gpu/b .gpu/stage
   mkdir -p .gpu/a .gpu/b .gpu/stage
-  strip -o .gpu/stage/clerk "$CARGO_TARGET_DIR/release/clerk"
-  while read -r kind exe; do
-    case $kind in lib) name=unit ;; *) name=it ;; esac
+  while read -r name exe; do
     strip -o ".gpu/stage/$name" "$exe"
-  done <<<"$tests"
+  done <<<"$built"
   # Each binary embeds the same PTX of candle's kernels; a dictionary larger than all three lets xz
   # store it once (33 MB with its default, 16 MB so).
   tar -C .gpu/stage -cf - clerk unit it | xz -T1 --lzma2=preset=6,dict=192MiB >.gpu/a/bin.tar.xz

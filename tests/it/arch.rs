@@ -230,17 +230,24 @@ fn check_tensor_forward(arch: &str, path: &Path, prompt: &[u32], tolerance: f32)
     let model = Model::load(&gguf).unwrap();
     let pool = ThreadPool::new(2);
     let singles: Vec<&[u32]> = prompt.chunks(1).collect();
+    // The CPU forward's logits for each case, computed once for all devices.
+    let cases: Vec<(&str, Vec<&[u32]>, Vec<f32>)> = [
+        ("whole", vec![prompt]),
+        ("chunked", vec![&prompt[..5], &prompt[5..]]),
+        ("token by token", singles),
+        ("shorter context", vec![&prompt[6..]]),
+    ]
+    .into_iter()
+    .map(|(how, chunks)| {
+        let want = logits_last(&model, &chunks, &pool);
+        (how, chunks, want)
+    })
+    .collect();
     for device in tensor_devices() {
         let tensor = TensorModel::load(&gguf, device.clone()).unwrap();
-        for (how, chunks) in [
-            ("whole", vec![prompt]),
-            ("chunked", vec![&prompt[..5], &prompt[5..]]),
-            ("token by token", singles.clone()),
-            ("shorter context", vec![&prompt[6..]]),
-        ] {
-            let want = logits_last(&model, &chunks, &pool);
-            let got = tensor_logits_last(&tensor, &chunks);
-            let diff = max_rel_diff(&want, &got);
+        for (how, chunks, want) in &cases {
+            let got = tensor_logits_last(&tensor, chunks);
+            let diff = max_rel_diff(want, &got);
             assert!(
                 diff < tolerance,
                 "{arch}: tensor forward on {device:?}, {how}: logits differ by {diff} of the largest"
