@@ -100,7 +100,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
 #[derive(Debug, Clone, Args)]
 pub struct ModelArgs {
     /// The model: a GGUF file, a manifest name from models/ (smollm2-135m-instruct, gemma3-270m), or a
-    /// Hugging Face `owner/repo:file.gguf` (needs a build with the `hub` feature and network).
+    /// Hugging Face `owner/repo:file.gguf` (downloaded once into the hub cache, $HF_HOME; HF_TOKEN,
+    /// HF_ENDPOINT and HF_HUB_OFFLINE are honoured).
     #[arg(long, env = "CLERK_MODEL", default_value = DEFAULT_MODEL)]
     pub model: String,
     /// Folder of model manifests and weights.

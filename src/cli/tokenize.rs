@@ -8,7 +8,7 @@ use crate::engine::tokenizer::Tokenizer;
 
 #[derive(Debug, Clone, Args)]
 pub struct TokenizeArgs {
-    /// The model whose tokenizer to use (a GGUF path or a manifest name).
+    /// The model whose tokenizer to use (a GGUF path, a manifest name or a hub `owner/repo:file.gguf`).
     #[arg(long, env = "CLERK_MODEL", default_value = DEFAULT_MODEL)]
     pub model: String,
     /// Prepend BOS when the model asks for it.

@@ -14,12 +14,15 @@
 //! - `kv`: per-sequence KV caches and the prefix cache shared between sequences.
 //! - `scheduler`: the engine thread, its bounded queue, and the [`Engine`] handle.
 //! - `embedder`: sentence embeddings from a BERT-family model on candle tensors.
-//! - `registry`: resolves `--model` (a path, a manifest name from `models/`, or a hub `repo:file`).
+//! - `registry`: resolves `--model` (a path, a manifest name from `models/`, or a hub `repo:file`);
+//!   `hub`: fetches hub files into the hub's own cache and checks them (the `hub` feature).
 
 pub mod constraint;
 pub mod embedder;
 pub mod error;
 pub mod gguf;
+#[cfg(feature = "hub")]
+pub mod hub;
 pub mod kernels;
 pub mod kv;
 pub mod model;

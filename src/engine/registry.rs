@@ -136,8 +136,48 @@ fn template_source(t: &str) -> String {
     }
 }
 
+/// A hub model named `owner/repo[@revision]:file.gguf`.
+#[derive(Debug, PartialEq, Eq)]
+#[cfg_attr(not(feature = "hub"), allow(dead_code))]
+struct HubSpec<'a> {
+    repo: &'a str,
+    revision: Option<&'a str>,
+    file: &'a str,
+}
+
+/// `spec` read as a hub model, when it has that shape. The file may sit in a folder of the
+/// repository, but may not climb out of it: hf-hub joins it onto its cache paths as given.
+fn hub_spec(spec: &str) -> Option<HubSpec<'_>> {
+    let (repo, file) = spec.split_once(':')?;
+    let (repo, revision) = match repo.split_once('@') {
+        Some((r, rev)) => (r, Some(rev)),
+        None => (repo, None),
+    };
+    let (owner, name) = repo.split_once('/')?;
+    let plain = |s: &str| !s.is_empty() && !s.contains(['/', '\\', '@', ':']);
+    let file_ok = file.ends_with(".gguf")
+        && !file.contains(['\\', ':'])
+        && file
+            .split('/')
+            .all(|p| !p.is_empty() && p != "." && p != "..");
+    let revision_ok = revision.is_none_or(|r| {
+        !r.is_empty() && !r.contains(char::is_whitespace) && !r.split('/').any(|p| p == "..")
+    });
+    (plain(owner) && plain(name) && file_ok && revision_ok).then_some(HubSpec {
+        repo,
+        revision,
+        file,
+    })
+}
+
 pub fn resolve_model(spec: &str, models_dir: &Path) -> Result<ResolvedModel> {
     let as_path = Path::new(spec);
+    // A hub spec ends in `.gguf` too, so only an existing file wins over it.
+    if !as_path.is_file() {
+        if let Some(hub) = hub_spec(spec) {
+            return fetch_from_hub(spec, &hub);
+        }
+    }
     if as_path.extension().is_some_and(|x| x == "gguf") || as_path.is_file() {
         if !as_path.is_file() {
             return Err(EngineError::ModelNotFound {
@@ -178,11 +218,6 @@ pub fn resolve_model(spec: &str, models_dir: &Path) -> Result<ResolvedModel> {
             chat_template: m.chat_template.as_deref().map(template_source),
         });
     }
-    if let Some((repo, file)) = spec.split_once(':') {
-        if repo.contains('/') && file.ends_with(".gguf") {
-            return fetch_from_hub(repo, file);
-        }
-    }
     let known: Vec<String> = list_manifests(models_dir)
         .into_iter()
         .filter(|m| m.kind == "chat")
@@ -199,20 +234,16 @@ pub fn resolve_model(spec: &str, models_dir: &Path) -> Result<ResolvedModel> {
 }
 
 #[cfg(feature = "hub")]
-fn fetch_from_hub(repo: &str, file: &str) -> Result<ResolvedModel> {
-    let api = hf_hub::api::sync::Api::new().map_err(|e| EngineError::ModelNotFound {
-        name: format!("{repo}:{file}"),
-        hint: e.to_string(),
+fn fetch_from_hub(spec: &str, hub: &HubSpec) -> Result<ResolvedModel> {
+    let path = super::hub::get(hub.repo, hub.revision, hub.file).map_err(|e| {
+        EngineError::ModelNotFound {
+            name: spec.to_string(),
+            hint: e.to_string(),
+        }
     })?;
-    let path = api
-        .model(repo.to_string())
-        .get(file)
-        .map_err(|e| EngineError::ModelNotFound {
-            name: format!("{repo}:{file}"),
-            hint: format!("hub download failed: {e}"),
-        })?;
+    let stem = hub.file.rsplit('/').next().unwrap_or(hub.file);
     Ok(ResolvedModel {
-        name: file.trim_end_matches(".gguf").to_string(),
+        name: stem.trim_end_matches(".gguf").to_string(),
         path,
         chat_template: None,
     })
@@ -222,17 +253,13 @@ fn fetch_from_hub(repo: &str, file: &str) -> Result<ResolvedModel> {
 /// snapshot folder, which is what [`super::Embedder::load`] reads.
 #[cfg(feature = "hub")]
 fn fetch_embedder_from_hub(repo: &str) -> Result<(String, PathBuf)> {
-    let failed = |e: String| EngineError::ModelNotFound {
+    let failed = |hint: String| EngineError::ModelNotFound {
         name: repo.to_string(),
-        hint: format!("hub download failed: {e}"),
+        hint,
     };
-    let api = hf_hub::api::sync::Api::new().map_err(|e| failed(e.to_string()))?;
-    let model = api.model(repo.to_string());
     let mut dir = None;
     for file in ["config.json", "tokenizer.json", "model.safetensors"] {
-        let path = model
-            .get(file)
-            .map_err(|e| failed(format!("{file}: {e}")))?;
+        let path = super::hub::get(repo, None, file).map_err(|e| failed(e.to_string()))?;
         dir = path.parent().map(Path::to_path_buf);
     }
     let dir = dir.ok_or_else(|| failed("no snapshot folder".into()))?;
@@ -244,19 +271,19 @@ fn fetch_embedder_from_hub(repo: &str) -> Result<(String, PathBuf)> {
 fn fetch_embedder_from_hub(repo: &str) -> Result<(String, PathBuf)> {
     Err(EngineError::ModelNotFound {
         name: repo.to_string(),
-        hint: "this build has no hub support; rebuild with `--features hub`, or download the \
-               repository's config.json, tokenizer.json and model.safetensors into a folder and \
+        hint: "this build leaves out hub support (the default `hub` feature); rebuild with \
+               `--features hub`, or download the repository's config.json, tokenizer.json and model.safetensors into a folder and \
                pass the folder"
             .into(),
     })
 }
 
 #[cfg(not(feature = "hub"))]
-fn fetch_from_hub(repo: &str, file: &str) -> Result<ResolvedModel> {
+fn fetch_from_hub(spec: &str, _hub: &HubSpec) -> Result<ResolvedModel> {
     Err(EngineError::ModelNotFound {
-        name: format!("{repo}:{file}"),
-        hint: "this build has no hub support; rebuild with `--features hub`, or download the file \
-               and pass its path"
+        name: spec.to_string(),
+        hint: "this build leaves out hub support (the default `hub` feature); rebuild with \
+               `--features hub`, or download the file and pass its path"
             .into(),
     })
 }
@@ -292,8 +319,52 @@ mod tests {
             .to_string();
             assert!(err.contains("--features hub"), "{err}");
         }
+        #[cfg(not(feature = "hub"))]
+        {
+            let err = resolve_model("owner/repo:model.gguf", &dir)
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("--features hub"), "{err}");
+        }
         let err = resolve_embedder("tiny", &dir).unwrap_err().to_string();
         assert!(err.contains("not an embedder"), "{err}");
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn hub_specs_are_told_from_paths() {
+        let spec = |repo, revision, file| {
+            Some(HubSpec {
+                repo,
+                revision,
+                file,
+            })
+        };
+        assert_eq!(
+            hub_spec("bartowski/Qwen2-0.5B-GGUF:qwen2-0_5b-q4_k_m.gguf"),
+            spec("bartowski/Qwen2-0.5B-GGUF", None, "qwen2-0_5b-q4_k_m.gguf")
+        );
+        assert_eq!(
+            hub_spec("owner/repo@v1.2:sub/dir/model.gguf"),
+            spec("owner/repo", Some("v1.2"), "sub/dir/model.gguf")
+        );
+        for not_hub in [
+            "models/smollm2.gguf",
+            "a/b/c:d.gguf",
+            "C:\\models\\x.gguf",
+            "C:/models/x.gguf",
+            "/abs:x.gguf",
+            "owner/:x.gguf",
+            "owner/repo:",
+            "owner/repo:weights.bin",
+            "owner/repo:/etc/x.gguf",
+            "owner/repo:../../x.gguf",
+            "owner/repo:sub//x.gguf",
+            "owner/repo:sub\\x.gguf",
+            "owner/repo@:x.gguf",
+            "owner/repo@../..:x.gguf",
+        ] {
+            assert_eq!(hub_spec(not_hub), None, "{not_hub}");
+        }
     }
 }

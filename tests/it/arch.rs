@@ -163,6 +163,18 @@ fn write_tiny(t: &Tiny, dir: &Path) -> PathBuf {
     path
 }
 
+/// A one-layer quantized llama written into `dir`, for tests elsewhere that need a small real GGUF.
+pub(crate) fn tiny_llama(dir: &Path) -> PathBuf {
+    write_tiny(
+        &Tiny {
+            arch: "llama",
+            n_layer: 1,
+            exact: false,
+        },
+        dir,
+    )
+}
+
 fn tmp_dir() -> PathBuf {
     let d = std::env::temp_dir().join(format!("clerk-arch-{}", std::process::id()));
     std::fs::create_dir_all(&d).unwrap();

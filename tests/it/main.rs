@@ -4,6 +4,8 @@ mod arch;
 mod assistant;
 mod common;
 mod engine;
+#[cfg(feature = "hub")]
+mod hub;
 mod retrieval;
 mod server;
 mod shop;
