@@ -19,7 +19,8 @@ pub struct KnowledgeArgs {
     #[arg(long, env = "CLERK_DATA_DIR", default_value = "./clerk-data")]
     pub data_dir: PathBuf,
     /// Sentence embedder for the knowledge base: a folder (config.json, tokenizer.json,
-    /// model.safetensors) or an embedder manifest name.
+    /// model.safetensors), an embedder manifest name, or a hub `owner/repo` (a sentence-transformers
+    /// repository, fetched into the hub cache).
     #[arg(long, env = "CLERK_EMBEDDER", default_value = DEFAULT_EMBEDDER)]
     pub embedder: String,
     /// Folder of model manifests and weights.

@@ -17,7 +17,7 @@ pub struct ServeArgs {
     #[command(flatten)]
     pub model: ModelArgs,
     /// Sentence embedder for /v1/embeddings: a folder (config.json, tokenizer.json,
-    /// model.safetensors), an embedder manifest name, or `none`.
+    /// model.safetensors), an embedder manifest name, a hub `owner/repo`, or `none`.
     #[arg(long, env = "CLERK_EMBEDDER", default_value = crate::engine::registry::DEFAULT_EMBEDDER)]
     pub embedder: String,
     /// Address to listen on. Without an API key only loopback addresses are allowed.

@@ -45,14 +45,14 @@ struct FakeHub {
 }
 
 impl FakeHub {
-    fn start(files: HashMap<String, HubFile>) -> FakeHub {
+    fn start(repo: &'static str, files: HashMap<String, HubFile>) -> FakeHub {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         let requests = Arc::new(Mutex::new(vec![]));
         let log = requests.clone();
         std::thread::spawn(move || {
             for stream in listener.incoming().flatten() {
-                answer(stream, &files, &log);
+                answer(stream, repo, &files, &log);
             }
         });
         FakeHub { url, requests }
@@ -63,7 +63,12 @@ impl FakeHub {
     }
 }
 
-fn answer(stream: TcpStream, files: &HashMap<String, HubFile>, log: &Mutex<Vec<String>>) {
+fn answer(
+    stream: TcpStream,
+    repo: &str,
+    files: &HashMap<String, HubFile>,
+    log: &Mutex<Vec<String>>,
+) {
     let Ok(read) = stream.try_clone() else { return };
     let mut reader = BufReader::new(read);
     let mut first = String::new();
@@ -88,7 +93,7 @@ fn answer(stream: TcpStream, files: &HashMap<String, HubFile>, log: &Mutex<Vec<S
     log.lock().unwrap().push(first.trim().to_string());
     let path = first.split_whitespace().nth(1).unwrap_or_default();
     let found = path
-        .strip_prefix(&format!("/{REPO}/resolve/"))
+        .strip_prefix(&format!("/{repo}/resolve/"))
         .and_then(|rest| rest.split_once('/'))
         .and_then(|(_revision, name)| files.get(name));
     let mut out = stream;
@@ -135,7 +140,14 @@ fn generate(hub: &FakeHub, home: &Path, model: &str, env: &[(&str, &str)]) -> Ou
         .args(["--threads", "1"])
         .env("HF_ENDPOINT", &hub.url)
         .env("HF_HOME", home);
-    // A proxy from the environment would take even loopback requests away from the test's hub.
+    isolate(&mut cmd);
+    cmd.envs(env.iter().copied());
+    cmd.output().expect("clerk runs")
+}
+
+/// The hub variables of whoever runs the tests stay out, and so does a proxy from the
+/// environment, which would take even loopback requests away from the test's hub.
+fn isolate(cmd: &mut Command) {
     for v in [
         "HTTP_PROXY",
         "HTTPS_PROXY",
@@ -151,8 +163,6 @@ fn generate(hub: &FakeHub, home: &Path, model: &str, env: &[(&str, &str)]) -> Ou
     ] {
         cmd.env_remove(v);
     }
-    cmd.envs(env.iter().copied());
-    cmd.output().expect("clerk runs")
 }
 
 fn stderr(o: &Output) -> String {
@@ -175,15 +185,18 @@ fn a_hub_model_is_fetched_checked_cached_and_used_offline() {
     // The hub names a large file's blob by its sha256: this one claims another digest (as a
     // download damaged on the way would), so clerk must notice that the bytes differ.
     let claimed = sha256_hex(b"what damaged.gguf should have been");
-    let hub = FakeHub::start(HashMap::from([
-        ("tiny.gguf".into(), file(&gguf, &sha, None)),
-        ("damaged.gguf".into(), file(&damaged, &claimed, None)),
-        // The same bytes as `damaged.gguf`, honestly named: a gated file, behind a token.
-        (
-            "gated/tiny.gguf".into(),
-            file(&damaged, &damaged_sha, Some("sekrit")),
-        ),
-    ]));
+    let hub = FakeHub::start(
+        REPO,
+        HashMap::from([
+            ("tiny.gguf".into(), file(&gguf, &sha, None)),
+            ("damaged.gguf".into(), file(&damaged, &claimed, None)),
+            // The same bytes as `damaged.gguf`, honestly named: a gated file, behind a token.
+            (
+                "gated/tiny.gguf".into(),
+                file(&damaged, &damaged_sha, Some("sekrit")),
+            ),
+        ]),
+    );
     let home = dir.join("hf-home");
     let repo_cache = home.join("hub").join("models--clerk-test--tiny");
 
@@ -291,4 +304,56 @@ fn a_hub_model_is_fetched_checked_cached_and_used_offline() {
     assert!(fresh.status.success(), "{}", stderr(&fresh));
     assert_eq!(fresh.stdout, first.stdout);
     assert_eq!(std::fs::read(blob(&repo_cache, &sha)).unwrap(), gguf);
+}
+
+#[test]
+fn a_hub_embedder_is_fetched_into_one_snapshot() {
+    const EMBEDDER: &str = "clerk-test/minilm";
+    let dir = scratch_dir("hub-embedder");
+    let local = crate::common::embedder_dir("all-minilm-l6-v2");
+    let mut files = HashMap::new();
+    for (i, name) in ["config.json", "tokenizer.json", "model.safetensors"]
+        .into_iter()
+        .enumerate()
+    {
+        let bytes = std::fs::read(local.join(name)).unwrap();
+        // Only the weights are large enough for the hub to keep outside git (and name by their
+        // sha256); the JSON files get git's 40-digit names, which clerk does not check.
+        let etag = if name.ends_with(".safetensors") {
+            sha256_hex(&bytes)
+        } else {
+            format!("{i:0>40}")
+        };
+        files.insert(name.to_string(), file(&bytes, &etag, None));
+    }
+    let hub = FakeHub::start(EMBEDDER, files);
+    let faq = dir.join("faq.md");
+    std::fs::write(
+        &faq,
+        "# Shipping\n\n## How long does delivery take?\n\nThree to five working days.\n",
+    )
+    .unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_clerk"));
+    cmd.args(["ingest", "--embedder", EMBEDDER])
+        .arg("--data-dir")
+        .arg(dir.join("data"))
+        .arg(&faq)
+        .env("HF_ENDPOINT", &hub.url)
+        .env("HF_HOME", dir.join("hf-home"));
+    isolate(&mut cmd);
+    cmd.env_remove("CLERK_EMBEDDER");
+    let out = cmd.output().expect("clerk runs");
+    assert!(out.status.success(), "{}", stderr(&out));
+    let log = hub.requests.lock().unwrap().clone();
+    for name in ["config.json", "tokenizer.json", "model.safetensors"] {
+        let get = format!("GET /{EMBEDDER}/resolve/main/{name} ");
+        assert!(log.iter().any(|l| l.starts_with(&get)), "{name}: {log:?}");
+    }
+    let snapshot = dir
+        .join("hf-home/hub/models--clerk-test--minilm/snapshots")
+        .join(COMMIT);
+    assert_eq!(
+        std::fs::read(snapshot.join("model.safetensors")).unwrap(),
+        std::fs::read(local.join("model.safetensors")).unwrap()
+    );
 }
