@@ -61,6 +61,15 @@ impl FakeHub {
     fn request_count(&self) -> usize {
         self.requests.lock().unwrap().len()
     }
+
+    /// Fails the test unless the hub was sent this request line (method and path).
+    fn assert_asked(&self, request: &str) {
+        let log = self.requests.lock().unwrap();
+        assert!(
+            log.iter().any(|l| l.starts_with(&format!("{request} "))),
+            "{request}: {log:?}"
+        );
+    }
 }
 
 fn answer(
@@ -202,12 +211,7 @@ fn a_hub_model_is_fetched_checked_cached_and_used_offline() {
 
     let first = generate(&hub, &home, ":tiny.gguf", &[]);
     assert!(first.status.success(), "{}", stderr(&first));
-    let log = hub.requests.lock().unwrap().clone();
-    assert!(
-        log.iter()
-            .any(|l| l.starts_with(&format!("GET /{REPO}/resolve/main/tiny.gguf"))),
-        "{log:?}"
-    );
+    hub.assert_asked(&format!("GET /{REPO}/resolve/main/tiny.gguf"));
     let cached = repo_cache.join("snapshots").join(COMMIT).join("tiny.gguf");
     assert_eq!(std::fs::read(&cached).unwrap(), gguf, "the cached copy");
     assert!(blob(&repo_cache, &sha).is_file());
@@ -279,12 +283,7 @@ fn a_hub_model_is_fetched_checked_cached_and_used_offline() {
         &[("HF_TOKEN", "sekrit"), ("HF_ENDPOINT", &endpoint)],
     );
     assert!(with_token.status.success(), "{}", stderr(&with_token));
-    let log = hub.requests.lock().unwrap().clone();
-    assert!(
-        log.iter()
-            .any(|l| l.starts_with(&format!("GET /{REPO}/resolve/v1.0/gated/tiny.gguf "))),
-        "{log:?}"
-    );
+    hub.assert_asked(&format!("GET /{REPO}/resolve/v1.0/gated/tiny.gguf"));
     assert_eq!(
         std::fs::read(snapshot.join("gated").join("tiny.gguf")).unwrap(),
         damaged
@@ -344,10 +343,8 @@ fn a_hub_embedder_is_fetched_into_one_snapshot() {
     cmd.env_remove("CLERK_EMBEDDER");
     let out = cmd.output().expect("clerk runs");
     assert!(out.status.success(), "{}", stderr(&out));
-    let log = hub.requests.lock().unwrap().clone();
     for name in ["config.json", "tokenizer.json", "model.safetensors"] {
-        let get = format!("GET /{EMBEDDER}/resolve/main/{name} ");
-        assert!(log.iter().any(|l| l.starts_with(&get)), "{name}: {log:?}");
+        hub.assert_asked(&format!("GET /{EMBEDDER}/resolve/main/{name}"));
     }
     let snapshot = dir
         .join("hf-home/hub/models--clerk-test--minilm/snapshots")
