@@ -129,12 +129,12 @@ fn reingest_skips_unchanged_replaces_changed_and_deletes() {
     let data = dir.join("data");
     let k = open(&data);
     let first = k
-        .ingest(retrieval::collect_files(&[src.clone()], None).unwrap())
+        .ingest(retrieval::collect_files(std::slice::from_ref(&src), None).unwrap())
         .unwrap();
     assert_eq!(first.added.len(), 8);
 
     let again = k
-        .ingest(retrieval::collect_files(&[src.clone()], None).unwrap())
+        .ingest(retrieval::collect_files(std::slice::from_ref(&src), None).unwrap())
         .unwrap();
     assert_eq!(
         (again.unchanged.len(), again.embedded, again.generation),
@@ -146,7 +146,7 @@ fn reingest_skips_unchanged_replaces_changed_and_deletes() {
     text.push_str("\n## Do you offer engraving on knives?\nYes: up to 12 letters, for 9 USD, added at checkout.\n");
     std::fs::write(&faq, text).unwrap();
     let changed = k
-        .ingest(retrieval::collect_files(&[src.clone()], None).unwrap())
+        .ingest(retrieval::collect_files(std::slice::from_ref(&src), None).unwrap())
         .unwrap();
     assert_eq!(changed.replaced, ["faq.md"]);
     assert_eq!(

@@ -24,7 +24,7 @@ pub async fn get(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    if state.model_ids().iter().any(|m| *m == id) {
+    if state.model_ids().contains(&id) {
         Ok(Json(model_object(&state, &id)))
     } else {
         Err(ApiError::ModelNotFound(id))
