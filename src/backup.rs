@@ -15,7 +15,6 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
 /// The databases a data folder may hold, by file name.
 const DATABASES: &[&str] = &["shop.sqlite", "keys.sqlite"];
@@ -69,13 +68,7 @@ pub struct FileEntry {
 }
 
 fn sha256_file(path: &Path) -> Result<(u64, String)> {
-    let mut f = fs::File::open(path).map_err(io(path))?;
-    let mut h = Sha256::new();
-    let bytes = std::io::copy(&mut f, &mut h).map_err(io(path))?;
-    Ok((
-        bytes,
-        h.finalize().iter().map(|b| format!("{b:02x}")).collect(),
-    ))
+    crate::digest::sha256_file(path).map_err(io(path))
 }
 
 /// Every file under `dir`, as paths relative to it.

@@ -27,6 +27,7 @@
 //!   health and Prometheus metrics, API keys with scopes, CORS and limits, and the one mapping from
 //!   errors to OpenAI-shaped responses. Handlers get a `Clone` [`server::AppState`] of handles.
 //! - [`clock`]: Unix time and UTC calendar dates, shared by templates, the server and the shop.
+//! - [`digest`]: SHA-256 of files, shared by backups and the hub download's check.
 //! - [`backup`]: consistent backups of a data folder taken while serving, and checked restores.
 //! - [`cli`]: one file per subcommand of the `clerk` binary; `main.rs` only parses and calls in.
 //!
@@ -40,6 +41,7 @@ pub mod assistant;
 pub mod backup;
 pub mod cli;
 pub mod clock;
+pub mod digest;
 pub mod engine;
 pub mod retrieval;
 pub mod server;

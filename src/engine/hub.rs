@@ -6,12 +6,10 @@
 //! `~/.cache`, then `huggingface`), `HF_ENDPOINT` (a mirror), `HF_TOKEN` (gated repositories; else
 //! the token file `huggingface-cli login` wrote) and `HF_HUB_OFFLINE=1` (never download).
 
-use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use hf_hub::api::sync::ApiBuilder;
 use hf_hub::{Cache, Repo, RepoType};
-use sha2::{Digest, Sha256};
 
 /// Why a hub file could not be had; the caller words it as a missing model.
 #[derive(Debug, thiserror::Error)]
@@ -163,7 +161,7 @@ fn verify(pointer: &Path, file: &str) -> Result<(), HubError> {
     if marker.is_file() {
         return Ok(());
     }
-    let got = sha256_file(&blob)?;
+    let (_, got) = crate::digest::sha256_file(&blob)?;
     if got == want {
         // Without the marker the file is only hashed again next time.
         let _ = std::fs::write(&marker, b"");
@@ -187,22 +185,4 @@ fn verify(pointer: &Path, file: &str) -> Result<(), HubError> {
         want,
         fate,
     })
-}
-
-fn sha256_file(path: &Path) -> std::io::Result<String> {
-    let mut f = std::fs::File::open(path)?;
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = f.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-    }
-    Ok(hasher
-        .finalize()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect())
 }

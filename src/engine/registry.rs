@@ -172,14 +172,15 @@ fn hub_spec(spec: &str) -> Option<HubSpec<'_>> {
 
 pub fn resolve_model(spec: &str, models_dir: &Path) -> Result<ResolvedModel> {
     let as_path = Path::new(spec);
+    let is_file = as_path.is_file();
     // A hub spec ends in `.gguf` too, so only an existing file wins over it.
-    if !as_path.is_file() {
+    if !is_file {
         if let Some(hub) = hub_spec(spec) {
             return fetch_from_hub(spec, &hub);
         }
     }
-    if as_path.extension().is_some_and(|x| x == "gguf") || as_path.is_file() {
-        if !as_path.is_file() {
+    if is_file || as_path.extension().is_some_and(|x| x == "gguf") {
+        if !is_file {
             return Err(EngineError::ModelNotFound {
                 name: spec.to_string(),
                 hint: "no such file".into(),
@@ -272,8 +273,8 @@ fn fetch_embedder_from_hub(repo: &str) -> Result<(String, PathBuf)> {
     Err(EngineError::ModelNotFound {
         name: repo.to_string(),
         hint: "this build leaves out hub support (the default `hub` feature); rebuild with \
-               `--features hub`, or download the repository's config.json, tokenizer.json and model.safetensors into a folder and \
-               pass the folder"
+               `--features hub`, or download the repository's config.json, tokenizer.json and \
+               model.safetensors into a folder and pass the folder"
             .into(),
     })
 }

@@ -178,6 +178,12 @@ fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
+/// The error output of a run that must have failed.
+fn failure(o: &Output) -> String {
+    assert!(!o.status.success(), "succeeded: {}", stderr(o));
+    stderr(o)
+}
+
 fn blob(repo_cache: &Path, sha: &str) -> std::path::PathBuf {
     repo_cache.join("blobs").join(sha)
 }
@@ -238,9 +244,12 @@ fn a_hub_model_is_fetched_checked_cached_and_used_offline() {
     );
 
     // Offline, a file not in the cache is an error that says so, without a request.
-    let offline = generate(&hub, &home, ":other.gguf", &[("HF_HUB_OFFLINE", "yes")]);
-    assert!(!offline.status.success());
-    let err = stderr(&offline);
+    let err = failure(&generate(
+        &hub,
+        &home,
+        ":other.gguf",
+        &[("HF_HUB_OFFLINE", "yes")],
+    ));
     assert!(
         err.contains("HF_HUB_OFFLINE") && err.contains("clerk-test/tiny:other.gguf"),
         "{err}"
@@ -248,18 +257,14 @@ fn a_hub_model_is_fetched_checked_cached_and_used_offline() {
     assert_eq!(hub.request_count(), before);
 
     // A file the hub doesn't have names the model and the hub's answer.
-    let missing = generate(&hub, &home, ":missing.gguf", &[]);
-    assert!(!missing.status.success());
-    let err = stderr(&missing);
+    let err = failure(&generate(&hub, &home, ":missing.gguf", &[]));
     assert!(
         err.contains("clerk-test/tiny:missing.gguf") && err.contains("status code 404"),
         "{err}"
     );
 
     // Damaged bytes are refused, and nothing of them stays in the cache to fail the next start.
-    let bad = generate(&hub, &home, ":damaged.gguf", &[]);
-    assert!(!bad.status.success());
-    let err = stderr(&bad);
+    let err = failure(&generate(&hub, &home, ":damaged.gguf", &[]));
     assert!(err.contains("corrupt") && err.contains(&claimed), "{err}");
     assert!(err.contains("it was removed"), "{err}");
     assert!(!blob(&repo_cache, &claimed).exists());
@@ -268,9 +273,7 @@ fn a_hub_model_is_fetched_checked_cached_and_used_offline() {
 
     // A gated file needs the token (HF_TOKEN, as the hub's tools read it); a file in a folder of
     // the repository, a pinned revision and an endpoint written with a trailing slash all work.
-    let gated = generate(&hub, &home, ":gated/tiny.gguf", &[]);
-    assert!(!gated.status.success());
-    let err = stderr(&gated);
+    let err = failure(&generate(&hub, &home, ":gated/tiny.gguf", &[]));
     assert!(
         err.contains("status code 401") && err.contains("HF_TOKEN"),
         "{err}"
@@ -295,9 +298,13 @@ fn a_hub_model_is_fetched_checked_cached_and_used_offline() {
     let mut bytes = std::fs::read(blob(&repo_cache, &sha)).unwrap();
     bytes[mid] ^= 0x55;
     std::fs::write(blob(&repo_cache, &sha), &bytes).unwrap();
-    let stale = generate(&hub, &home, ":tiny.gguf", &[("HF_HUB_OFFLINE", "1")]);
-    assert!(!stale.status.success());
-    assert!(stderr(&stale).contains("corrupt"), "{}", stderr(&stale));
+    let err = failure(&generate(
+        &hub,
+        &home,
+        ":tiny.gguf",
+        &[("HF_HUB_OFFLINE", "1")],
+    ));
+    assert!(err.contains("corrupt"), "{err}");
     assert!(!blob(&repo_cache, &sha).exists());
     let fresh = generate(&hub, &home, ":tiny.gguf", &[]);
     assert!(fresh.status.success(), "{}", stderr(&fresh));
