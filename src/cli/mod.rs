@@ -76,6 +76,24 @@ pub fn init_logging() {
         .try_init();
 }
 
+/// Settings that must be made while the process has one thread, before [`run`] starts any other.
+pub fn prepare(cli: &Cli) {
+    let model = match &cli.command {
+        Command::Generate(a) => &a.model,
+        Command::Chat(a) => &a.model,
+        Command::Bench(a) => &a.model,
+        Command::Serve(a) => &a.model,
+        _ => return,
+    };
+    if model.device == Device::CandleCpu {
+        let threads = model
+            .threads
+            .unwrap_or_else(crate::engine::scheduler::default_threads);
+        // SAFETY: called from `main` before anything has started a thread.
+        unsafe { crate::engine::scheduler::size_candle_cpu_threads(threads) };
+    }
+}
+
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Generate(a) => generate::run(a),

@@ -115,7 +115,7 @@ impl EngineConfig {
             tokenizer_json: None,
             chat_template: None,
             device: Device::Cpu,
-            threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
+            threads: default_threads(),
             max_batch: 16,
             queue_capacity: 64,
             context_length: None,
@@ -256,6 +256,31 @@ pub struct ModelInfo {
     pub n_embd: usize,
     pub file_bytes: u64,
     pub load_time: Duration,
+    /// CPU threads the forward really runs on: clerk's pool on `cpu`, candle's pool on
+    /// `candle-cpu` (which may differ from the configured count: see [`size_candle_cpu_threads`]),
+    /// 1 on a GPU (the engine thread that drives it).
+    pub forward_threads: usize,
+}
+
+/// The forward's CPU threads when none are configured: one per core this process may use.
+pub fn default_threads() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get())
+}
+
+/// Sizes candle's CPU thread pools, which the tensor forward runs on under `candle-cpu`, to `n`.
+///
+/// candle sizes its pools once per process, from `CANDLE_NUM_THREADS` (quantized matmuls) and
+/// `RAYON_NUM_THREADS` (f32 matmuls), the first time it runs a CPU op; without this they get one
+/// thread per physical core whatever [`EngineConfig::threads`] says. So it must run before any
+/// engine loads.
+///
+/// # Safety
+/// It writes the process environment, which is only sound while no other thread runs (see
+/// `std::env::set_var`): call it first thing in `main`.
+pub unsafe fn size_candle_cpu_threads(n: usize) {
+    let n = n.max(1).to_string();
+    std::env::set_var("CANDLE_NUM_THREADS", &n);
+    std::env::set_var("RAYON_NUM_THREADS", &n);
 }
 
 struct Job {
@@ -325,7 +350,7 @@ impl Engine {
             mc.context_length = mc.context_length.min(cap);
         }
         let mc: &ModelConfig = model.cfg();
-        let info = ModelInfo {
+        let mut info = ModelInfo {
             name: cfg.model_name.clone(),
             path: cfg.model_path.clone(),
             architecture: format!("{:?}", mc.arch).to_lowercase(),
@@ -335,6 +360,7 @@ impl Engine {
             n_embd: mc.n_embd,
             file_bytes: std::fs::metadata(&cfg.model_path).map_or(0, |m| m.len()),
             load_time: started.elapsed(),
+            forward_threads: 1,
         };
         let tokenizer = Arc::new(tokenizer);
         let stats = Arc::new(EngineStats::default());
@@ -344,6 +370,23 @@ impl Engine {
             Forward::Cpu(_) => cfg.threads,
             Forward::Tensor(_) => 1,
         });
+        info.forward_threads = match (&model, cfg.device) {
+            (Forward::Cpu(_), _) => pool.n_threads(),
+            // Asking for candle's pool starts it now rather than at the first matmul; its caller
+            // takes part in the work, as ours does.
+            (Forward::Tensor(_), Device::CandleCpu) => {
+                candle_core::utils::barrier_pool().n_workers() + 1
+            }
+            (Forward::Tensor(_), _) => 1,
+        };
+        if cfg.device == Device::CandleCpu && info.forward_threads != cfg.threads {
+            tracing::warn!(
+                "candle's CPU pool runs {} threads, not the {} asked for: it was sized before this \
+                 engine loaded (size_candle_cpu_threads)",
+                info.forward_threads,
+                cfg.threads
+            );
+        }
         let worker = Worker {
             model,
             tokenizer: tokenizer.clone(),

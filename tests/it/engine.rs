@@ -444,3 +444,64 @@ fn a_lark_grammar_constrains_and_a_bad_schema_is_refused_at_submit() {
         }
     }
 }
+
+/// `clerk bench --json` on the real model, with small sizes: every figure is there and plausible,
+/// and `threads` is what the forward really ran on. candle sizes its CPU pool once per process
+/// from the environment, one thread per physical core by default, so `--threads` only reaches it
+/// because `clerk` sets that up first; 1 and 2 threads can't both match the default.
+#[test]
+fn bench_reports_its_figures_and_the_threads_it_ran_on() {
+    let model = model_path("smollm2-135m-instruct");
+    for (device, threads) in [("cpu", 1), ("candle-cpu", 1), ("candle-cpu", 2)] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_clerk"))
+            .args(["bench", "--json", "--model"])
+            .arg(&model)
+            .args(["--device", device, "--threads", &threads.to_string()])
+            .args([
+                "--prompt-tokens",
+                "16",
+                "--gen-tokens",
+                "8",
+                "--concurrency",
+                "1,2",
+            ])
+            .args([
+                "--repetitions",
+                "1",
+                "--prefix-prompt",
+                "48",
+                "--prefix-shared",
+                "32",
+            ])
+            .env_remove("CANDLE_NUM_THREADS")
+            .env_remove("RAYON_NUM_THREADS")
+            .env_remove("CLERK_THREADS")
+            .output()
+            .expect("run clerk bench");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{device}: {stderr}");
+        let r: serde_json::Value = serde_json::from_slice(&out.stdout).expect("bench JSON");
+        assert_eq!(r["threads"], threads, "{device} --threads {threads}: {r}");
+        assert_eq!(r["architecture"], "llama");
+        for key in [
+            "load_ms",
+            "prompt_tokens_per_s",
+            "decode_tokens_per_s",
+            "ttft_ms",
+            "peak_rss_mb",
+        ] {
+            let v = r[key].as_f64().unwrap_or(f64::NAN);
+            assert!(v.is_finite() && v > 0.0, "{device}: {key} = {v}");
+        }
+        let agg = r["aggregate_decode"].as_array().expect("aggregate figures");
+        assert_eq!(agg.len(), 2, "{r}");
+        assert_eq!(agg[0]["sequences"], 1);
+        assert_eq!(agg[0]["speedup"], 1.0);
+        assert!(agg[1]["tokens_per_s"].as_f64().is_some_and(|t| t > 0.0));
+        let prefix = &r["prefix_cache"];
+        assert_eq!(prefix["cached_tokens"], 32, "{device}: {prefix}");
+        assert!(prefix["ratio"].as_f64().is_some_and(|x| x > 0.0));
+        // The model (about 90 MB) and the KV for a few short sequences.
+        assert!(r["peak_rss_mb"].as_f64().is_some_and(|m| m < 300.0), "{r}");
+    }
+}
