@@ -8,7 +8,7 @@
 
 use std::path::{Path, PathBuf};
 
-use hf_hub::api::sync::ApiBuilder;
+use hf_hub::api::sync::{ApiBuilder, ApiError};
 use hf_hub::{Cache, Repo, RepoType};
 
 /// Why a hub file could not be had; the caller words it as a missing model.
@@ -119,20 +119,38 @@ pub fn get(repo: &str, revision: Option<&str>, file: &str) -> Result<PathBuf, Hu
     let api = builder.build().map_err(|e| failed(e.to_string()))?;
     let path = api.repo(repo).download(file).map_err(|e| {
         let mut message = e.to_string();
-        // The hub answers 401 for a repository that doesn't exist as well as for a gated one.
-        if message.contains("status code 401") || message.contains("status code 403") {
-            message.push_str(
-                " (no such repository, or a gated or private one: check the name, or set HF_TOKEN)",
-            );
-        } else if message.contains("status code 404") {
-            message.push_str(" (no such file or revision in the repository)");
-        } else if message.contains("Lock acquisition failed") {
-            message.push_str(" (another process is downloading it; try again when it is done)");
+        if let Some(hint) = hint(&e) {
+            message.push_str(hint);
         }
         failed(message)
     })?;
     verify(&path, file)?;
     Ok(path)
+}
+
+/// What the operator can do about a failed download, where its cause is a known one.
+fn hint(e: &ApiError) -> Option<&'static str> {
+    fn status(e: &ApiError) -> Option<u16> {
+        match e {
+            ApiError::RequestError(e) => match &**e {
+                ureq::Error::Status(code, _) => Some(*code),
+                ureq::Error::Transport(_) => None,
+            },
+            ApiError::TooManyRetries(e) => status(e),
+            _ => None,
+        }
+    }
+    match (status(e), e) {
+        // The hub answers 401 for a repository that doesn't exist as well as for a gated one.
+        (Some(401 | 403), _) => Some(
+            " (no such repository, or a gated or private one: check the name, or set HF_TOKEN)",
+        ),
+        (Some(404), _) => Some(" (no such file or revision in the repository)"),
+        (_, ApiError::LockAcquisition(_)) => {
+            Some(" (another process is downloading it; try again when it is done)")
+        }
+        _ => None,
+    }
 }
 
 /// The marker beside a blob that says its bytes were checked against its name.

@@ -256,10 +256,12 @@ fn a_hub_model_is_fetched_checked_cached_and_used_offline() {
     );
     assert_eq!(hub.request_count(), before);
 
-    // A file the hub doesn't have names the model and the hub's answer.
+    // A file the hub doesn't have names the model, the hub's answer and what it means.
     let err = failure(&generate(&hub, &home, ":missing.gguf", &[]));
     assert!(
-        err.contains("clerk-test/tiny:missing.gguf") && err.contains("status code 404"),
+        err.contains("clerk-test/tiny:missing.gguf")
+            && err.contains("status code 404")
+            && err.contains("no such file or revision"),
         "{err}"
     );
 
