@@ -183,7 +183,7 @@ fn matmul_f16(x: &[f32], w: &[f16], bias: &[f32], rows: usize, k: usize, out: &m
     let n = bias.len();
     assert!(x.len() >= rows * k && w.len() >= n * k && out.len() >= rows * n);
     #[cfg(target_arch = "x86_64")]
-    if k % 8 == 0
+    if k.is_multiple_of(8)
         && is_x86_feature_detected!("avx2")
         && is_x86_feature_detected!("fma")
         && is_x86_feature_detected!("f16c")
@@ -383,7 +383,8 @@ impl Embedder {
                 format!("unsupported activation {:?}", cfg.hidden_act),
             ));
         }
-        if cfg.num_attention_heads == 0 || cfg.hidden_size % cfg.num_attention_heads != 0 {
+        if cfg.num_attention_heads == 0 || !cfg.hidden_size.is_multiple_of(cfg.num_attention_heads)
+        {
             return Err(load_err(
                 dir,
                 "hidden_size is not a multiple of the head count",

@@ -216,7 +216,7 @@ impl GgufFile {
         let dims = info.shape.dims().to_vec();
         let elems: usize = dims.iter().product();
         let dtype = info.ggml_dtype;
-        if elems % dtype.block_size() != 0 {
+        if !elems.is_multiple_of(dtype.block_size()) {
             return Err(EngineError::Load {
                 path: self.path.clone(),
                 message: format!(

@@ -123,9 +123,9 @@ impl ModelConfig {
         };
         if cfg.n_head == 0
             || cfg.n_head_kv == 0
-            || cfg.n_head % cfg.n_head_kv != 0
+            || !cfg.n_head.is_multiple_of(cfg.n_head_kv)
             || cfg.rope_dim > cfg.head_dim
-            || cfg.rope_dim % 2 != 0
+            || !cfg.rope_dim.is_multiple_of(2)
         {
             return Err(EngineError::Load {
                 path: g.path.clone(),
@@ -145,7 +145,7 @@ impl ModelConfig {
 
     /// Whether layer `il` uses the sliding window (Gemma 3: five local layers, then one global).
     pub fn is_local(&self, il: usize) -> bool {
-        self.sliding_window.is_some() && (il + 1) % self.sliding_pattern != 0
+        self.sliding_window.is_some() && !(il + 1).is_multiple_of(self.sliding_pattern)
     }
 }
 
@@ -392,6 +392,8 @@ fn silu(x: f32) -> f32 {
 /// its degree-6 polynomial; inputs are clamped to where the result is a normal float (so `e^x`
 /// saturates at ~2·10³⁸ instead of overflowing, and underflows to ~10⁻³⁸ instead of 0).
 #[inline(always)]
+// Cephes' coefficients as published, not their nearest f32 spelled out.
+#[allow(clippy::excessive_precision)]
 fn exp(x: f32) -> f32 {
     const LOG2E: f32 = std::f32::consts::LOG2_E;
     // ln 2 split so that `n * LN2_HI` is exact.
@@ -764,6 +766,9 @@ impl Model {
         let q = &s.q;
         let scale = cfg.attn_scale;
         pool.run(n_tasks, |task| {
+            // Captures the whole `SyncPtr`: the closure would otherwise take its raw pointer field
+            // alone (edition 2021 captures fields), which is not `Sync`.
+            #[allow(clippy::redundant_locals)]
             let o_ptr = o_ptr;
             let (row, g) = (task / n_kv, task % n_kv);
             let it = &items[row_item[row]];

@@ -103,8 +103,8 @@ impl Tokenizer for ShopTokenizer {
                 if j == i {
                     push(&mut self.tokens, start, end_of(i));
                 } else {
-                    for k in i..j {
-                        push(&mut self.tokens, chars[k].0, end_of(k + 1));
+                    for (k, &(offset, _)) in chars.iter().enumerate().take(j).skip(i) {
+                        push(&mut self.tokens, offset, end_of(k + 1));
                     }
                 }
                 i = j + 1;

@@ -242,8 +242,10 @@ fn check_tensor_forward(arch: &str, path: &Path, prompt: &[u32], tolerance: f32)
     let model = Model::load(&gguf).unwrap();
     let pool = ThreadPool::new(2);
     let singles: Vec<&[u32]> = prompt.chunks(1).collect();
-    // The CPU forward's logits for each case, computed once for all devices.
-    let cases: Vec<(&str, Vec<&[u32]>, Vec<f32>)> = [
+    // The CPU forward's logits for each case (its name, its chunks, the logits), computed once for
+    // all devices.
+    type Case<'a> = (&'static str, Vec<&'a [u32]>, Vec<f32>);
+    let cases: Vec<Case> = [
         ("whole", vec![prompt]),
         ("chunked", vec![&prompt[..5], &prompt[5..]]),
         ("token by token", singles),

@@ -431,7 +431,7 @@ fn scalar_q4_1_tile(
     bpr: usize,
     res: &mut [f32; TILE],
 ) {
-    for j in 0..cnt {
+    for (j, out) in res.iter_mut().enumerate().take(cnt) {
         let a = a0 + j;
         let mut acc = 0f32;
         for (b, blk) in wr.iter().enumerate() {
@@ -444,7 +444,7 @@ fn scalar_q4_1_tile(
             }
             acc += blk.d.to_f32() * xq.d[xi] * sum as f32 + blk.m.to_f32() * xq.s[xi];
         }
-        res[j] = acc;
+        *out = acc;
     }
 }
 
@@ -457,7 +457,7 @@ fn scalar_q8_0_tile(
     bpr: usize,
     res: &mut [f32; TILE],
 ) {
-    for j in 0..cnt {
+    for (j, out) in res.iter_mut().enumerate().take(cnt) {
         let a = a0 + j;
         let mut acc = 0f32;
         for (b, blk) in wr.iter().enumerate() {
@@ -471,7 +471,7 @@ fn scalar_q8_0_tile(
                 .sum();
             acc += blk.d.to_f32() * xq.d[xi] * sum as f32;
         }
-        res[j] = acc;
+        *out = acc;
     }
 }
 
@@ -994,6 +994,8 @@ mod avx2 {
     /// `CNT` dot products of one Q8_0 weight row with consecutive quantized activation rows.
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
+    // `j` picks the activation row as well as its accumulator.
+    #[allow(clippy::needless_range_loop)]
     unsafe fn q8_0_tile_n<const CNT: usize>(
         wr: &[BlockQ8_0],
         xq: &Quantized,
@@ -1120,6 +1122,8 @@ mod avx512 {
 
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma")]
+    // `j` picks the activation row as well as its accumulator.
+    #[allow(clippy::needless_range_loop)]
     unsafe fn q8_0_tile_n<const CNT: usize>(
         wr: &[BlockQ8_0],
         xq: &Quantized,

@@ -50,7 +50,7 @@ impl QMatrix {
             message: m,
         };
         let bs = dtype.block_size();
-        if cols % bs != 0 {
+        if !cols.is_multiple_of(bs) {
             return Err(bad(format!(
                 "{cols} columns is not a multiple of the {dtype:?} block ({bs})"
             )));
@@ -62,7 +62,7 @@ impl QMatrix {
                 data.as_slice().len()
             )));
         }
-        if data.as_slice().as_ptr() as usize % 4 != 0 {
+        if !(data.as_slice().as_ptr() as usize).is_multiple_of(4) {
             return Err(bad("tensor data is not 4-byte aligned".into()));
         }
         match dtype {
