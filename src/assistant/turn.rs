@@ -2,7 +2,7 @@
 //! result in the shopper's language. Identity and pending confirmations come from [`State`]
 //! only; the shop's actions enforce the policy again whatever this module asks.
 
-use crate::retrieval::{Hit, Kind, ProductFacts, Query};
+use crate::retrieval::{Hit, Kind, Mode, ProductFacts, Query};
 use crate::shop::service::CuratedAnswer;
 use crate::shop::{
     ActionKind, Channel, Confirmation, Ctx, Identified, IdentifyBy, ItemChange, Money, Order,
@@ -1211,15 +1211,54 @@ impl<'a> Turn<'a> {
             // an answer must at least share a word with the question.
             return Ok(None);
         }
+        if self.lang == Lang::Es
+            && !(hit.kind == Kind::Product && names_product(text, &hit.title))
+            && !shares_es_word(text, &format!("{} {}", hit.title, hit.passage))
+        {
+            // The embedder is English-only and finds Spanish passages close to each other
+            // ("¿Venden mochilas?" and the refund FAQ): as for Chinese, an answer must share a
+            // word with the question.
+            return if asks_if_sold(text) {
+                self.sold_product(text)
+            } else {
+                Ok(None)
+            };
+        }
+        let asks_if_sold = asks_if_sold(text);
+        if asks_if_sold && hit.kind != Kind::Product && !same_thing_sold(text, &hit.title) {
+            // "Do you sell backpacks? How much?" reads much like the FAQ "Do you sell gift
+            // cards?", whose answer is about gift cards: only a product can answer it.
+            return self.sold_product(text);
+        }
         if hit.kind == Kind::Product
             && !names_product(text, &hit.title)
             && hit.similarity < PRODUCT_SIMILARITY
         {
             // A product that merely shares a theme ("kayaks" and sandals made for kayaking)
             // is no answer to whether the shop sells something.
-            return Ok(None);
+            return if asks_if_sold {
+                self.sold_product(text)
+            } else {
+                Ok(None)
+            };
         }
         Ok(Some(hit))
+    }
+
+    /// The product that answers "do you sell …?", if one is close enough. Meaning alone ranks
+    /// them: the words of such a question are mostly its frame, and the fused ranking favours a
+    /// product that mentions the thing ("carry it like a backpack") over the thing itself (a
+    /// daypack).
+    fn sold_product(&self, text: &str) -> R<Option<Hit>> {
+        let mut q = Query::new(text);
+        q.kind = Some(Kind::Product);
+        q.mode = Mode::Vector;
+        q.limit = 3;
+        let results = self.inner.knowledge.search(&q)?;
+        Ok(results
+            .hits
+            .into_iter()
+            .find(|h| names_product(text, &h.title) || h.similarity >= PRODUCT_SIMILARITY))
     }
 
     /// A product's price as the catalogue states it: one price, or the range over its variants.
@@ -1524,6 +1563,27 @@ fn shares_cjk_word(question: &str, passage: &str) -> bool {
     })
 }
 
+/// Whether a Spanish question and passage share a word, compared by its first five letters (a
+/// crude stem: "devolver" and "devolución", "reembolso" and "reembolsamos"), leaving out the
+/// commonest longer words that say nothing of the topic.
+fn shares_es_word(question: &str, passage: &str) -> bool {
+    const COMMON: &[&str] = &[
+        "puedo", "puede", "puedes", "tienen", "tenéis", "tengo", "venden", "vendéis", "quiero",
+        "cuánto", "cuánta", "cuándo", "dónde", "hacer", "sobre", "están", "gracias", "favor",
+        "tienda", "ustedes", "vuestra", "vuestro", "nuestra", "nuestro", "pueden", "quería",
+        "cuales", "cuáles", "alguna", "alguno", "hola",
+    ];
+    let stems = |text: &str| -> Vec<String> {
+        text.to_lowercase()
+            .split(|c: char| !c.is_alphanumeric())
+            .filter(|w| w.chars().count() >= 5 && !COMMON.contains(w))
+            .map(|w| w.chars().take(5).collect())
+            .collect()
+    };
+    let in_passage = stems(passage);
+    stems(question).iter().any(|w| in_passage.contains(w))
+}
+
 /// Text with every run of digits (a decimal point included) written `#`, so "16 kg" and
 /// "8 kg" have the same shape.
 fn digit_shape(text: &str) -> String {
@@ -1555,6 +1615,35 @@ fn names_product(question: &str, title: &str) -> bool {
                 .iter()
                 .any(|q| *q == w || q.trim_end_matches('s') == w.trim_end_matches('s'))
         })
+}
+
+/// How a shopper asks whether the shop has something, in the languages the prompts speak (the
+/// Chinese forms are left out: without spaces between words, "卖" is in too many other words).
+const SOLD_FRAMES: &[&str] = &[
+    "do you sell",
+    "do you have",
+    "do you carry",
+    "do you stock",
+    "do you offer",
+    "venden",
+    "vendéis",
+    "tienen",
+    "tenéis",
+];
+
+fn asks_if_sold(text: &str) -> bool {
+    let t = text.to_lowercase();
+    SOLD_FRAMES.iter().any(|f| t.contains(f))
+}
+
+/// Whether a passage titled "Do you sell gift cards?" is about what `question` asks for: a word of
+/// the title beyond its frame is in the question. A title that is no such question always is.
+fn same_thing_sold(question: &str, title: &str) -> bool {
+    let title = title.to_lowercase();
+    let Some(frame) = SOLD_FRAMES.iter().find(|f| title.contains(*f)) else {
+        return true;
+    };
+    names_product(question, &title.replacen(frame, " ", 1))
 }
 
 fn action_kind(intent: Intent) -> Option<ActionKind> {
@@ -1629,5 +1718,32 @@ mod tests {
         assert!(is_question("Can opened socks be returned?"));
         assert!(is_question("已拆封的袜子可以退货吗"));
         assert!(!is_question("I want to return my boots."));
+    }
+
+    #[test]
+    fn a_do_you_sell_passage_answers_only_for_the_same_thing() {
+        assert!(asks_if_sold("Do you sell backpacks? How much?"));
+        assert!(asks_if_sold("¿Venden mochilas?"));
+        assert!(!asks_if_sold("How much is standard shipping?"));
+        let faq = "Do you sell gift cards?";
+        assert!(!same_thing_sold("Do you sell backpacks? How much?", faq));
+        assert!(same_thing_sold(
+            "Do you sell gift cards, and do they expire?",
+            faq
+        ));
+        assert!(same_thing_sold("Do you have a gift card for $50?", faq));
+        // A passage whose title asks nothing of the kind is left to the similarity checks.
+        assert!(same_thing_sold("Do you sell backpacks?", "Return window"));
+    }
+
+    #[test]
+    fn spanish_words_are_matched_by_their_stem_and_frame_words_do_not_count() {
+        let refunds = "Reembolsamos el importe al método de pago original.";
+        assert!(shares_es_word("¿Cuándo recibiré mi reembolso?", refunds));
+        assert!(!shares_es_word("¿Venden mochilas?", refunds));
+        assert!(!shares_es_word(
+            "¿Tienen esquís? Gracias",
+            "Tienen 30 días. Gracias."
+        ));
     }
 }
