@@ -1424,6 +1424,15 @@ impl<'a> Turn<'a> {
             }
         }
         if picks.is_empty() {
+            // "Do you have gift cards?" reads like a request for products, but the FAQ answers it.
+            if is_question(text)
+                && self
+                    .best_hit(text)?
+                    .is_some_and(|h| h.kind != Kind::Product)
+            {
+                self.intent = Some(Intent::Question);
+                return self.answer(text);
+            }
             self.say("recommend_none", &[]);
         } else {
             let list = picks
