@@ -1225,9 +1225,18 @@ impl<'a> Turn<'a> {
             };
         }
         let asks_if_sold = asks_if_sold(text);
-        if asks_if_sold && hit.kind != Kind::Product && !same_thing_sold(text, &hit.title) {
+        if asks_if_sold
+            && hit.kind != Kind::Product
+            && (!same_thing_sold(text, &hit.title)
+                || !names_product(
+                    &without_frame(text),
+                    &format!("{} {}", hit.title, hit.passage),
+                ))
+        {
             // "Do you sell backpacks? How much?" reads much like the FAQ "Do you sell gift
-            // cards?", whose answer is about gift cards: only a product can answer it.
+            // cards?", whose answer is about gift cards, and "Do you have a loyalty program?"
+            // like a passage on whom "we share" data with: a passage answers what the shop
+            // has only if it names the thing asked about; otherwise only a product can.
             return self.sold_product(text);
         }
         if hit.kind == Kind::Product
@@ -1640,6 +1649,15 @@ const SOLD_FRAMES: &[&str] = &[
     "tenéis",
 ];
 
+/// The question with its "do you sell" frame taken out, so that only what it asks about is left.
+fn without_frame(text: &str) -> String {
+    let t = text.to_lowercase();
+    match SOLD_FRAMES.iter().find(|f| t.contains(*f)) {
+        Some(frame) => t.replacen(frame, " ", 1),
+        None => t,
+    }
+}
+
 fn asks_if_sold(text: &str) -> bool {
     let t = text.to_lowercase();
     SOLD_FRAMES.iter().any(|f| t.contains(f))
@@ -1743,6 +1761,15 @@ mod tests {
         assert!(same_thing_sold("Do you have a gift card for $50?", faq));
         // A passage whose title asks nothing of the kind is left to the similarity checks.
         assert!(same_thing_sold("Do you sell backpacks?", "Return window"));
+        // What is asked about, without the frame whose words are in many passages.
+        assert_eq!(
+            without_frame("Do you have a loyalty program?").trim(),
+            "a loyalty program?"
+        );
+        assert!(!names_product(
+            &without_frame("Do you have a loyalty program?"),
+            "Who we share data with. They have to keep it safe."
+        ));
     }
 
     #[test]
