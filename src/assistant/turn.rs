@@ -1152,23 +1152,39 @@ impl<'a> Turn<'a> {
     // ----- knowledge -----
 
     fn answer(&mut self, text: &str) -> R<()> {
-        if let Some(c) = self.curated_match(text)? {
-            // Staff wrote or approved this answer for this very question: it wins over retrieval.
-            self.state.unanswered = 0;
-            let n = self.sources.len() + 1;
-            self.sources.push(Source {
-                n,
-                document_id: format!("curated:{}", c.id),
-                title: c.question.clone(),
-                kind: "curated".into(),
-                locator: format!("approved by {}", c.created_by),
-            });
-            self.out.push(format!("{} [{n}]", c.answer));
+        if self.answer_curated(text)? {
             return Ok(());
         }
-        let Some(hit) = self.best_hit(text)? else {
-            return self.no_answer();
+        match self.best_hit(text)? {
+            Some(hit) => {
+                self.answer_with(hit);
+                Ok(())
+            }
+            None => self.no_answer(),
+        }
+    }
+
+    /// Answers with what staff wrote or approved for this very question, if there is one: it wins
+    /// over retrieval.
+    fn answer_curated(&mut self, text: &str) -> R<bool> {
+        let Some(c) = self.curated_match(text)? else {
+            return Ok(false);
         };
+        self.state.unanswered = 0;
+        let n = self.sources.len() + 1;
+        self.sources.push(Source {
+            n,
+            document_id: format!("curated:{}", c.id),
+            title: c.question.clone(),
+            kind: "curated".into(),
+            locator: format!("approved by {}", c.created_by),
+        });
+        self.out.push(format!("{} [{n}]", c.answer));
+        Ok(true)
+    }
+
+    /// Answers with a passage [`Self::best_hit`] found.
+    fn answer_with(&mut self, hit: Hit) {
         self.state.unanswered = 0;
         let n = self.cite(&hit);
         if hit.kind == Kind::Product {
@@ -1181,7 +1197,6 @@ impl<'a> Turn<'a> {
             self.out
                 .push(format!("{} [{n}]", clip_sentences(&hit.passage, 700)));
         }
-        Ok(())
     }
 
     /// The passage that answers `text`, if the shop's data has one close enough.
@@ -1203,35 +1218,32 @@ impl<'a> Turn<'a> {
             })
             .unwrap_or(&results.hits[0])
             .clone();
-        if self.lang == Lang::Zh
-            && !(hit.kind == Kind::Product && names_product(text, &hit.title))
-            && !shares_cjk_word(text, &format!("{} {}", hit.title, hit.passage))
-        {
-            // The embedder reads Chinese poorly and finds every Chinese passage somewhat close;
-            // an answer must at least share a word with the question.
-            return Ok(None);
-        }
-        if self.lang == Lang::Es
-            && !(hit.kind == Kind::Product && names_product(text, &hit.title))
-            && !shares_es_word(text, &format!("{} {}", hit.title, hit.passage))
-        {
-            // The embedder is English-only and finds Spanish passages close to each other
-            // ("¿Venden mochilas?" and the refund FAQ): as for Chinese, an answer must share a
-            // word with the question.
-            return if asks_if_sold(text) {
+        let sold = asks_if_sold(text);
+        // What is left when the passage found can't answer: for "do you sell …?", a product.
+        let nothing = || {
+            if sold {
                 self.sold_product(text)
             } else {
                 Ok(None)
-            };
+            }
+        };
+        let named = hit.kind == Kind::Product && names_product(text, &hit.title);
+        let passage = format!("{} {}", hit.title, hit.passage);
+        let shares_a_word = match self.lang {
+            // The embedder reads Chinese poorly and finds every Chinese passage somewhat close,
+            // and, English-only, finds Spanish passages close to each other ("¿Venden mochilas?"
+            // and the refund FAQ): an answer must at least share a word with the question.
+            Lang::Zh => shares_cjk_word(text, &passage),
+            Lang::Es => shares_es_word(text, &passage),
+            _ => true,
+        };
+        if !named && !shares_a_word {
+            return nothing();
         }
-        let asks_if_sold = asks_if_sold(text);
-        if asks_if_sold
+        if sold
             && hit.kind != Kind::Product
             && (!same_thing_sold(text, &hit.title)
-                || !names_product(
-                    &without_frame(text),
-                    &format!("{} {}", hit.title, hit.passage),
-                ))
+                || !names_product(&without_frame(text), &passage))
         {
             // "Do you sell backpacks? How much?" reads much like the FAQ "Do you sell gift
             // cards?", whose answer is about gift cards, and "Do you have a loyalty program?"
@@ -1239,17 +1251,10 @@ impl<'a> Turn<'a> {
             // has only if it names the thing asked about; otherwise only a product can.
             return self.sold_product(text);
         }
-        if hit.kind == Kind::Product
-            && !names_product(text, &hit.title)
-            && hit.similarity < PRODUCT_SIMILARITY
-        {
+        if hit.kind == Kind::Product && !named && hit.similarity < PRODUCT_SIMILARITY {
             // A product that merely shares a theme ("kayaks" and sandals made for kayaking)
             // is no answer to whether the shop sells something.
-            return if asks_if_sold {
-                self.sold_product(text)
-            } else {
-                Ok(None)
-            };
+            return nothing();
         }
         Ok(Some(hit))
     }
@@ -1434,13 +1439,17 @@ impl<'a> Turn<'a> {
         }
         if picks.is_empty() {
             // "Do you have gift cards?" reads like a request for products, but the FAQ answers it.
-            if is_question(text)
-                && self
-                    .best_hit(text)?
-                    .is_some_and(|h| h.kind != Kind::Product)
-            {
+            let passage = if is_question(text) {
+                self.best_hit(text)?.filter(|h| h.kind != Kind::Product)
+            } else {
+                None
+            };
+            if let Some(hit) = passage {
                 self.intent = Some(Intent::Question);
-                return self.answer(text);
+                if !self.answer_curated(text)? {
+                    self.answer_with(hit);
+                }
+                return Ok(());
             }
             self.say("recommend_none", &[]);
         } else {
@@ -1649,28 +1658,27 @@ const SOLD_FRAMES: &[&str] = &[
     "tenéis",
 ];
 
+/// What a "do you sell …?" question asks about: the lowercased text with its frame taken out, or
+/// `None` for a text that asks nothing of the kind.
+fn sold_object(text: &str) -> Option<String> {
+    let t = text.to_lowercase();
+    let frame = SOLD_FRAMES.iter().find(|f| t.contains(*f))?;
+    Some(t.replacen(frame, " ", 1))
+}
+
 /// The question with its "do you sell" frame taken out, so that only what it asks about is left.
 fn without_frame(text: &str) -> String {
-    let t = text.to_lowercase();
-    match SOLD_FRAMES.iter().find(|f| t.contains(*f)) {
-        Some(frame) => t.replacen(frame, " ", 1),
-        None => t,
-    }
+    sold_object(text).unwrap_or_else(|| text.to_lowercase())
 }
 
 fn asks_if_sold(text: &str) -> bool {
-    let t = text.to_lowercase();
-    SOLD_FRAMES.iter().any(|f| t.contains(f))
+    sold_object(text).is_some()
 }
 
 /// Whether a passage titled "Do you sell gift cards?" is about what `question` asks for: a word of
 /// the title beyond its frame is in the question. A title that is no such question always is.
 fn same_thing_sold(question: &str, title: &str) -> bool {
-    let title = title.to_lowercase();
-    let Some(frame) = SOLD_FRAMES.iter().find(|f| title.contains(*f)) else {
-        return true;
-    };
-    names_product(question, &title.replacen(frame, " ", 1))
+    sold_object(title).is_none_or(|object| names_product(question, &object))
 }
 
 fn action_kind(intent: Intent) -> Option<ActionKind> {

@@ -349,8 +349,30 @@ impl Engine {
             let mc = model.cfg_mut();
             mc.context_length = mc.context_length.min(cap);
         }
+        // The tensor forward runs on its device (on the CPU, on candle's own threads): no pool.
+        let pool = ThreadPool::new(match model {
+            Forward::Cpu(_) => cfg.threads,
+            Forward::Tensor(_) => 1,
+        });
+        let forward_threads = match (&model, cfg.device) {
+            (Forward::Cpu(_), _) => pool.n_threads(),
+            // Asking for candle's pool starts it now rather than at the first matmul; its caller
+            // takes part in the work, as ours does.
+            (Forward::Tensor(_), Device::CandleCpu) => {
+                candle_core::utils::barrier_pool().n_workers() + 1
+            }
+            (Forward::Tensor(_), _) => 1,
+        };
+        if cfg.device == Device::CandleCpu && forward_threads != cfg.threads {
+            tracing::warn!(
+                "candle's CPU pool runs {} threads, not the {} asked for: it was sized before this \
+                 engine loaded (size_candle_cpu_threads)",
+                forward_threads,
+                cfg.threads
+            );
+        }
         let mc: &ModelConfig = model.cfg();
-        let mut info = ModelInfo {
+        let info = ModelInfo {
             name: cfg.model_name.clone(),
             path: cfg.model_path.clone(),
             architecture: format!("{:?}", mc.arch).to_lowercase(),
@@ -360,33 +382,11 @@ impl Engine {
             n_embd: mc.n_embd,
             file_bytes: std::fs::metadata(&cfg.model_path).map_or(0, |m| m.len()),
             load_time: started.elapsed(),
-            forward_threads: 1,
+            forward_threads,
         };
         let tokenizer = Arc::new(tokenizer);
         let stats = Arc::new(EngineStats::default());
         let (queue, rx) = mpsc::sync_channel(cfg.queue_capacity);
-        // The tensor forward runs on its device (on the CPU, on candle's own threads): no pool.
-        let pool = ThreadPool::new(match model {
-            Forward::Cpu(_) => cfg.threads,
-            Forward::Tensor(_) => 1,
-        });
-        info.forward_threads = match (&model, cfg.device) {
-            (Forward::Cpu(_), _) => pool.n_threads(),
-            // Asking for candle's pool starts it now rather than at the first matmul; its caller
-            // takes part in the work, as ours does.
-            (Forward::Tensor(_), Device::CandleCpu) => {
-                candle_core::utils::barrier_pool().n_workers() + 1
-            }
-            (Forward::Tensor(_), _) => 1,
-        };
-        if cfg.device == Device::CandleCpu && info.forward_threads != cfg.threads {
-            tracing::warn!(
-                "candle's CPU pool runs {} threads, not the {} asked for: it was sized before this \
-                 engine loaded (size_candle_cpu_threads)",
-                info.forward_threads,
-                cfg.threads
-            );
-        }
         let worker = Worker {
             model,
             tokenizer: tokenizer.clone(),
