@@ -1207,17 +1207,29 @@ impl<'a> Turn<'a> {
         if !results.answerable || results.hits.is_empty() {
             return Ok(None);
         }
-        // A passage in the shopper's language wins over a slightly closer one in another.
-        let hit = results
-            .hits
-            .iter()
-            .find(|h| {
-                h.similarity >= results.threshold
-                    && h.similarity >= best - 0.15
-                    && lang::detect(&h.passage) == Some(self.lang)
-            })
-            .unwrap_or(&results.hits[0])
-            .clone();
+        // A passage in the shopper's language wins over a slightly closer one in another. Among
+        // those, in Chinese and Spanish, which the English-only embedder ranks poorly ("你们接受哪些
+        // 付款方式？" put the refund-timing passage above the FAQ with that very title), the one
+        // sharing the most words with the question wins, the ranking breaking ties.
+        let in_language = results.hits.iter().enumerate().filter(|(_, h)| {
+            h.similarity >= results.threshold
+                && h.similarity >= best - 0.15
+                && lang::detect(&h.passage) == Some(self.lang)
+        });
+        let hit = match self.lang {
+            Lang::Zh | Lang::Es => in_language
+                .max_by_key(|(i, h)| {
+                    let passage = format!("{} {}", h.title, h.passage);
+                    (
+                        words_shared(self.lang, text, &passage),
+                        std::cmp::Reverse(*i),
+                    )
+                })
+                .map(|(_, h)| h),
+            _ => in_language.map(|(_, h)| h).next(),
+        }
+        .unwrap_or(&results.hits[0])
+        .clone();
         let sold = asks_if_sold(text);
         // What is left when the passage found can't answer: for "do you sell …?", a product.
         let nothing = || {
@@ -1229,14 +1241,11 @@ impl<'a> Turn<'a> {
         };
         let named = hit.kind == Kind::Product && names_product(text, &hit.title);
         let passage = format!("{} {}", hit.title, hit.passage);
-        let shares_a_word = match self.lang {
-            // The embedder reads Chinese poorly and finds every Chinese passage somewhat close,
-            // and, English-only, finds Spanish passages close to each other ("¿Venden mochilas?"
-            // and the refund FAQ): an answer must at least share a word with the question.
-            Lang::Zh => shares_cjk_word(text, &passage),
-            Lang::Es => shares_es_word(text, &passage),
-            _ => true,
-        };
+        // The embedder reads Chinese poorly and finds every Chinese passage somewhat close, and,
+        // English-only, finds Spanish passages close to each other ("¿Venden mochilas?" and the
+        // refund FAQ): an answer must at least share a word with the question.
+        let shares_a_word = !matches!(self.lang, Lang::Zh | Lang::Es)
+            || words_shared(self.lang, text, &passage) > 0;
         if !named && !shares_a_word {
             return nothing();
         }
@@ -1572,6 +1581,8 @@ const PRODUCT_SIMILARITY: f32 = 0.45;
 /// Two-character words too common to show two Chinese texts are about the same thing.
 const CJK_COMMON: &[&str] = &[
     "你们", "我们", "什么", "可以", "怎么", "如何", "是否", "一下", "请问", "我的", "吗？", "的吗",
+    // "Do you offer …?" asks about what follows: a passage saying what "we offer" is no answer.
+    "提供", "没有",
 ];
 
 /// Whether the shopper asked rather than told: a question mark, or Chinese 吗.
@@ -1579,36 +1590,54 @@ fn is_question(text: &str) -> bool {
     text.contains('?') || text.contains('？') || text.contains('吗')
 }
 
-fn shares_cjk_word(question: &str, passage: &str) -> bool {
-    let q: Vec<char> = question.chars().collect();
-    q.windows(2).any(|w| {
-        let pair: String = w.iter().collect();
-        w.iter()
-            .all(|c| (*c as u32) >= 0x4E00 && (*c as u32) <= 0x9FFF)
-            && !CJK_COMMON.contains(&pair.as_str())
-            && passage.contains(&pair)
-    })
+/// How many words of `question` `passage` also has, counted once each, for the languages whose
+/// words clerk can pick out without the embedder: Chinese two-character words (a crude stand-in
+/// for a segmenter, leaving out the commonest), and Spanish words of five letters or more compared
+/// by their first five (a crude stem: "devolver" and "devolución", "reembolso" and
+/// "reembolsamos"), leaving out the commonest longer words that say nothing of the topic. Other
+/// languages count none.
+fn words_shared(lang: Lang, question: &str, passage: &str) -> usize {
+    let mut words: Vec<String> = match lang {
+        Lang::Zh => {
+            // The commonest words go first, so that no pair straddles one ("你们提供" would
+            // otherwise leave "们提", which "我们提供的标签" has).
+            let q: Vec<char> = CJK_COMMON
+                .iter()
+                .fold(question.to_string(), |q, c| q.replace(c, " "))
+                .chars()
+                .collect();
+            q.windows(2)
+                .filter(|w| w.iter().all(|c| (0x4E00..=0x9FFF).contains(&(*c as u32))))
+                .map(|w| w.iter().collect::<String>())
+                .filter(|pair| passage.contains(pair))
+                .collect()
+        }
+        Lang::Es => {
+            let in_passage = es_stems(passage);
+            es_stems(question)
+                .into_iter()
+                .filter(|w| in_passage.contains(w))
+                .collect()
+        }
+        _ => return 0,
+    };
+    words.sort_unstable();
+    words.dedup();
+    words.len()
 }
 
-/// Whether a Spanish question and passage share a word, compared by its first five letters (a
-/// crude stem: "devolver" and "devolución", "reembolso" and "reembolsamos"), leaving out the
-/// commonest longer words that say nothing of the topic.
-fn shares_es_word(question: &str, passage: &str) -> bool {
+fn es_stems(text: &str) -> Vec<String> {
     const COMMON: &[&str] = &[
         "puedo", "puede", "puedes", "tienen", "tenéis", "tengo", "venden", "vendéis", "quiero",
         "cuánto", "cuánta", "cuándo", "dónde", "hacer", "sobre", "están", "gracias", "favor",
         "tienda", "ustedes", "vuestra", "vuestro", "nuestra", "nuestro", "pueden", "quería",
         "cuales", "cuáles", "alguna", "alguno", "hola",
     ];
-    let stems = |text: &str| -> Vec<String> {
-        text.to_lowercase()
-            .split(|c: char| !c.is_alphanumeric())
-            .filter(|w| w.chars().count() >= 5 && !COMMON.contains(w))
-            .map(|w| w.chars().take(5).collect())
-            .collect()
-    };
-    let in_passage = stems(passage);
-    stems(question).iter().any(|w| in_passage.contains(w))
+    text.to_lowercase()
+        .split(|c: char| !c.is_alphanumeric())
+        .filter(|w| w.chars().count() >= 5 && !COMMON.contains(w))
+        .map(|w| w.chars().take(5).collect())
+        .collect()
 }
 
 /// Text with every run of digits (a decimal point included) written `#`, so "16 kg" and
@@ -1783,11 +1812,34 @@ mod tests {
     #[test]
     fn spanish_words_are_matched_by_their_stem_and_frame_words_do_not_count() {
         let refunds = "Reembolsamos el importe al método de pago original.";
-        assert!(shares_es_word("¿Cuándo recibiré mi reembolso?", refunds));
-        assert!(!shares_es_word("¿Venden mochilas?", refunds));
-        assert!(!shares_es_word(
-            "¿Tienen esquís? Gracias",
-            "Tienen 30 días. Gracias."
-        ));
+        let shared = |q, p| words_shared(Lang::Es, q, p);
+        assert_eq!(shared("¿Cuándo recibiré mi reembolso?", refunds), 1);
+        assert_eq!(shared("¿Venden mochilas?", refunds), 0);
+        assert_eq!(
+            shared("¿Tienen esquís? Gracias", "Tienen 30 días. Gracias."),
+            0
+        );
+        // Each word once: the passage that names more of the question's words shares more.
+        let express = "¿Cuánto cuesta el envío exprés?";
+        assert_eq!(
+            shared(express, "Envío gratis. El envío estándar es gratis."),
+            1
+        );
+        assert_eq!(shared(express, "Exprés: 14,95 USD. Opciones de envío."), 2);
+    }
+
+    #[test]
+    fn chinese_words_are_two_characters_and_the_commonest_do_not_count() {
+        let shared = |q, p| words_shared(Lang::Zh, q, p);
+        let q = "你们接受哪些付款方式？";
+        // 付款, 款方 and 方式 are in a refund passage; the FAQ with the very question has them all.
+        assert_eq!(shared(q, "款项将退回原付款方式。"), 3);
+        assert_eq!(shared(q, "你们接受哪些付款方式？ 我们接受信用卡。"), 7);
+        assert_eq!(shared("请问如何", "请问，如何"), 0);
+        assert_eq!(
+            shared("你们提供滑雪板租赁吗？", "使用我们提供的预付标签"),
+            0
+        );
+        assert_eq!(words_shared(Lang::En, "returns", "returns"), 0);
     }
 }
