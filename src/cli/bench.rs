@@ -67,7 +67,8 @@ pub struct BenchReport {
 pub struct AggregateFigure {
     pub sequences: usize,
     pub tokens_per_s: f64,
-    pub speedup: f64,
+    /// Against one sequence, when one sequence was among the concurrencies measured.
+    pub speedup: Option<f64>,
 }
 
 #[derive(Debug, Serialize)]
@@ -230,10 +231,8 @@ pub fn measure(a: &BenchArgs) -> anyhow::Result<BenchReport> {
         .map(|(&c, v)| AggregateFigure {
             sequences: c,
             tokens_per_s: median(v.clone()),
-            speedup: match single {
-                Some(one) => median(v.iter().zip(&rounds[one]).map(|(x, y)| x / y).collect()),
-                None => f64::NAN,
-            },
+            speedup: single
+                .map(|one| median(v.iter().zip(&rounds[one]).map(|(x, y)| x / y).collect())),
         })
         .collect();
 
@@ -321,9 +320,12 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
         r.ttft_ms, r.prompt_tokens
     );
     for f in &r.aggregate_decode {
+        let speedup = f
+            .speedup
+            .map_or_else(String::new, |x| format!(" ({x:.2}x one sequence)"));
         println!(
-            "aggregate x{:<3}   {:.1} tokens/s ({:.2}x one sequence)",
-            f.sequences, f.tokens_per_s, f.speedup
+            "aggregate x{:<3}   {:.1} tokens/s{speedup}",
+            f.sequences, f.tokens_per_s
         );
     }
     let p = &r.prefix_cache;
