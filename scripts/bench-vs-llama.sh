@@ -12,6 +12,15 @@ scripts/fetch-models.sh "$name" >&2
 llama_bench=${LLAMA_BENCH:-$root/../shared/scripts/llama-bench.sh}
 [ -x "$llama_bench" ] || { echo "llama-bench.sh not found at $llama_bench (set LLAMA_BENCH)" >&2; exit 2; }
 cargo build --release --quiet
+# llama.cpp's extra buffer types (AMX on Sapphire Rapids, the repacked AVX layouts) are its fastest
+# path where they run, but in some virtual machines AMX's tile instructions fault (the CPU reports
+# AMX, the hypervisor doesn't give the thread its tile state): then it runs with --repack 0, and
+# says so. LLAMA_BENCH_EXTRA adds arguments by hand.
+read -r -a extra <<< "${LLAMA_BENCH_EXTRA:-}"
+if ! "$llama_bench" -m "$gguf" -t "$threads" -p 8 -n 0 -r 1 ${extra[@]+"${extra[@]}"} >/dev/null 2>&1; then
+  echo "llama-bench failed with its default buffer types here; running it with --repack 0" >&2
+  extra+=(--repack 0)
+fi
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
 # Interleave the two so that machine noise hits both alike.
@@ -19,7 +28,7 @@ for round in 1 2; do
   echo "round $round: clerk" >&2
   target/release/clerk bench --model "$name" --threads "$threads" --concurrency 1 --repetitions 3 --json > "$out/clerk-$round.json"
   echo "round $round: llama.cpp" >&2
-  "$llama_bench" -m "$gguf" -t "$threads" -p 128 -n 128 -r 3 -o json > "$out/llama-$round.json"
+  "$llama_bench" -m "$gguf" -t "$threads" -p 128 -n 128 -r 3 ${extra[@]+"${extra[@]}"} -o json > "$out/llama-$round.json"
 done
 python3 - "$out" <<'PY'
 import json, glob, os, statistics, sys
