@@ -1157,11 +1157,38 @@ impl<'a> Turn<'a> {
         }
         match self.best_hit(text)? {
             Some(hit) => {
-                self.answer_with(hit);
+                let others = if hit.kind == Kind::Product && asks_if_sold(text) {
+                    self.also_sold(text, &hit)?
+                } else {
+                    Vec::new()
+                };
+                self.answer_with(text, hit);
+                for other in others {
+                    self.answer_with(text, other);
+                }
                 Ok(())
             }
             None => self.no_answer(),
         }
+    }
+
+    /// For "do you sell tents?" answered with one tent, the other products whose names say they
+    /// are the same thing (a second tent), at most two more: the shopper asked about a kind.
+    fn also_sold(&self, text: &str, first: &Hit) -> R<Vec<Hit>> {
+        let asked = without_frame(text);
+        let mut q = Query::new(text);
+        q.kind = Some(Kind::Product);
+        q.limit = 6;
+        Ok(self
+            .inner
+            .knowledge
+            .search(&q)?
+            .hits
+            .into_iter()
+            // One catalogue file is one document: each product is a chunk of it.
+            .filter(|h| h.chunk_id != first.chunk_id && names_product(&asked, &h.title))
+            .take(2)
+            .collect())
     }
 
     /// Answers with what staff wrote or approved for this very question, if there is one: it wins
@@ -1183,8 +1210,8 @@ impl<'a> Turn<'a> {
         Ok(true)
     }
 
-    /// Answers with a passage [`Self::best_hit`] found.
-    fn answer_with(&mut self, hit: Hit) {
+    /// Answers `text` with a passage [`Self::best_hit`] found.
+    fn answer_with(&mut self, text: &str, hit: Hit) {
         self.state.unanswered = 0;
         let n = self.cite(&hit);
         if hit.kind == Kind::Product {
@@ -1194,8 +1221,14 @@ impl<'a> Turn<'a> {
             let line = self.product_line(&hit);
             self.out.push(format!("{line} [{n}]"));
         } else {
+            // "Do you have a store in Boston?" is answered by the hours passage's last sentence
+            // ("… an online-only store, so there is no physical shop"): it goes first.
+            let passage = match sold_object(text) {
+                Some(asked) => lead_with_naming(&asked, &hit.passage),
+                None => hit.passage.clone(),
+            };
             self.out
-                .push(format!("{} [{n}]", clip_sentences(&hit.passage, 700)));
+                .push(format!("{} [{n}]", clip_sentences(&passage, 700)));
         }
     }
 
@@ -1456,7 +1489,7 @@ impl<'a> Turn<'a> {
             if let Some(hit) = passage {
                 self.intent = Some(Intent::Question);
                 if !self.answer_curated(text)? {
-                    self.answer_with(hit);
+                    self.answer_with(text, hit);
                 }
                 return Ok(());
             }
@@ -1750,6 +1783,42 @@ fn item_text(item: &crate::shop::OrderItem) -> String {
     }
 }
 
+/// The passage with its first sentence that names a word of `asked` (as [`names_product`]
+/// matches) moved to the front, so an answer leads with what was asked; unchanged when no sentence
+/// does or the first already does.
+fn lead_with_naming(asked: &str, passage: &str) -> String {
+    let text = passage
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ");
+    // A sentence ends at a full stop followed by a space ("8 a.m. to 8 p.m." stays whole but for
+    // the stop after each, which a rejoin puts back as it was), or at a Chinese one.
+    let chars: Vec<(usize, char)> = text.char_indices().collect();
+    let (mut sentences, mut start) = (Vec::new(), 0);
+    for (k, &(i, c)) in chars.iter().enumerate() {
+        let end = i + c.len_utf8();
+        let after = chars.get(k + 1).map(|(_, n)| *n);
+        if matches!(c, '。' | '！' | '？')
+            || (matches!(c, '.' | '!' | '?') && after.is_none_or(char::is_whitespace))
+        {
+            sentences.push(text[start..end].trim());
+            start = end;
+        }
+    }
+    sentences.push(text[start..].trim());
+    sentences.retain(|s| !s.is_empty());
+    match sentences.iter().position(|s| names_product(asked, s)) {
+        Some(i) if i > 0 => {
+            let lead = sentences.remove(i);
+            sentences.insert(0, lead);
+            sentences.join(" ")
+        }
+        _ => text,
+    }
+}
+
 /// At most `max` characters of a passage, cut at a sentence end, with line breaks folded.
 fn clip_sentences(passage: &str, max: usize) -> String {
     let text = passage
@@ -1826,6 +1895,24 @@ mod tests {
             1
         );
         assert_eq!(shared(express, "Exprés: 14,95 USD. Opciones de envío."), 2);
+    }
+
+    #[test]
+    fn an_answer_leads_with_the_sentence_naming_what_was_asked() {
+        let hours = "Our team is available by chat. The assistant answers around the clock. \
+                     Harbor & Pine is an online-only store, so there is no physical shop to visit.";
+        let asked = sold_object("Do you have a store in Boston?").unwrap();
+        assert!(lead_with_naming(&asked, hours).starts_with("Harbor & Pine is an online-only"));
+        assert!(lead_with_naming(&asked, hours).ends_with("around the clock."));
+        // Nothing named, or named first already: the passage as it was.
+        assert_eq!(lead_with_naming("a loyalty program?", hours), hours);
+        assert_eq!(lead_with_naming("our team", hours), hours);
+        // Abbreviations keep their stops where the sentences around them move.
+        let times = "Open 8 a.m. to 8 p.m. daily. We are an online-only store.";
+        assert_eq!(
+            lead_with_naming("a store?", times),
+            "We are an online-only store. Open 8 a.m. to 8 p.m. daily."
+        );
     }
 
     #[test]
