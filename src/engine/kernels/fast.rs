@@ -418,8 +418,20 @@ const Q4_1_WIDE: Option<Wide<BlockQ4_1>> = Some(Wide {
 #[cfg(target_arch = "x86_64")]
 const Q8_0_WIDE: Option<Wide<BlockQ8_0>> = Some(Wide {
     // SAFETY (both): as for Q4_1.
-    eight: |wr, e, group, bpr, res| unsafe { avx2::q8_0_eight(wr, e, group, bpr, res) },
-    four: |wr, f, group, bpr, res| unsafe { avx2::q8_0_four(wr, f, group, bpr, res) },
+    eight: |wr, e, group, bpr, res| unsafe {
+        if vnni() {
+            avx2::q8_0_eight_vnni(wr, e, group, bpr, res)
+        } else {
+            avx2::q8_0_eight(wr, e, group, bpr, res)
+        }
+    },
+    four: |wr, f, group, bpr, res| unsafe {
+        if vnni() {
+            avx2::q8_0_four_vnni(wr, f, group, bpr, res)
+        } else {
+            avx2::q8_0_four(wr, f, group, bpr, res)
+        }
+    },
 });
 #[cfg(not(target_arch = "x86_64"))]
 const Q4_1_WIDE: Option<Wide<BlockQ4_1>> = None;
@@ -846,51 +858,6 @@ mod avx2 {
         _mm256_add_ps(_mm256_add_ps(s0, s2), _mm256_add_ps(s1, s3))
     }
 
-    /// One Q8_0 weight row against interleaved group `group`: the bits `q8_0_tile_n` gives. A
-    /// Q8_0 pair sum can reach 2 * 128 * 127, so each group widens to 32 bits before adding.
-    #[target_feature(enable = "avx2,fma,f16c")]
-    pub(super) unsafe fn q8_0_eight(
-        wr: &[BlockQ8_0],
-        e: &Interleaved,
-        group: usize,
-        bpr: usize,
-        res: &mut [f32; 8],
-    ) {
-        debug_assert!(wr.len() == bpr && group < e.groups && e.d.len() >= e.groups * bpr * 8);
-        let at = group * bpr;
-        let q = e.q.as_ptr().add(at * 8 * QK);
-        let d = e.d.as_ptr().add(at * 8);
-        let ones = _mm256_set1_epi16(1);
-        let mut acc = [_mm256_setzero_ps(); 8];
-        by_class!(bpr, acc, |b, acc| {
-            let blk = wr.get_unchecked(b);
-            prefetch(blk);
-            let xb = q.add(b * 8 * QK) as *const __m256i;
-            let wq = blk.qs.as_ptr() as *const i32;
-            let mut p = [_mm256_setzero_si256(); 8];
-            for (g, pg) in p.iter_mut().enumerate() {
-                let wv = _mm256_set1_epi32(wq.add(g).read_unaligned());
-                let xv = _mm256_loadu_si256(xb.add(g));
-                // maddubs multiplies unsigned by signed: the weight's sign moves onto the
-                // activation, as in the row tile.
-                let aw = _mm256_sign_epi8(wv, wv);
-                let sx = _mm256_sign_epi8(xv, wv);
-                *pg = _mm256_madd_epi16(_mm256_maddubs_epi16(aw, sx), ones);
-            }
-            let p01 = _mm256_add_epi32(p[0], p[1]);
-            let p23 = _mm256_add_epi32(p[2], p[3]);
-            let p45 = _mm256_add_epi32(p[4], p[5]);
-            let p67 = _mm256_add_epi32(p[6], p[7]);
-            let sum = _mm256_add_epi32(_mm256_add_epi32(p01, p23), _mm256_add_epi32(p45, p67));
-            let scale = _mm256_mul_ps(
-                _mm256_set1_ps(blk.d.to_f32()),
-                _mm256_loadu_ps(d.add(b * 8)),
-            );
-            *acc = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(sum), *acc);
-        });
-        _mm256_storeu_ps(res.as_mut_ptr(), eight_sums(&acc));
-    }
-
     /// `hsum` for the four rows of a four-row tile, whose accumulator `c` holds block classes
     /// `2c` (low half) and `2c + 1` (high half): the same additions in the same order.
     #[inline]
@@ -1008,57 +975,137 @@ mod avx2 {
         q4_1_four_vnni
     );
 
-    /// One Q8_0 weight row against four-row group `group`: the bits `q8_0_tile_n` gives, as
-    /// `q4_1_four` does for Q4_1.
+    /// The wide Q8_0 tiles' integer products: `wv[g]` holds weight bytes `4g..4g + 4` of each lane's
+    /// block, `xb` the eight interleaved activation vectors; lane `l` gets the exact dot product of
+    /// its row and block. maddubs multiplies unsigned by signed, so the weight's sign moves onto
+    /// the activation, as in the row tile; a Q8_0 pair sum can reach 2 * 128 * 127, so each group
+    /// widens to 32 bits before adding.
+    #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
-    pub(super) unsafe fn q8_0_four(
-        wr: &[BlockQ8_0],
-        f: &Interleaved,
-        group: usize,
-        bpr: usize,
-        res: &mut [f32; 4],
-    ) {
-        let pairs = bpr.div_ceil(2);
-        debug_assert!(wr.len() == bpr && group < f.groups && f.d.len() >= f.groups * pairs * 8);
-        let at = group * pairs;
-        let q = f.q.as_ptr().add(at * 8 * QK);
-        let d = f.d.as_ptr().add(at * 8);
+    unsafe fn q8_0_interleaved(wv: &[__m256i; 8], xb: *const __m256i) -> __m256i {
         let ones = _mm256_set1_epi16(1);
-        let mut acc = [_mm256_setzero_ps(); 4];
-        by_class!(pairs, acc, |p, acc| {
-            let b0 = wr.get_unchecked(2 * p);
-            let b1 = wr.get(2 * p + 1);
-            prefetch(b0);
-            let xb = q.add(p * 8 * QK) as *const __m256i;
-            let mut sum = _mm256_setzero_si256();
-            for h in 0..2 {
-                let raw = two_halves(
-                    b0.qs.as_ptr().add(16 * h) as *const u8,
-                    b1.map(|b| b.qs.as_ptr().add(16 * h) as *const u8),
-                );
-                macro_rules! four {
-                    ($imm:literal, $g:expr) => {{
-                        let wv = _mm256_shuffle_epi32::<$imm>(raw);
-                        let xv = _mm256_loadu_si256(xb.add($g));
-                        // maddubs multiplies unsigned by signed: the weight's sign moves onto
-                        // the activation, as in the row tile.
-                        let p = _mm256_maddubs_epi16(
-                            _mm256_sign_epi8(wv, wv),
-                            _mm256_sign_epi8(xv, wv),
-                        );
-                        _mm256_madd_epi16(p, ones)
-                    }};
-                }
-                let s01 = _mm256_add_epi32(four!(0x00, 4 * h), four!(0x55, 4 * h + 1));
-                let s23 = _mm256_add_epi32(four!(0xAA, 4 * h + 2), four!(0xFF, 4 * h + 3));
-                sum = _mm256_add_epi32(sum, _mm256_add_epi32(s01, s23));
-            }
-            let d1 = b1.map_or(0.0, |b| b.d.to_f32());
-            let scale = _mm256_mul_ps(two_scales(b0.d.to_f32(), d1), _mm256_loadu_ps(d.add(p * 8)));
-            *acc = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(sum), *acc);
+        let p: [__m256i; 8] = std::array::from_fn(|g| {
+            let xv = _mm256_loadu_si256(xb.add(g));
+            let aw = _mm256_sign_epi8(wv[g], wv[g]);
+            let sx = _mm256_sign_epi8(xv, wv[g]);
+            _mm256_madd_epi16(_mm256_maddubs_epi16(aw, sx), ones)
         });
-        _mm_storeu_ps(res.as_mut_ptr(), four_sums(&acc));
+        let p01 = _mm256_add_epi32(p[0], p[1]);
+        let p23 = _mm256_add_epi32(p[2], p[3]);
+        let p45 = _mm256_add_epi32(p[4], p[5]);
+        let p67 = _mm256_add_epi32(p[6], p[7]);
+        _mm256_add_epi32(_mm256_add_epi32(p01, p23), _mm256_add_epi32(p45, p67))
     }
+
+    /// `q8_0_interleaved` with `vpdpbusd`: the products go straight into the 32-bit lanes, in two
+    /// chains. Integer sums are exact, so the lanes hold the same numbers.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c,avx512vnni,avx512vl")]
+    unsafe fn q8_0_interleaved_vnni(wv: &[__m256i; 8], xb: *const __m256i) -> __m256i {
+        let mut chains = [_mm256_setzero_si256(); 2];
+        for (g, w) in wv.iter().enumerate() {
+            let xv = _mm256_loadu_si256(xb.add(g));
+            let c = &mut chains[g % 2];
+            *c = _mm256_dpbusd_epi32(*c, _mm256_sign_epi8(*w, *w), _mm256_sign_epi8(xv, *w));
+        }
+        _mm256_add_epi32(chains[0], chains[1])
+    }
+
+    /// Defines the Q8_0 wide tiles over the given integer products, as `q4_1_wide_tiles`.
+    macro_rules! q8_0_wide_tiles {
+        ($features:literal, $interleaved:ident, $q8_0_eight:ident, $q8_0_four:ident) => {
+            /// One Q8_0 weight row against interleaved group `group`: the bits `q8_0_tile_n` gives. A
+            /// Q8_0 pair sum can reach 2 * 128 * 127, so each group widens to 32 bits before adding.
+            #[target_feature(enable = $features)]
+            pub(super) unsafe fn $q8_0_eight(
+                wr: &[BlockQ8_0],
+                e: &Interleaved,
+                group: usize,
+                bpr: usize,
+                res: &mut [f32; 8],
+            ) {
+                debug_assert!(
+                    wr.len() == bpr && group < e.groups && e.d.len() >= e.groups * bpr * 8
+                );
+                let at = group * bpr;
+                let q = e.q.as_ptr().add(at * 8 * QK);
+                let d = e.d.as_ptr().add(at * 8);
+                let mut acc = [_mm256_setzero_ps(); 8];
+                by_class!(bpr, acc, |b, acc| {
+                    let blk = wr.get_unchecked(b);
+                    prefetch(blk);
+                    let xb = q.add(b * 8 * QK) as *const __m256i;
+                    let wq = blk.qs.as_ptr() as *const i32;
+                    let wv: [__m256i; 8] =
+                        std::array::from_fn(|g| _mm256_set1_epi32(wq.add(g).read_unaligned()));
+                    let sum = $interleaved(&wv, xb);
+                    let scale = _mm256_mul_ps(
+                        _mm256_set1_ps(blk.d.to_f32()),
+                        _mm256_loadu_ps(d.add(b * 8)),
+                    );
+                    *acc = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(sum), *acc);
+                });
+                _mm256_storeu_ps(res.as_mut_ptr(), eight_sums(&acc));
+            }
+
+            /// One Q8_0 weight row against four-row group `group`: the bits `q8_0_tile_n` gives, as
+            /// `q4_1_four` does for Q4_1.
+            #[target_feature(enable = $features)]
+            pub(super) unsafe fn $q8_0_four(
+                wr: &[BlockQ8_0],
+                f: &Interleaved,
+                group: usize,
+                bpr: usize,
+                res: &mut [f32; 4],
+            ) {
+                let pairs = bpr.div_ceil(2);
+                debug_assert!(
+                    wr.len() == bpr && group < f.groups && f.d.len() >= f.groups * pairs * 8
+                );
+                let at = group * pairs;
+                let q = f.q.as_ptr().add(at * 8 * QK);
+                let d = f.d.as_ptr().add(at * 8);
+                let mut acc = [_mm256_setzero_ps(); 4];
+                by_class!(pairs, acc, |p, acc| {
+                    let b0 = wr.get_unchecked(2 * p);
+                    let b1 = wr.get(2 * p + 1);
+                    prefetch(b0);
+                    let xb = q.add(p * 8 * QK) as *const __m256i;
+                    let half = |h: usize| {
+                        two_halves(
+                            b0.qs.as_ptr().add(16 * h) as *const u8,
+                            b1.map(|b| b.qs.as_ptr().add(16 * h) as *const u8),
+                        )
+                    };
+                    let (lo, hi) = (half(0), half(1));
+                    // Each half's 4-byte groups, broadcast across it by in-lane shuffles.
+                    let wv = [
+                        _mm256_shuffle_epi32::<0x00>(lo),
+                        _mm256_shuffle_epi32::<0x55>(lo),
+                        _mm256_shuffle_epi32::<0xAA>(lo),
+                        _mm256_shuffle_epi32::<0xFF>(lo),
+                        _mm256_shuffle_epi32::<0x00>(hi),
+                        _mm256_shuffle_epi32::<0x55>(hi),
+                        _mm256_shuffle_epi32::<0xAA>(hi),
+                        _mm256_shuffle_epi32::<0xFF>(hi),
+                    ];
+                    let sum = $interleaved(&wv, xb);
+                    let d1 = b1.map_or(0.0, |b| b.d.to_f32());
+                    let scale =
+                        _mm256_mul_ps(two_scales(b0.d.to_f32(), d1), _mm256_loadu_ps(d.add(p * 8)));
+                    *acc = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(sum), *acc);
+                });
+                _mm_storeu_ps(res.as_mut_ptr(), four_sums(&acc));
+            }
+        };
+    }
+    q8_0_wide_tiles!("avx2,fma,f16c", q8_0_interleaved, q8_0_eight, q8_0_four);
+    q8_0_wide_tiles!(
+        "avx2,fma,f16c,avx512vnni,avx512vl",
+        q8_0_interleaved_vnni,
+        q8_0_eight_vnni,
+        q8_0_four_vnni
+    );
 
     /// One Q8_0 block's integer dot product with one activation block, in eight lanes.
     #[inline]
@@ -1419,6 +1466,9 @@ mod tests {
                         let mut v4 = [0f32; 8];
                         unsafe { avx2::q4_1_eight_vnni(r4, &xq.eights, group, bpr, &mut v4) };
                         assert_eq!(v4.map(f32::to_bits), e4.map(f32::to_bits), "VNNI, {bpr}");
+                        let mut v8 = [0f32; 8];
+                        unsafe { avx2::q8_0_eight_vnni(r8, &xq.eights, group, bpr, &mut v8) };
+                        assert_eq!(v8.map(f32::to_bits), e8.map(f32::to_bits), "VNNI, {bpr}");
                     }
                     wide.extend(e4.iter().zip(e8).map(|(a, b)| (*a, b)));
                 }
@@ -1430,6 +1480,9 @@ mod tests {
                         let mut v4 = [0f32; 4];
                         unsafe { avx2::q4_1_four_vnni(r4, &xq.fours, group, bpr, &mut v4) };
                         assert_eq!(v4.map(f32::to_bits), f4.map(f32::to_bits), "VNNI, {bpr}");
+                        let mut v8 = [0f32; 4];
+                        unsafe { avx2::q8_0_four_vnni(r8, &xq.fours, group, bpr, &mut v8) };
+                        assert_eq!(v8.map(f32::to_bits), f8.map(f32::to_bits), "VNNI, {bpr}");
                     }
                     wide.extend(f4.iter().zip(f8).map(|(a, b)| (*a, b)));
                 }
