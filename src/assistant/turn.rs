@@ -1787,12 +1787,7 @@ fn item_text(item: &crate::shop::OrderItem) -> String {
 /// matches) moved to the front, so an answer leads with what was asked; unchanged when no sentence
 /// does or the first already does.
 fn lead_with_naming(asked: &str, passage: &str) -> String {
-    let text = passage
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty())
-        .collect::<Vec<_>>()
-        .join(" ");
+    let text = fold_lines(passage);
     // A sentence ends at a full stop followed by a space ("8 a.m. to 8 p.m." stays whole but for
     // the stop after each, which a rejoin puts back as it was), or at a Chinese one.
     let chars: Vec<(usize, char)> = text.char_indices().collect();
@@ -1819,14 +1814,19 @@ fn lead_with_naming(asked: &str, passage: &str) -> String {
     }
 }
 
-/// At most `max` characters of a passage, cut at a sentence end, with line breaks folded.
-fn clip_sentences(passage: &str, max: usize) -> String {
-    let text = passage
+/// The passage on one line: its lines trimmed, blank ones dropped, joined by spaces.
+fn fold_lines(passage: &str) -> String {
+    passage
         .lines()
         .map(str::trim)
         .filter(|l| !l.is_empty())
         .collect::<Vec<_>>()
-        .join(" ");
+        .join(" ")
+}
+
+/// At most `max` characters of a passage, cut at a sentence end, with line breaks folded.
+fn clip_sentences(passage: &str, max: usize) -> String {
+    let text = fold_lines(passage);
     if text.chars().count() <= max {
         return text;
     }

@@ -52,24 +52,26 @@ struct BlockQ8_0 {
 const _: () = assert!(std::mem::size_of::<BlockQ4_1>() == 20);
 const _: () = assert!(std::mem::size_of::<BlockQ8_0>() == 34);
 
-/// Whether the AVX2/FMA/F16C paths run here. `CLERK_GENERIC_KERNELS=1` turns them off, to compare
-/// against the portable path on the same machine; read once, since this sits on the hot path.
-pub fn available() -> bool {
-    static AVAILABLE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *AVAILABLE.get_or_init(|| {
-        if std::env::var_os("CLERK_GENERIC_KERNELS").is_some() {
-            return false;
-        }
+/// Whether the CPU has every one of the named x86 features: never, off x86.
+macro_rules! cpu_has {
+    ($($feature:tt),+) => {{
         #[cfg(target_arch = "x86_64")]
         {
-            std::is_x86_feature_detected!("avx2")
-                && std::is_x86_feature_detected!("fma")
-                && std::is_x86_feature_detected!("f16c")
+            true $(&& std::is_x86_feature_detected!($feature))+
         }
         #[cfg(not(target_arch = "x86_64"))]
         {
             false
         }
+    }};
+}
+
+/// Whether the AVX2/FMA/F16C paths run here. `CLERK_GENERIC_KERNELS=1` turns them off, to compare
+/// against the portable path on the same machine; read once, since this sits on the hot path.
+pub fn available() -> bool {
+    static AVAILABLE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *AVAILABLE.get_or_init(|| {
+        std::env::var_os("CLERK_GENERIC_KERNELS").is_none() && cpu_has!("avx2", "fma", "f16c")
     })
 }
 
@@ -88,16 +90,7 @@ fn avx512() -> bool {
 
 /// Whether the CPU has what the AVX-512 tiles use.
 fn avx512_cpu() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::is_x86_feature_detected!("avx512f")
-            && std::is_x86_feature_detected!("avx512bw")
-            && std::is_x86_feature_detected!("avx512vnni")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
+    cpu_has!("avx512f", "avx512bw", "avx512vnni")
 }
 
 /// Whether the wide AVX2 tiles may form their byte products with VNNI's `vpdpbusd` on 256-bit
@@ -109,14 +102,7 @@ fn vnni() -> bool {
 }
 
 fn vnni_cpu() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::is_x86_feature_detected!("avx512vnni") && std::is_x86_feature_detected!("avx512vl")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
+    cpu_has!("avx512vnni", "avx512vl")
 }
 
 /// Activation rows quantized to 8 bits: values, per-block scales, and per-block `scale * sum`.
