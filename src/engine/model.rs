@@ -323,8 +323,8 @@ pub struct Scratch {
     sin_local: Vec<f32>,
 }
 
+/// Sizes a scratch buffer without clearing it: every one is written in full before it is read.
 fn resize(v: &mut Vec<f32>, n: usize) {
-    v.clear();
     v.resize(n, 0.0);
 }
 
@@ -409,7 +409,11 @@ fn exp(x: f32) -> f32 {
     let p = p * r + 1.666_666_5e-1;
     let p = p * r + 5.000_000_1e-1;
     let e = p * r * r + r + 1.0;
-    e * f32::from_bits(((n as i32 + 127) as u32) << 23)
+    // 2^n from n's bits, not `n as i32`: Rust's saturating float-to-int cast kept the loops that
+    // call this from vectorising (a compare and a conditional move per element). Adding 1.5 * 2^23
+    // leaves n + 127 (in 1..=254, by the clamp) in the low mantissa bits.
+    let biased = (n + (127.0 + 12_582_912.0)).to_bits() & 0xFF;
+    e * f32::from_bits(biased << 23)
 }
 
 /// Rotates every head of every row in `x` by its token's angle; `cos`/`sin` hold `rope_dim / 2`

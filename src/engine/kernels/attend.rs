@@ -215,6 +215,10 @@ mod x86 {
     /// Columns kept in registers at once: of a head's output, or of a widened key row.
     const CHUNK: usize = 64;
 
+    /// Up to three heads at a time, `VCHUNK` columns at a time: each value row's chunk is widened
+    /// once for all of them (before, once per head; at eight sequences the widening was most of
+    /// this loop). Three heads' accumulators, their weights and the widened chunk fill the sixteen
+    /// registers.
     #[target_feature(enable = "avx2,fma,f16c")]
     pub(super) unsafe fn weighted_values(
         sc: &[f32],
@@ -223,38 +227,68 @@ mod x86 {
         n: usize,
         out: &mut [f32],
     ) {
-        let hd = vals.hd;
-        let heads = out.len() / hd;
-        let base = vals.data.as_ptr().add(first * vals.stride);
-        for h in 0..heads {
-            let w = sc.as_ptr().add(h * n);
-            let mut c0 = 0;
-            while c0 < hd {
-                let width = CHUNK.min(hd - c0);
-                let mut acc = [_mm256_setzero_ps(); CHUNK / 8];
-                if width == CHUNK {
-                    for j in 0..n {
-                        let v = base.add(j * vals.stride + c0);
-                        let s = _mm256_set1_ps(*w.add(j));
-                        for (c, a) in acc.iter_mut().enumerate() {
-                            *a = _mm256_fmadd_ps(s, load8(v, c * 8), *a);
-                        }
-                    }
-                } else {
-                    for j in 0..n {
-                        let v = base.add(j * vals.stride + c0);
-                        let s = _mm256_set1_ps(*w.add(j));
-                        for (c, a) in acc.iter_mut().take(width / 8).enumerate() {
-                            *a = _mm256_fmadd_ps(s, load8(v, c * 8), *a);
-                        }
-                    }
-                }
-                let o = out.as_mut_ptr().add(h * hd + c0);
-                for (c, a) in acc.iter().take(width / 8).enumerate() {
-                    _mm256_storeu_ps(o.add(c * 8), *a);
-                }
-                c0 += width;
+        let heads = out.len() / vals.hd;
+        let mut h0 = 0;
+        while h0 < heads {
+            let hn = 3.min(heads - h0);
+            match hn {
+                1 => values_heads::<1>(sc, vals, first, n, out, h0),
+                2 => values_heads::<2>(sc, vals, first, n, out, h0),
+                _ => values_heads::<3>(sc, vals, first, n, out, h0),
             }
+            h0 += hn;
+        }
+    }
+
+    /// Columns of a value row widened at once in `weighted_values`.
+    const VCHUNK: usize = 32;
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn values_heads<const HN: usize>(
+        sc: &[f32],
+        vals: HeadRows<'_>,
+        first: usize,
+        n: usize,
+        out: &mut [f32],
+        h0: usize,
+    ) {
+        let hd = vals.hd;
+        let base = vals.data.as_ptr().add(first * vals.stride);
+        let w = sc.as_ptr().add(h0 * n);
+        let mut c0 = 0;
+        while c0 < hd {
+            let width = VCHUNK.min(hd - c0);
+            let mut acc = [[_mm256_setzero_ps(); VCHUNK / 8]; HN];
+            // One position's weights for the heads, then its widened chunk into each head's sums.
+            macro_rules! position {
+                ($j:expr, $cols:expr) => {{
+                    let v = base.add($j * vals.stride + c0);
+                    let s: [__m256; HN] = std::array::from_fn(|h| _mm256_set1_ps(*w.add(h * n + $j)));
+                    for c in 0..$cols {
+                        let x = load8(v, c * 8);
+                        for (a, s) in acc.iter_mut().zip(&s) {
+                            a[c] = _mm256_fmadd_ps(*s, x, a[c]);
+                        }
+                    }
+                }};
+            }
+            if width == VCHUNK {
+                for j in 0..n {
+                    position!(j, VCHUNK / 8);
+                }
+            } else {
+                for j in 0..n {
+                    position!(j, width / 8);
+                }
+            }
+            for (h, a) in acc.iter().enumerate() {
+                let o = out.as_mut_ptr().add((h0 + h) * hd + c0);
+                for (c, v) in a.iter().take(width / 8).enumerate() {
+                    _mm256_storeu_ps(o.add(c * 8), *v);
+                }
+            }
+            c0 += width;
         }
     }
 }

@@ -134,7 +134,9 @@ struct Interleaved {
     s: Vec<f32>,
 }
 
-fn quantize_rows(x: &[f32], cols: usize, groups: usize, fours: usize) -> Quantized {
+/// `offset`: the interleaved copies hold each value plus 128, as unsigned bytes (what the Q8_0 VNNI
+/// tiles multiply); the row-major values are as they are.
+fn quantize_rows(x: &[f32], cols: usize, groups: usize, fours: usize, offset: bool) -> Quantized {
     let blocks = x.len() / QK;
     let mut out = Quantized {
         q: vec![0; x.len()],
@@ -157,6 +159,12 @@ fn quantize_rows(x: &[f32], cols: usize, groups: usize, fours: usize) -> Quantiz
     }
     out.eights = interleave(&out, cols / QK, 8, 0, groups);
     out.fours = interleave(&out, cols / QK, 4, groups * 8, fours);
+    if offset {
+        // Padding becomes 128 too, a value of 0, as a missing block's activations should be.
+        for il in [&mut out.eights, &mut out.fours] {
+            il.q.iter_mut().for_each(|v| *v ^= i8::MIN);
+        }
+    }
     out
 }
 
@@ -233,15 +241,18 @@ fn blocks<T>(w: &QMatrix) -> &[T] {
 /// One weight row against up to `TILE` quantized activation rows.
 type TileFn<B> = fn(&[B], &Quantized, usize, usize, usize, &mut [f32; TILE]);
 
-/// One weight row against the `R` activation rows of one interleaved group: the same numbers as
-/// the row tiles give those rows, bit for bit.
-type GroupFn<B, const R: usize> = fn(&[B], &Interleaved, usize, usize, &mut [f32; R]);
+/// One weight row (and its blocks' offsets, where `Wide::offsets` gave them) against the `R`
+/// activation rows of one interleaved group: the same numbers as the row tiles give those rows, bit
+/// for bit.
+type GroupFn<B, const R: usize> = fn(&[B], &[i32], &Interleaved, usize, usize, &mut [f32; R]);
 
 /// A block type's AVX2 tiles for many activation rows.
 #[derive(Clone, Copy)]
 struct Wide<B> {
     eight: GroupFn<B, 8>,
     four: GroupFn<B, 4>,
+    /// Where the tiles take offset activations (`quantize_rows`), the matrix's block offsets.
+    offsets: fn(&QMatrix) -> Option<&[i32]>,
 }
 
 /// Whether products with three or more activation rows use the wide (eight- and four-row) tiles.
@@ -275,7 +286,11 @@ fn matmul_blocks<B: Sync>(
             fours = rest.div_ceil(4);
         }
     }
-    let xq = quantize_rows(x, ws[0].cols, groups, fours);
+    let offsets: Vec<Option<&[i32]>> = ws
+        .iter()
+        .map(|w| wide.as_ref().and_then(|wide| (wide.offsets)(w)))
+        .collect();
+    let xq = quantize_rows(x, ws[0].cols, groups, fours, offsets[0].is_some());
     let per_task = if n == 1 {
         ROWS_PER_TASK_ONE
     } else {
@@ -318,7 +333,7 @@ fn matmul_blocks<B: Sync>(
         fn run<B, const R: usize>(
             tile: GroupFn<B, R>,
             il: &Interleaved,
-            wb: &[B],
+            (wb, offsets): (&[B], Option<&[i32]>),
             (r0, r1, bpr): (usize, usize, usize),
             (n, rows, o): (usize, usize, OutPtr),
         ) {
@@ -326,7 +341,8 @@ fn matmul_blocks<B: Sync>(
             for g in 0..il.groups {
                 let a = il.first + g * R;
                 for row in r0..r1 {
-                    tile(&wb[row * bpr..(row + 1) * bpr], il, g, bpr, &mut res);
+                    let offs = offsets.map_or(&[][..], |f| &f[row * bpr..(row + 1) * bpr]);
+                    tile(&wb[row * bpr..(row + 1) * bpr], offs, il, g, bpr, &mut res);
                     for (j, v) in res.iter().enumerate().take(n - a) {
                         // SAFETY: (a + j, row) of this matrix belongs to this task alone.
                         unsafe { *o.0.add((a + j) * rows + row) = *v };
@@ -334,9 +350,10 @@ fn matmul_blocks<B: Sync>(
                 }
             }
         }
-        if let Some(Wide { eight, four }) = wide {
-            run(eight, &xq.eights, wb, (r0, r1, bpr), (n, rows, o));
-            run(four, &xq.fours, wb, (r0, r1, bpr), (n, rows, o));
+        if let Some(Wide { eight, four, .. }) = wide {
+            let w = (wb, offsets[i]);
+            run(eight, &xq.eights, w, (r0, r1, bpr), (n, rows, o));
+            run(four, &xq.fours, w, (r0, r1, bpr), (n, rows, o));
         }
         let mut res = [0f32; TILE];
         let mut a0 = (xq.eights.groups * 8 + xq.fours.groups * 4).min(n);
@@ -386,39 +403,56 @@ const FOUR_FROM: usize = 3;
 const Q4_1_WIDE: Option<Wide<BlockQ4_1>> = Some(Wide {
     // SAFETY (both): the caller chose the fast path because `available()` said AVX2, FMA and
     // F16C are there, and `vnni()` that the VNNI features are.
-    eight: |wr, e, group, bpr, res| unsafe {
+    eight: |wr, _, e, group, bpr, res| unsafe {
         if vnni() {
             avx2::q4_1_eight_vnni(wr, e, group, bpr, res)
         } else {
             avx2::q4_1_eight(wr, e, group, bpr, res)
         }
     },
-    four: |wr, f, group, bpr, res| unsafe {
+    four: |wr, _, f, group, bpr, res| unsafe {
         if vnni() {
             avx2::q4_1_four_vnni(wr, f, group, bpr, res)
         } else {
             avx2::q4_1_four(wr, f, group, bpr, res)
         }
     },
+    offsets: |_| None,
 });
 #[cfg(target_arch = "x86_64")]
 const Q8_0_WIDE: Option<Wide<BlockQ8_0>> = Some(Wide {
-    // SAFETY (both): as for Q4_1.
-    eight: |wr, e, group, bpr, res| unsafe {
+    // SAFETY (both): as for Q4_1; with VNNI, `offsets` gave the row's offsets and `quantize_rows`
+    // offset the activations, both because `vnni()` said so.
+    eight: |wr, offs, e, group, bpr, res| unsafe {
         if vnni() {
-            avx2::q8_0_eight_vnni(wr, e, group, bpr, res)
+            avx2::q8_0_eight_vnni(wr, offs, e, group, bpr, res)
         } else {
-            avx2::q8_0_eight(wr, e, group, bpr, res)
+            avx2::q8_0_eight(wr, offs, e, group, bpr, res)
         }
     },
-    four: |wr, f, group, bpr, res| unsafe {
+    four: |wr, offs, f, group, bpr, res| unsafe {
         if vnni() {
-            avx2::q8_0_four_vnni(wr, f, group, bpr, res)
+            avx2::q8_0_four_vnni(wr, offs, f, group, bpr, res)
         } else {
-            avx2::q8_0_four(wr, f, group, bpr, res)
+            avx2::q8_0_four(wr, offs, f, group, bpr, res)
         }
     },
+    offsets: |w| vnni().then(|| q8_0_offsets(w)),
 });
+
+/// A Q8_0 matrix's `-128 · Σ q` per block, computed once. With VNNI the wide Q8_0 tiles multiply
+/// unsigned activations by signed weights directly (`vpdpbusd` takes one unsigned operand), so they
+/// take each activation plus 128 and subtract `128 · Σ q` again: exact integer sums, as before, for
+/// a third of the instructions the sign trick took (it moved each weight's sign onto its activation,
+/// two instructions per byte product).
+fn q8_0_offsets(w: &QMatrix) -> &[i32] {
+    w.offsets.get_or_init(|| {
+        blocks::<BlockQ8_0>(w)
+            .iter()
+            .map(|b| -128 * b.qs.iter().map(|&q| q as i32).sum::<i32>())
+            .collect()
+    })
+}
 #[cfg(not(target_arch = "x86_64"))]
 const Q4_1_WIDE: Option<Wide<BlockQ4_1>> = None;
 #[cfg(not(target_arch = "x86_64"))]
@@ -559,20 +593,26 @@ mod avx2 {
     }
 
     /// Runs `$body` for `$i` in `0..$count` with `$a` bound to accumulator `$i % N` of the
-    /// `N`-array `$acc`: the loop is unrolled by `N`, so each accumulator stays in its register.
+    /// `N`-array `$acc`, `$k` listing `0..N`. The body is written out once per accumulator, so each
+    /// stays in its register: left to a loop, the compiler kept them on the stack (a load and a
+    /// store per block).
     macro_rules! by_class {
-        ($count:expr, $acc:ident, |$i:ident, $a:ident| $body:block) => {
+        ($count:expr, $acc:ident, [$($k:literal),+], |$i:ident, $a:ident| $body:block) => {
             let count = $count;
+            let n = $acc.len();
+            debug_assert_eq!([$($k),+].len(), n);
             let mut i0 = 0;
-            while i0 < count {
-                for (k, $a) in $acc.iter_mut().enumerate() {
-                    let $i = i0 + k;
-                    if $i >= count {
-                        break;
-                    }
+            while i0 + n <= count {
+                $({
+                    let $i = i0 + $k;
+                    let $a = &mut $acc[$k];
                     $body
-                }
-                i0 += $acc.len();
+                })+
+                i0 += n;
+            }
+            for (k, $a) in $acc.iter_mut().enumerate().take(count - i0) {
+                let $i = i0 + k;
+                $body
             }
         };
     }
@@ -897,7 +937,7 @@ mod avx2 {
                 let q = e.q.as_ptr().add(at * 8 * QK);
                 let (d, s) = (e.d.as_ptr().add(at * 8), e.s.as_ptr().add(at * 8));
                 let mut acc = [_mm256_setzero_ps(); 8];
-                by_class!(bpr, acc, |b, acc| {
+                by_class!(bpr, acc, [0, 1, 2, 3, 4, 5, 6, 7], |b, acc| {
                     let blk = wr.get_unchecked(b);
                     prefetch(blk);
                     // Both halves of the register hold the block, so an in-lane shuffle broadcasts.
@@ -936,7 +976,7 @@ mod avx2 {
                 let q = f.q.as_ptr().add(at * 8 * QK);
                 let (d, s) = (f.d.as_ptr().add(at * 8), f.s.as_ptr().add(at * 8));
                 let mut acc = [_mm256_setzero_ps(); 4];
-                by_class!(pairs, acc, |p, acc| {
+                by_class!(pairs, acc, [0, 1, 2, 3], |p, acc| {
                     let b0 = wr.get_unchecked(2 * p);
                     let b1 = wr.get(2 * p + 1);
                     prefetch(b0);
@@ -961,14 +1001,14 @@ mod avx2 {
         q4_1_four_vnni
     );
 
-    /// The wide Q8_0 tiles' integer products: `wv[g]` holds weight bytes `4g..4g + 4` of each lane's
-    /// block, `xb` the eight interleaved activation vectors; lane `l` gets the exact dot product of
-    /// its row and block. maddubs multiplies unsigned by signed, so the weight's sign moves onto
-    /// the activation, as in the row tile; a Q8_0 pair sum can reach 2 * 128 * 127, so each group
-    /// widens to 32 bits before adding.
+    /// The wide Q8_0 tiles' integer products, plus `init`: `wv[g]` holds weight bytes `4g..4g + 4` of
+    /// each lane's block, `xb` the eight interleaved activation vectors; lane `l` gets the exact dot
+    /// product of its row and block. maddubs multiplies unsigned by signed, so the weight's sign
+    /// moves onto the activation, as in the row tile; a Q8_0 pair sum can reach 2 * 128 * 127, so
+    /// each group widens to 32 bits before adding.
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn q8_0_interleaved(wv: &[__m256i; 8], xb: *const __m256i) -> __m256i {
+    unsafe fn q8_0_interleaved(wv: &[__m256i; 8], xb: *const __m256i, init: __m256i) -> __m256i {
         let ones = _mm256_set1_epi16(1);
         let p: [__m256i; 8] = std::array::from_fn(|g| {
             let xv = _mm256_loadu_si256(xb.add(g));
@@ -980,51 +1020,61 @@ mod avx2 {
         let p23 = _mm256_add_epi32(p[2], p[3]);
         let p45 = _mm256_add_epi32(p[4], p[5]);
         let p67 = _mm256_add_epi32(p[6], p[7]);
-        _mm256_add_epi32(_mm256_add_epi32(p01, p23), _mm256_add_epi32(p45, p67))
+        let s = _mm256_add_epi32(_mm256_add_epi32(p01, p23), _mm256_add_epi32(p45, p67));
+        _mm256_add_epi32(s, init)
     }
 
-    /// `q8_0_interleaved` with `vpdpbusd`: the products go straight into the 32-bit lanes, in two
-    /// chains. Integer sums are exact, so the lanes hold the same numbers.
+    /// As `q8_0_interleaved`, with `vpdpbusd` on activations offset by 128 (`quantize_rows`), whose
+    /// `128 · Σ q` the caller's `init` takes off again: lane `l` gets the same exact sum.
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c,avx512vnni,avx512vl")]
-    unsafe fn q8_0_interleaved_vnni(wv: &[__m256i; 8], xb: *const __m256i) -> __m256i {
-        let mut chains = [_mm256_setzero_si256(); 2];
+    unsafe fn q8_0_offset_vnni(wv: &[__m256i; 8], xb: *const __m256i, init: __m256i) -> __m256i {
+        // Two chains, so that each dot product waits on one of its own kind only every other time.
+        let mut chains = [init, _mm256_setzero_si256()];
         for (g, w) in wv.iter().enumerate() {
-            let xv = _mm256_loadu_si256(xb.add(g));
             let c = &mut chains[g % 2];
-            *c = _mm256_dpbusd_epi32(*c, _mm256_sign_epi8(*w, *w), _mm256_sign_epi8(xv, *w));
+            *c = _mm256_dpbusd_epi32(*c, _mm256_loadu_si256(xb.add(g)), *w);
         }
         _mm256_add_epi32(chains[0], chains[1])
     }
 
-    /// Defines the Q8_0 wide tiles over the given integer products, as `q4_1_wide_tiles`.
+    /// Defines the Q8_0 wide tiles over the given integer products, as `q4_1_wide_tiles`; with
+    /// `$offset` the activations are offset and `offs` holds the row's block offsets (`init`).
     macro_rules! q8_0_wide_tiles {
-        ($features:literal, $interleaved:ident, $q8_0_eight:ident, $q8_0_four:ident) => {
-            /// One Q8_0 weight row against interleaved group `group`: the bits `q8_0_tile_n` gives. A
-            /// Q8_0 pair sum can reach 2 * 128 * 127, so each group widens to 32 bits before adding.
+        ($features:literal, $interleaved:ident, $offset:literal, $q8_0_eight:ident, $q8_0_four:ident) => {
+            /// One Q8_0 weight row against interleaved group `group`: the bits `q8_0_tile_n` gives.
             #[target_feature(enable = $features)]
             pub(super) unsafe fn $q8_0_eight(
                 wr: &[BlockQ8_0],
+                offs: &[i32],
                 e: &Interleaved,
                 group: usize,
                 bpr: usize,
                 res: &mut [f32; 8],
             ) {
                 debug_assert!(
-                    wr.len() == bpr && group < e.groups && e.d.len() >= e.groups * bpr * 8
+                    wr.len() == bpr
+                        && (!$offset || offs.len() == bpr)
+                        && group < e.groups
+                        && e.d.len() >= e.groups * bpr * 8
                 );
                 let at = group * bpr;
                 let q = e.q.as_ptr().add(at * 8 * QK);
                 let d = e.d.as_ptr().add(at * 8);
                 let mut acc = [_mm256_setzero_ps(); 8];
-                by_class!(bpr, acc, |b, acc| {
+                by_class!(bpr, acc, [0, 1, 2, 3, 4, 5, 6, 7], |b, acc| {
                     let blk = wr.get_unchecked(b);
                     prefetch(blk);
                     let xb = q.add(b * 8 * QK) as *const __m256i;
                     let wq = blk.qs.as_ptr() as *const i32;
                     let wv: [__m256i; 8] =
                         std::array::from_fn(|g| _mm256_set1_epi32(wq.add(g).read_unaligned()));
-                    let sum = $interleaved(&wv, xb);
+                    let init = if $offset {
+                        _mm256_set1_epi32(*offs.get_unchecked(b))
+                    } else {
+                        _mm256_setzero_si256()
+                    };
+                    let sum = $interleaved(&wv, xb, init);
                     let scale = _mm256_mul_ps(
                         _mm256_set1_ps(blk.d.to_f32()),
                         _mm256_loadu_ps(d.add(b * 8)),
@@ -1039,6 +1089,7 @@ mod avx2 {
             #[target_feature(enable = $features)]
             pub(super) unsafe fn $q8_0_four(
                 wr: &[BlockQ8_0],
+                offs: &[i32],
                 f: &Interleaved,
                 group: usize,
                 bpr: usize,
@@ -1046,13 +1097,16 @@ mod avx2 {
             ) {
                 let pairs = bpr.div_ceil(2);
                 debug_assert!(
-                    wr.len() == bpr && group < f.groups && f.d.len() >= f.groups * pairs * 8
+                    wr.len() == bpr
+                        && (!$offset || offs.len() == bpr)
+                        && group < f.groups
+                        && f.d.len() >= f.groups * pairs * 8
                 );
                 let at = group * pairs;
                 let q = f.q.as_ptr().add(at * 8 * QK);
                 let d = f.d.as_ptr().add(at * 8);
                 let mut acc = [_mm256_setzero_ps(); 4];
-                by_class!(pairs, acc, |p, acc| {
+                by_class!(pairs, acc, [0, 1, 2, 3], |p, acc| {
                     let b0 = wr.get_unchecked(2 * p);
                     let b1 = wr.get(2 * p + 1);
                     prefetch(b0);
@@ -1075,7 +1129,14 @@ mod avx2 {
                         _mm256_shuffle_epi32::<0xAA>(hi),
                         _mm256_shuffle_epi32::<0xFF>(hi),
                     ];
-                    let sum = $interleaved(&wv, xb);
+                    let init = if $offset {
+                        // A missing second block's activations read as 0 (offset 128): no offset.
+                        let o1 = if b1.is_some() { *offs.get_unchecked(2 * p + 1) } else { 0 };
+                        _mm256_set_m128i(_mm_set1_epi32(o1), _mm_set1_epi32(*offs.get_unchecked(2 * p)))
+                    } else {
+                        _mm256_setzero_si256()
+                    };
+                    let sum = $interleaved(&wv, xb, init);
                     let d1 = b1.map_or(0.0, |b| b.d.to_f32());
                     let scale =
                         _mm256_mul_ps(two_scales(b0.d.to_f32(), d1), _mm256_loadu_ps(d.add(p * 8)));
@@ -1085,10 +1146,11 @@ mod avx2 {
             }
         };
     }
-    q8_0_wide_tiles!("avx2,fma,f16c", q8_0_interleaved, q8_0_eight, q8_0_four);
+    q8_0_wide_tiles!("avx2,fma,f16c", q8_0_interleaved, false, q8_0_eight, q8_0_four);
     q8_0_wide_tiles!(
         "avx2,fma,f16c,avx512vnni,avx512vl",
-        q8_0_interleaved_vnni,
+        q8_0_offset_vnni,
+        true,
         q8_0_eight_vnni,
         q8_0_four_vnni
     );
@@ -1402,7 +1464,7 @@ mod tests {
         let w4 = matrix(GgmlDType::Q4_1, 8, 256);
         let w8 = matrix(GgmlDType::Q8_0, 8, 256);
         let x = random(5 * 256, 3);
-        let xq = quantize_rows(&x, 256, 0, 0);
+        let xq = quantize_rows(&x, 256, 0, 0, false);
         for row in 0..8 {
             let (mut a, mut b) = ([0f32; TILE], [0f32; TILE]);
             let r4 = &blocks::<BlockQ4_1>(&w4)[row * 8..(row + 1) * 8];
@@ -1437,23 +1499,32 @@ mod tests {
             let cols = bpr * QK;
             let w4 = matrix(GgmlDType::Q4_1, 5, cols);
             let w8 = matrix(GgmlDType::Q8_0, 5, cols);
+            // -128, which a file may hold though quantizing never writes it: the extreme for the
+            // sign trick and for the offsets.
+            let mut bytes = w8.bytes().to_vec();
+            bytes.chunks_exact_mut(34).step_by(3).for_each(|b| b[2 + bpr % 32] = 0x80);
+            let w8 = QMatrix::new(GgmlDType::Q8_0, 5, cols, Bytes::Owned(bytes.into())).unwrap();
             // Two groups of eight, then two of four.
             let x = random(24 * cols, bpr as u64);
-            let xq = quantize_rows(&x, cols, 2, 2);
+            let xq = quantize_rows(&x, cols, 2, 2, false);
+            // The VNNI Q8_0 tiles' activations, offset by 128.
+            let xo = quantize_rows(&x, cols, 2, 2, true);
+            let offsets = q8_0_offsets(&w8);
             for row in 0..5 {
+                let o8 = &offsets[row * bpr..(row + 1) * bpr];
                 let r4 = &blocks::<BlockQ4_1>(&w4)[row * bpr..(row + 1) * bpr];
                 let r8 = &blocks::<BlockQ8_0>(&w8)[row * bpr..(row + 1) * bpr];
                 let mut wide = Vec::new();
                 for group in 0..2 {
                     let (mut e4, mut e8) = ([0f32; 8], [0f32; 8]);
                     unsafe { avx2::q4_1_eight(r4, &xq.eights, group, bpr, &mut e4) };
-                    unsafe { avx2::q8_0_eight(r8, &xq.eights, group, bpr, &mut e8) };
+                    unsafe { avx2::q8_0_eight(r8, &[], &xq.eights, group, bpr, &mut e8) };
                     if vnni_cpu() {
                         let mut v4 = [0f32; 8];
                         unsafe { avx2::q4_1_eight_vnni(r4, &xq.eights, group, bpr, &mut v4) };
                         assert_eq!(v4.map(f32::to_bits), e4.map(f32::to_bits), "VNNI, {bpr}");
                         let mut v8 = [0f32; 8];
-                        unsafe { avx2::q8_0_eight_vnni(r8, &xq.eights, group, bpr, &mut v8) };
+                        unsafe { avx2::q8_0_eight_vnni(r8, o8, &xo.eights, group, bpr, &mut v8) };
                         assert_eq!(v8.map(f32::to_bits), e8.map(f32::to_bits), "VNNI, {bpr}");
                     }
                     wide.extend(e4.iter().zip(e8).map(|(a, b)| (*a, b)));
@@ -1461,13 +1532,13 @@ mod tests {
                 for group in 0..2 {
                     let (mut f4, mut f8) = ([0f32; 4], [0f32; 4]);
                     unsafe { avx2::q4_1_four(r4, &xq.fours, group, bpr, &mut f4) };
-                    unsafe { avx2::q8_0_four(r8, &xq.fours, group, bpr, &mut f8) };
+                    unsafe { avx2::q8_0_four(r8, &[], &xq.fours, group, bpr, &mut f8) };
                     if vnni_cpu() {
                         let mut v4 = [0f32; 4];
                         unsafe { avx2::q4_1_four_vnni(r4, &xq.fours, group, bpr, &mut v4) };
                         assert_eq!(v4.map(f32::to_bits), f4.map(f32::to_bits), "VNNI, {bpr}");
                         let mut v8 = [0f32; 4];
-                        unsafe { avx2::q8_0_four_vnni(r8, &xq.fours, group, bpr, &mut v8) };
+                        unsafe { avx2::q8_0_four_vnni(r8, o8, &xo.fours, group, bpr, &mut v8) };
                         assert_eq!(v8.map(f32::to_bits), f8.map(f32::to_bits), "VNNI, {bpr}");
                     }
                     wide.extend(f4.iter().zip(f8).map(|(a, b)| (*a, b)));
@@ -1495,7 +1566,7 @@ mod tests {
             let w4 = matrix(GgmlDType::Q4_1, 8, cols);
             let w8 = matrix(GgmlDType::Q8_0, 8, cols);
             let x = random(5 * cols, 3);
-            let xq = quantize_rows(&x, cols, 0, 0);
+            let xq = quantize_rows(&x, cols, 0, 0, false);
             let bpr = blocks_per_row;
             for row in 0..8 {
                 for cnt in 1..=4 {

@@ -32,6 +32,9 @@ pub struct QMatrix {
     rows: usize,
     cols: usize,
     data: Bytes,
+    /// Q8_0 only, made on first use by the VNNI wide tiles: each block's `-128 · Σ q`, which undoes
+    /// the offset they add to the activations (see `fast`).
+    offsets: std::sync::OnceLock<Vec<i32>>,
 }
 
 impl std::fmt::Debug for QMatrix {
@@ -85,6 +88,7 @@ impl QMatrix {
             rows,
             cols,
             data,
+            offsets: std::sync::OnceLock::new(),
         })
     }
 
