@@ -183,11 +183,7 @@ fn matmul_f16(x: &[f32], w: &[f16], bias: &[f32], rows: usize, k: usize, out: &m
     let n = bias.len();
     assert!(x.len() >= rows * k && w.len() >= n * k && out.len() >= rows * n);
     #[cfg(target_arch = "x86_64")]
-    if k.is_multiple_of(8)
-        && is_x86_feature_detected!("avx2")
-        && is_x86_feature_detected!("fma")
-        && is_x86_feature_detected!("f16c")
-    {
+    if k.is_multiple_of(8) && cpu_has!("avx2", "fma", "f16c") {
         // SAFETY: the features were just detected and the sizes checked above.
         unsafe { matmul_f16_avx2(x, w, bias, rows, k, out) };
         return;
@@ -362,7 +358,16 @@ pub struct Embedder {
     token_type: Vec<f32>,
     embed_norm: LayerNorm,
     layers: Vec<Layer>,
+    /// The last few single inputs and their vectors, most recent first. A shopper's message is
+    /// embedded by the intent classifier, the curated-answer match and up to three searches in one
+    /// turn; the same ids give the same vector, so it is computed once.
+    recent: std::sync::Mutex<std::collections::VecDeque<(Vec<u32>, Vec<f32>)>>,
+    /// Encoder passes run, for tests of the memo.
+    passes: std::sync::atomic::AtomicUsize,
 }
+
+/// Single inputs whose vectors `Embedder::recent` keeps.
+const RECENT: usize = 8;
 
 fn load_err(path: &Path, message: impl Into<String>) -> EngineError {
     EngineError::Load {
@@ -479,7 +484,14 @@ impl Embedder {
             layers,
             tokenizer,
             cfg,
+            recent: Default::default(),
+            passes: Default::default(),
         })
+    }
+
+    /// Encoder passes run so far (one per batch of inputs; none for a remembered single input).
+    pub fn passes(&self) -> usize {
+        self.passes.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     pub fn name(&self) -> &str {
@@ -515,6 +527,28 @@ impl Embedder {
 
     /// Embeds pre-tokenized inputs (each with its special tokens), in batches of similar length.
     pub fn embed_ids(&self, inputs: &[Vec<u32>]) -> Result<Vec<Vec<f32>>> {
+        let [one] = inputs else {
+            return self.embed_many(inputs);
+        };
+        let recent = || self.recent.lock().unwrap_or_else(|e| e.into_inner());
+        {
+            let mut r = recent();
+            if let Some(at) = r.iter().position(|(ids, _)| ids == one) {
+                let hit = r.remove(at).expect("found above");
+                let v = hit.1.clone();
+                r.push_front(hit);
+                return Ok(vec![v]);
+            }
+        }
+        // Computed outside the lock, so other callers are not held up meanwhile.
+        let out = self.embed_many(inputs)?;
+        let mut r = recent();
+        r.push_front((one.clone(), out[0].clone()));
+        r.truncate(RECENT);
+        Ok(out)
+    }
+
+    fn embed_many(&self, inputs: &[Vec<u32>]) -> Result<Vec<Vec<f32>>> {
         for (i, ids) in inputs.iter().enumerate() {
             if ids.is_empty() || ids.len() > self.max_tokens() {
                 return Err(EngineError::InvalidParameter {
@@ -603,6 +637,8 @@ impl Embedder {
         batch: &[&[u32]],
         helper: Option<&Helper<'e>>,
     ) -> Result<Vec<Vec<f32>>> {
+        self.passes
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let h = self.cfg.hidden_size;
         let heads = self.cfg.num_attention_heads;
         let hd = h / heads;

@@ -17,6 +17,21 @@
 //! - `registry`: resolves `--model` (a path, a manifest name from `models/`, or a hub `repo:file`);
 //!   `hub`: fetches hub files into the hub's own cache and checks them (the `hub` feature).
 
+// Defined before the modules so that they all see it.
+/// Whether the CPU has every one of the named x86 features: never, off x86.
+macro_rules! cpu_has {
+    ($($feature:tt),+) => {{
+        #[cfg(target_arch = "x86_64")]
+        {
+            true $(&& std::is_x86_feature_detected!($feature))+
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            false
+        }
+    }};
+}
+
 pub mod constraint;
 pub mod embedder;
 pub mod error;

@@ -470,3 +470,32 @@ fn a_texts_vector_is_the_same_alone_and_in_a_large_batch() {
     let norm: f32 = alone.iter().map(|v| v * v).sum();
     assert!((norm - 1.0).abs() < 1e-5);
 }
+
+#[test]
+fn a_single_text_is_encoded_once_while_it_is_recent() {
+    // Its own embedder: the shared one's pass count moves with every other test.
+    let name = clerk::engine::registry::DEFAULT_EMBEDDER;
+    let e = clerk::engine::Embedder::load(&crate::common::embedder_dir(name), name).unwrap();
+    let text = "Do you sell tents?";
+    let first = e.embed(&[text]).unwrap();
+    assert_eq!(e.passes(), 1);
+    // Again, and through the token ids as the search does: no pass, the same vector.
+    assert_eq!(e.embed(&[text]).unwrap(), first);
+    let ids = e.tokenize(text).unwrap();
+    assert_eq!(e.embed_ids(&[ids]).unwrap(), first);
+    assert_eq!(e.passes(), 1);
+    // A batch is not remembered and doesn't use the memo.
+    e.embed(&[text, "Where is my order?"]).unwrap();
+    assert_eq!(e.passes(), 2);
+    // Eight other single texts push it out.
+    for i in 0..8 {
+        e.embed(&[&format!("Question number {i}")]).unwrap();
+    }
+    assert_eq!(e.passes(), 10);
+    assert_eq!(
+        e.embed(&[text]).unwrap(),
+        first,
+        "recomputed, the same bits"
+    );
+    assert_eq!(e.passes(), 11);
+}

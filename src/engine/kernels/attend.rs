@@ -264,7 +264,8 @@ mod x86 {
             macro_rules! position {
                 ($j:expr, $cols:expr) => {{
                     let v = base.add($j * vals.stride + c0);
-                    let s: [__m256; HN] = std::array::from_fn(|h| _mm256_set1_ps(*w.add(h * n + $j)));
+                    let s: [__m256; HN] =
+                        std::array::from_fn(|h| _mm256_set1_ps(*w.add(h * n + $j)));
                     for c in 0..$cols {
                         let x = load8(v, c * 8);
                         for (a, s) in acc.iter_mut().zip(&s) {

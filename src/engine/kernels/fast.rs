@@ -56,20 +56,6 @@ struct BlockQ8_0 {
 const _: () = assert!(std::mem::size_of::<BlockQ4_1>() == 20);
 const _: () = assert!(std::mem::size_of::<BlockQ8_0>() == 34);
 
-/// Whether the CPU has every one of the named x86 features: never, off x86.
-macro_rules! cpu_has {
-    ($($feature:tt),+) => {{
-        #[cfg(target_arch = "x86_64")]
-        {
-            true $(&& std::is_x86_feature_detected!($feature))+
-        }
-        #[cfg(not(target_arch = "x86_64"))]
-        {
-            false
-        }
-    }};
-}
-
 /// Whether the AVX2/FMA/F16C paths run here. `CLERK_GENERIC_KERNELS=1` turns them off, to compare
 /// against the portable path on the same machine; read once, since this sits on the hot path.
 pub fn available() -> bool {
@@ -1137,8 +1123,15 @@ mod avx2 {
                     ];
                     let init = if $offset {
                         // A missing second block's activations read as 0 (offset 128): no offset.
-                        let o1 = if b1.is_some() { *offs.get_unchecked(2 * p + 1) } else { 0 };
-                        _mm256_set_m128i(_mm_set1_epi32(o1), _mm_set1_epi32(*offs.get_unchecked(2 * p)))
+                        let o1 = if b1.is_some() {
+                            *offs.get_unchecked(2 * p + 1)
+                        } else {
+                            0
+                        };
+                        _mm256_set_m128i(
+                            _mm_set1_epi32(o1),
+                            _mm_set1_epi32(*offs.get_unchecked(2 * p)),
+                        )
                     } else {
                         _mm256_setzero_si256()
                     };
@@ -1152,7 +1145,13 @@ mod avx2 {
             }
         };
     }
-    q8_0_wide_tiles!("avx2,fma,f16c", q8_0_interleaved, false, q8_0_eight, q8_0_four);
+    q8_0_wide_tiles!(
+        "avx2,fma,f16c",
+        q8_0_interleaved,
+        false,
+        q8_0_eight,
+        q8_0_four
+    );
     q8_0_wide_tiles!(
         "avx2,fma,f16c,avx512vnni,avx512vl",
         q8_0_offset_vnni,
@@ -1508,7 +1507,10 @@ mod tests {
             // -128, which a file may hold though quantizing never writes it: the extreme for the
             // sign trick and for the offsets.
             let mut bytes = w8.bytes().to_vec();
-            bytes.chunks_exact_mut(34).step_by(3).for_each(|b| b[2 + bpr % 32] = 0x80);
+            bytes
+                .chunks_exact_mut(34)
+                .step_by(3)
+                .for_each(|b| b[2 + bpr % 32] = 0x80);
             let w8 = QMatrix::new(GgmlDType::Q8_0, 5, cols, Bytes::Owned(bytes.into())).unwrap();
             // Two groups of eight, then two of four.
             let x = random(24 * cols, bpr as u64);
