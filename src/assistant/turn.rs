@@ -46,6 +46,9 @@ pub(super) struct State {
     /// The shopper's recent messages, for a handoff summary.
     recent: Vec<String>,
     pub(super) last_used: i64,
+    /// The passages the last reply cited, as (document, locator): a follow-up question that a
+    /// cited passage answers about as well as the closest one stays with it.
+    cited: Vec<(String, String)>,
 }
 
 /// Words that try to rewrite the rules or pull out the instructions.
@@ -251,6 +254,11 @@ impl<'a> Turn<'a> {
     }
 
     fn finish(self) -> R<Reply> {
+        self.state.cited = self
+            .sources
+            .iter()
+            .map(|s| (s.document_id.clone(), s.locator.clone()))
+            .collect();
         let mut text = self.out.join(" ");
         if !self.sources.is_empty() {
             let list: Vec<String> = self
@@ -611,10 +619,15 @@ impl<'a> Turn<'a> {
             return Ok(());
         }
         // "Change the size" means changing a pending order's items, or exchanging a delivered
-        // one's: the order's status decides which, not the shopper's choice of words.
+        // one's: the order's status decides which, not the shopper's choice of words. Where it
+        // allows neither (a processed order), the request stays as asked, and so does the reason
+        // it is refused.
         let status = order.order.status;
         let allows = |k: ActionKind| shop.policy().check_status(k, status).is_ok();
-        if t.intent == Intent::Exchange && !allows(ActionKind::Exchange) {
+        if t.intent == Intent::Exchange
+            && !allows(ActionKind::Exchange)
+            && allows(ActionKind::ModifyItems)
+        {
             t.intent = Intent::ChangeItems;
         } else if t.intent == Intent::ChangeItems
             && !allows(ActionKind::ModifyItems)
@@ -1249,7 +1262,30 @@ impl<'a> Turn<'a> {
                 && h.similarity >= best - 0.15
                 && lang::detect(&h.passage) == Some(self.lang)
         });
+        // A follow-up stays on the passage just cited when that is among the closest few: "How
+        // long does international delivery take?" after the international-shipping answer read
+        // a little closer to the domestic delivery FAQ, whose title it nearly repeats.
+        // Only where the cited passage has a word of the question the closest lacks: "Can I
+        // return opened socks?" after the return-window answer asks about socks, which the
+        // closest passage names and the cited one doesn't. (English words; the others keep to
+        // their own rule below.)
+        let top = &results.hits[0];
+        let followed = in_language.clone().take(3).find(|(_, h)| {
+            self.lang == Lang::En
+                && h.similarity >= best - FOLLOW_UP_MARGIN
+                && self
+                    .state
+                    .cited
+                    .iter()
+                    .any(|(d, l)| *d == h.document_id && *l == h.source.locator)
+                && names_more_than(
+                    text,
+                    &format!("{} {}", h.title, h.passage),
+                    &format!("{} {}", top.title, top.passage),
+                )
+        });
         let hit = match self.lang {
+            _ if followed.is_some() => followed.map(|(_, h)| h),
             Lang::Zh | Lang::Es => in_language
                 .max_by_key(|(i, h)| {
                     let passage = format!("{} {}", h.title, h.passage);
@@ -1629,6 +1665,10 @@ fn is_question(text: &str) -> bool {
 /// by their first five (a crude stem: "devolver" and "devolución", "reembolso" and
 /// "reembolsamos"), leaving out the commonest longer words that say nothing of the topic. Other
 /// languages count none.
+/// How much less close than the closest passage a passage the last reply cited may be, and still
+/// answer a follow-up question.
+const FOLLOW_UP_MARGIN: f32 = 0.1;
+
 fn words_shared(lang: Lang, question: &str, passage: &str) -> usize {
     let mut words: Vec<String> = match lang {
         Lang::Zh => {
@@ -1666,11 +1706,34 @@ fn es_stems(text: &str) -> Vec<String> {
         "tienda", "ustedes", "vuestra", "vuestro", "nuestra", "nuestro", "pueden", "quería",
         "cuales", "cuáles", "alguna", "alguno", "hola",
     ];
+    stems(text, COMMON)
+}
+
+fn en_stems(text: &str) -> Vec<String> {
+    const COMMON: &[&str] = &[
+        "could", "would", "should", "there", "where", "which", "about", "their", "these", "those",
+        "other", "hello", "thanks", "thank", "please", "doesn't", "don't", "what's",
+    ];
+    stems(text, COMMON)
+}
+
+/// The first five letters of each word of five or more, less the commonest such words.
+fn stems(text: &str, common: &[&str]) -> Vec<String> {
     text.to_lowercase()
-        .split(|c: char| !c.is_alphanumeric())
-        .filter(|w| w.chars().count() >= 5 && !COMMON.contains(w))
+        .split(|c: char| !c.is_alphanumeric() && c != '\'')
+        .map(|w| w.trim_matches('\''))
+        .filter(|w| w.chars().count() >= 5 && !common.contains(w))
         .map(|w| w.chars().take(5).collect())
         .collect()
+}
+
+/// Whether `passage` has a word of the question (a stem, in English) that `other` lacks: what makes
+/// a follow-up ask about the passage cited before rather than the closest one.
+fn names_more_than(question: &str, passage: &str, other: &str) -> bool {
+    let (has, lacks) = (en_stems(passage), en_stems(other));
+    en_stems(question)
+        .iter()
+        .any(|w| has.contains(w) && !lacks.contains(w))
 }
 
 /// Text with every run of digits (a decimal point included) written `#`, so "16 kg" and
