@@ -276,9 +276,14 @@ fn matmul_blocks<B: Sync>(
             fours = rest.div_ceil(4);
         }
     }
+    // Only where a wide tile runs: one or two rows never need them (nor their memory).
     let offsets: Vec<Option<&[i32]>> = ws
         .iter()
-        .map(|w| wide.as_ref().and_then(|wide| (wide.offsets)(w)))
+        .map(|w| {
+            wide.as_ref()
+                .filter(|_| groups + fours > 0)
+                .and_then(|wide| (wide.offsets)(w))
+        })
         .collect();
     let xq = quantize_rows(x, ws[0].cols, groups, fours, offsets[0].is_some());
     let per_task = if n == 1 {
