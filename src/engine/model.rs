@@ -230,7 +230,16 @@ pub struct Model {
     lm_head: QMatrix,
     inv_freq: Vec<f32>,
     inv_freq_local: Vec<f32>,
+    /// Cached positions one attention task covers at most; see [`ATTN_SPAN`].
+    pub attn_span: usize,
 }
+
+/// A longer context is split into tasks of this many positions, whose partial softmax sums are
+/// merged afterwards: one decoding sequence has only one task per key-value head otherwise (three
+/// for SmolLM2), which two threads share unevenly, and at a thousand positions attention is a third
+/// of its step. The split depends on a row's own position alone, never on the batch, so a
+/// sequence's results are the same alone or batched.
+pub const ATTN_SPAN: usize = 256;
 
 fn load_err(g: &GgufFile, message: String) -> EngineError {
     EngineError::Load {
@@ -321,6 +330,9 @@ pub struct Scratch {
     sin: Vec<f32>,
     cos_local: Vec<f32>,
     sin_local: Vec<f32>,
+    /// Split attention's partial results: per task and query head its maximum score, its sum of
+    /// exponentials, and its unnormalised weighted sum of values.
+    attn_part: Vec<f32>,
 }
 
 /// Sizes a scratch buffer without clearing it: every one is written in full before it is read.
@@ -576,6 +588,7 @@ impl Model {
             inv_freq: inv_freq(cfg.rope_dim, cfg.rope_base),
             inv_freq_local: inv_freq(cfg.rope_dim, cfg.rope_base_local),
             cfg,
+            attn_span: ATTN_SPAN,
         })
     }
 
@@ -741,7 +754,9 @@ impl Model {
         Ok(logits)
     }
 
-    /// Causal attention of every new row against its own sequence's cache, one task per (row, key-value head).
+    /// Causal attention of every new row against its own sequence's cache: one task per (row,
+    /// key-value head, span of at most `attn_span` positions), the spans of a long context merged
+    /// in a second section.
     #[allow(clippy::too_many_arguments)]
     fn attention(
         &self,
@@ -757,39 +772,53 @@ impl Model {
         let group = cfg.n_head / cfg.n_head_kv;
         let kvd = cfg.kv_dim();
         let n_tok = positions.len();
-        // Map each row to its item.
+        let span = self.attn_span.max(1);
+        let first_of = |pos: usize| match window {
+            Some(w) => (pos + 1).saturating_sub(w),
+            None => 0,
+        };
+        // Map each row to its item, and each row to its first task.
         let mut row_item = Vec::with_capacity(n_tok);
         for (i, it) in items.iter().enumerate() {
             row_item.extend(std::iter::repeat_n(i, it.tokens.len()));
         }
-        // One task per (row, key-value head): the query heads that share a key-value head read
-        // each key and value once between them.
         let n_kv = cfg.n_head_kv;
-        let n_tasks = n_tok * n_kv;
+        let spans = |row: usize| (positions[row] + 1 - first_of(positions[row])).div_ceil(span);
+        let mut row_task = Vec::with_capacity(n_tok + 1);
+        let mut n_tasks = 0;
+        for row in 0..n_tok {
+            row_task.push(n_tasks);
+            n_tasks += n_kv * spans(row);
+        }
+        row_task.push(n_tasks);
+        let split = n_tasks > n_tok * n_kv;
+        // Per task: `group` maxima, `group` sums, then `group * hd` weighted sums.
+        let part_len = group * (hd + 2);
+        if split {
+            s.attn_part.resize(n_tasks * part_len, 0.0);
+        }
         let o_ptr = SyncPtr(s.o.as_mut_ptr());
+        let part_ptr = SyncPtr(s.attn_part.as_mut_ptr());
         let q = &s.q;
         let scale = cfg.attn_scale;
         pool.run(n_tasks, |task| {
-            // Captures the whole `SyncPtr`: the closure would otherwise take its raw pointer field
-            // alone (edition 2021 captures fields), which is not `Sync`.
+            // Captures the whole `SyncPtr`s: the closure would otherwise take their raw pointer
+            // fields alone (edition 2021 captures fields), which are not `Sync`.
             #[allow(clippy::redundant_locals)]
-            let o_ptr = o_ptr;
-            let (row, g) = (task / n_kv, task % n_kv);
+            let (o_ptr, part_ptr) = (o_ptr, part_ptr);
+            let row = row_task.partition_point(|&t| t <= task) - 1;
+            let n_spans = spans(row);
+            let (g, c) = (
+                (task - row_task[row]) / n_spans,
+                (task - row_task[row]) % n_spans,
+            );
             let it = &items[row_item[row]];
             let pos = positions[row];
-            let first = match window {
-                Some(w) => (pos + 1).saturating_sub(w),
-                None => 0,
-            };
+            let first = first_of(pos) + c * span;
+            let n = (pos + 1 - first).min(span);
             let keys = it.kv.keys(il);
             let vals = it.kv.values(il);
             let h0 = g * group;
-            let n = pos + 1 - first;
-            // SAFETY: task (row, g) alone writes o[row*qd + h*hd ..][..hd] for its heads h, which
-            // are contiguous: h0*hd .. (h0+group)*hd.
-            let out = unsafe {
-                std::slice::from_raw_parts_mut(o_ptr.0.add(row * qd + h0 * hd), group * hd)
-            };
             let qg = &q[row * qd + h0 * hd..row * qd + (h0 + group) * hd];
             ATTN.with_borrow_mut(|scratch| {
                 let AttnScratch {
@@ -812,15 +841,78 @@ impl Model {
                     },
                 );
                 attend::scores(qg, keys, first, n, scale, sc, kr);
+                if n_spans == 1 {
+                    for h in 0..group {
+                        let sh = &mut sc[h * n..(h + 1) * n];
+                        let mx = sh.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+                        sh.iter_mut().for_each(|v| *v = exp(*v - mx));
+                        let inv = 1.0 / sh.iter().sum::<f32>();
+                        sh.iter_mut().for_each(|v| *v *= inv);
+                    }
+                    // SAFETY: task (row, g) alone writes o[row*qd + h*hd ..][..hd] for its heads
+                    // h, which are contiguous: h0*hd .. (h0+group)*hd.
+                    let out = unsafe {
+                        std::slice::from_raw_parts_mut(o_ptr.0.add(row * qd + h0 * hd), group * hd)
+                    };
+                    attend::weighted_values(sc, vals, first, n, out, kr);
+                    return;
+                }
+                // SAFETY: this task alone writes its `part_len` floats of the partial buffer,
+                // which `split` sized for every task.
+                let part = unsafe {
+                    std::slice::from_raw_parts_mut(part_ptr.0.add(task * part_len), part_len)
+                };
+                let (stats, sums) = part.split_at_mut(2 * group);
                 for h in 0..group {
                     let sh = &mut sc[h * n..(h + 1) * n];
                     let mx = sh.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
                     sh.iter_mut().for_each(|v| *v = exp(*v - mx));
-                    let inv = 1.0 / sh.iter().sum::<f32>();
-                    sh.iter_mut().for_each(|v| *v *= inv);
+                    stats[h] = mx;
+                    stats[group + h] = sh.iter().sum::<f32>();
                 }
-                attend::weighted_values(sc, vals, first, n, out, kr);
+                attend::weighted_values(sc, vals, first, n, sums, kr);
             });
+        });
+        if !split {
+            return;
+        }
+        // Each split row's spans, merged in order: rescaled to the largest maximum, summed, and
+        // divided by the rescaled sum of exponentials.
+        let part = &s.attn_part;
+        pool.run(n_tok * n_kv, |task| {
+            #[allow(clippy::redundant_locals)]
+            let o_ptr = o_ptr;
+            let (row, g) = (task / n_kv, task % n_kv);
+            let n_spans = spans(row);
+            if n_spans == 1 {
+                return;
+            }
+            let h0 = g * group;
+            // SAFETY: as in the first section, (row, g) alone owns these heads' output.
+            let out = unsafe {
+                std::slice::from_raw_parts_mut(o_ptr.0.add(row * qd + h0 * hd), group * hd)
+            };
+            let at = |c: usize| {
+                let t = row_task[row] + g * n_spans + c;
+                &part[t * part_len..(t + 1) * part_len]
+            };
+            for h in 0..group {
+                let mx = (0..n_spans).fold(f32::NEG_INFINITY, |m, c| m.max(at(c)[h]));
+                let oh = &mut out[h * hd..(h + 1) * hd];
+                oh.iter_mut().for_each(|v| *v = 0.0);
+                let mut total = 0.0;
+                for c in 0..n_spans {
+                    let p = at(c);
+                    let w = exp(p[h] - mx);
+                    total += w * p[group + h];
+                    let sums = &p[2 * group + h * hd..2 * group + (h + 1) * hd];
+                    for (o, v) in oh.iter_mut().zip(sums) {
+                        *o += w * v;
+                    }
+                }
+                let inv = 1.0 / total;
+                oh.iter_mut().for_each(|v| *v *= inv);
+            }
         });
     }
 }

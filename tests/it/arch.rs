@@ -237,9 +237,10 @@ fn tensor_devices() -> Vec<candle_core::Device> {
 
 /// The tensor forward (what the GPU builds run) against the CPU forward, whole, chunked, token by
 /// token and on a shorter context, within `tolerance` of the largest logit.
-fn check_tensor_forward(arch: &str, path: &Path, prompt: &[u32], tolerance: f32) {
+fn check_tensor_forward(arch: &str, path: &Path, prompt: &[u32], tolerance: f32, span: usize) {
     let gguf = GgufFile::open(path).unwrap();
-    let model = Model::load(&gguf).unwrap();
+    let mut model = Model::load(&gguf).unwrap();
+    model.attn_span = span;
     let pool = ThreadPool::new(2);
     let singles: Vec<&[u32]> = prompt.chunks(1).collect();
     // The CPU forward's logits for each case (its name, its chunks, the logits), computed once for
@@ -309,27 +310,38 @@ fn check_arch(arch: &'static str, n_layer: usize) {
         &dir,
     );
     let gguf = GgufFile::open(&path).unwrap();
-    let model = Model::load(&gguf).unwrap();
+    let mut model = Model::load(&gguf).unwrap();
     let pool = ThreadPool::new(2);
     let prompt: Vec<u32> = "hello, shop!".bytes().map(|b| b as u32).collect();
+    // The default attention span covers this prompt in one task per head; a span of three splits
+    // it, so the merge of partial softmax sums runs too.
+    let spans = [clerk::engine::model::ATTN_SPAN, 3];
+    for span in spans {
+        model.attn_span = span;
+        // Whole prompt at once, in chunks, and one token at a time must agree: positions, the KV
+        // cache and (for Gemma) the sliding window are consistent across steps.
+        let whole = logits_last(&model, &[&prompt], &pool);
+        assert_eq!(whole.len(), model.cfg.vocab_size);
+        assert!(
+            whole.iter().all(|x| x.is_finite()),
+            "{arch}: non-finite logits"
+        );
+        let chunked = logits_last(&model, &[&prompt[..5], &prompt[5..]], &pool);
+        let singles: Vec<&[u32]> = prompt.chunks(1).collect();
+        let stepwise = logits_last(&model, &singles, &pool);
+        assert_eq!(
+            whole, chunked,
+            "{arch}, span {span}: chunked prefill differs"
+        );
+        assert_eq!(
+            whole, stepwise,
+            "{arch}, span {span}: token-by-token differs"
+        );
 
-    // Whole prompt at once, in chunks, and one token at a time must agree: positions, the KV cache and
-    // (for Gemma) the sliding window are consistent across steps.
-    let whole = logits_last(&model, &[&prompt], &pool);
-    assert_eq!(whole.len(), model.cfg.vocab_size);
-    assert!(
-        whole.iter().all(|x| x.is_finite()),
-        "{arch}: non-finite logits"
-    );
-    let chunked = logits_last(&model, &[&prompt[..5], &prompt[5..]], &pool);
-    let singles: Vec<&[u32]> = prompt.chunks(1).collect();
-    let stepwise = logits_last(&model, &singles, &pool);
-    assert_eq!(whole, chunked, "{arch}: chunked prefill differs");
-    assert_eq!(whole, stepwise, "{arch}: token-by-token differs");
-
-    // A shorter context changes the result (the model does attend to earlier tokens).
-    let tail = logits_last(&model, &[&prompt[6..]], &pool);
-    assert_ne!(whole, tail, "{arch}: earlier tokens had no effect");
+        // A shorter context changes the result (the model does attend to earlier tokens).
+        let tail = logits_last(&model, &[&prompt[6..]], &pool);
+        assert_ne!(whole, tail, "{arch}: earlier tokens had no effect");
+    }
 
     // The tensor forward computes the same function: with f32 weights up to float rounding; with
     // quantized weights both forwards quantize their activations (to Q8_0, as llama.cpp does), a
@@ -343,9 +355,11 @@ fn check_arch(arch: &'static str, n_layer: usize) {
         },
         &dir,
     );
-    check_tensor_forward(arch, &exact, &prompt, 1e-4);
+    for span in spans {
+        check_tensor_forward(arch, &exact, &prompt, 1e-4, span);
+    }
     std::fs::remove_file(&exact).unwrap();
-    check_tensor_forward(arch, &path, &prompt, 5e-2);
+    check_tensor_forward(arch, &path, &prompt, 5e-2, spans[0]);
 
     // Through the engine on both forwards: deterministic greedy generation, alone and batched.
     for device in [EngineDevice::Cpu, EngineDevice::CandleCpu] {

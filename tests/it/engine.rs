@@ -77,13 +77,20 @@ fn batched_matches_alone(device: Device) {
         c.prefix_cache_bytes = 0;
         c.device = device;
     });
+    // The last is over `ATTN_SPAN` (256) tokens, so its attention is split into spans and merged.
+    let long = format!(
+        "{} Which of these does the shop sell?",
+        "Our shop sells tents, stoves, kettles and boots for the trail. ".repeat(30)
+    );
     let questions = [
         "What is the capital of France?",
         "Write a haiku about shoes.",
         "How do I return a parcel?",
         "Name three colours.",
+        long.as_str(),
     ];
     let prompts: Vec<Vec<u32>> = questions.iter().map(|q| chat(&engine, q)).collect();
+    assert!(prompts[4].len() > clerk::engine::model::ATTN_SPAN + 20);
     let alone: Vec<Vec<u32>> = prompts
         .iter()
         .map(|p| {
@@ -95,7 +102,7 @@ fn batched_matches_alone(device: Device) {
                 .tokens
         })
         .collect();
-    // Submit all four before reading any, so they are admitted into the same steps.
+    // Submit them all before reading any, so they are admitted into the same steps.
     let gens: Vec<_> = prompts
         .iter()
         .map(|p| engine.submit(greedy(p.clone(), 20)).unwrap())
