@@ -314,7 +314,8 @@ pub struct BatchItem<'a> {
     pub want_logits: bool,
 }
 
-/// Buffers reused from step to step, so a decode step allocates nothing in steady state.
+/// Buffers reused from step to step, so a step's activations are not reallocated. (The step still
+/// allocates its logits, which it hands to the caller, and each product its quantized input.)
 #[derive(Default)]
 pub struct Scratch {
     x: Vec<f32>,
