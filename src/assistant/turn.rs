@@ -46,8 +46,8 @@ pub(super) struct State {
     /// The shopper's recent messages, for a handoff summary.
     recent: Vec<String>,
     pub(super) last_used: i64,
-    /// The passages the last reply cited, as (document, locator): a follow-up question that a
-    /// cited passage answers about as well as the closest one stays with it.
+    /// The passages the last reply cited, as (document, locator): where several passages could
+    /// take the closest one's place, a follow-up question stays with one of these.
     cited: Vec<(String, String)>,
 }
 
@@ -1262,28 +1262,38 @@ impl<'a> Turn<'a> {
                 && h.similarity >= best - 0.15
                 && lang::detect(&h.passage) == Some(self.lang)
         });
-        // A follow-up stays on the passage just cited when that is among the closest few: "How
-        // long does international delivery take?" after the international-shipping answer read
-        // a little closer to the domestic delivery FAQ, whose title it nearly repeats.
-        // Only where the cited passage has a word of the question the closest lacks: "Can I
-        // return opened socks?" after the return-window answer asks about socks, which the
-        // closest passage names and the cited one doesn't. (English words; the others keep to
-        // their own rule below.)
+        // A close passage that names a word of the question the closest one lacks wins over it:
+        // "How long does international delivery take?" read a little closer (by words and by
+        // meaning) to the domestic delivery FAQ, whose title it nearly repeats, than to the
+        // international-shipping passages. Not the other way: "Can I return opened socks?" keeps
+        // the passage that names socks over the return window. Among several such passages, the
+        // one the last reply cited (a follow-up stays on its topic), then the ranking. English
+        // words only; the other languages keep to their own rule below.
         let top = &results.hits[0];
-        let followed = in_language.clone().take(3).find(|(_, h)| {
-            self.lang == Lang::En
-                && h.similarity >= best - FOLLOW_UP_MARGIN
-                && self
-                    .state
-                    .cited
-                    .iter()
-                    .any(|(d, l)| *d == h.document_id && *l == h.source.locator)
-                && names_more_than(
-                    text,
-                    &format!("{} {}", h.title, h.passage),
-                    &format!("{} {}", top.title, top.passage),
-                )
-        });
+        let top_text = format!("{} {}", top.title, top.passage);
+        let naming_more: Vec<(usize, &Hit)> = if self.lang == Lang::En {
+            in_language
+                .clone()
+                .take(3)
+                .filter(|(_, h)| {
+                    h.similarity >= best - QUALIFIER_MARGIN
+                        && names_more_than(text, &format!("{} {}", h.title, h.passage), &top_text)
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let cited = |h: &Hit| {
+            self.state
+                .cited
+                .iter()
+                .any(|(d, l)| *d == h.document_id && *l == h.source.locator)
+        };
+        let followed = naming_more
+            .iter()
+            .find(|(_, h)| cited(h))
+            .or(naming_more.first())
+            .copied();
         let hit = match self.lang {
             _ if followed.is_some() => followed.map(|(_, h)| h),
             Lang::Zh | Lang::Es => in_language
@@ -1665,9 +1675,9 @@ fn is_question(text: &str) -> bool {
 /// by their first five (a crude stem: "devolver" and "devolución", "reembolso" and
 /// "reembolsamos"), leaving out the commonest longer words that say nothing of the topic. Other
 /// languages count none.
-/// How much less close than the closest passage a passage the last reply cited may be, and still
-/// answer a follow-up question.
-const FOLLOW_UP_MARGIN: f32 = 0.1;
+/// How much less close than the closest passage one that names more of the question may be, and
+/// still be taken instead.
+const QUALIFIER_MARGIN: f32 = 0.1;
 
 fn words_shared(lang: Lang, question: &str, passage: &str) -> usize {
     let mut words: Vec<String> = match lang {
@@ -1727,8 +1737,7 @@ fn stems(text: &str, common: &[&str]) -> Vec<String> {
         .collect()
 }
 
-/// Whether `passage` has a word of the question (a stem, in English) that `other` lacks: what makes
-/// a follow-up ask about the passage cited before rather than the closest one.
+/// Whether `passage` has a word of the question (a stem, in English) that `other` lacks.
 fn names_more_than(question: &str, passage: &str, other: &str) -> bool {
     let (has, lacks) = (en_stems(passage), en_stems(other));
     en_stems(question)
