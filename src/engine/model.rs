@@ -234,12 +234,17 @@ pub struct Model {
     pub attn_span: usize,
 }
 
-/// A longer context is split into tasks of this many positions, whose partial softmax sums are
-/// merged afterwards: one decoding sequence has only one task per key-value head otherwise (three
+/// A longer context is split into spans of about this many positions (longer ones past
+/// `ATTN_SPANS_MAX` spans), whose partial softmax sums are merged afterwards: one decoding sequence has only one task per key-value head otherwise (three
 /// for SmolLM2), which two threads share unevenly, and at a thousand positions attention is a third
 /// of its step. The split depends on a row's own position alone, never on the batch, so a
 /// sequence's results are the same alone or batched.
 pub const ATTN_SPAN: usize = 256;
+
+/// Spans a row's attention is split into at most (a longer context gets longer spans): enough tasks
+/// to balance a few threads, while the partial results of a long prompt's chunk stay a few MB (512
+/// rows × 3 heads × 4 spans × 198 floats for SmolLM2).
+const ATTN_SPANS_MAX: usize = 4;
 
 fn load_err(g: &GgufFile, message: String) -> EngineError {
     EngineError::Load {
@@ -756,8 +761,8 @@ impl Model {
     }
 
     /// Causal attention of every new row against its own sequence's cache: one task per (row,
-    /// key-value head, span of at most `attn_span` positions), the spans of a long context merged
-    /// in a second section.
+    /// key-value head, span of about `attn_span` positions, at most `ATTN_SPANS_MAX` spans), the
+    /// spans of a long context merged in a second section.
     #[allow(clippy::too_many_arguments)]
     fn attention(
         &self,
@@ -784,7 +789,14 @@ impl Model {
             row_item.extend(std::iter::repeat_n(i, it.tokens.len()));
         }
         let n_kv = cfg.n_head_kv;
-        let spans = |row: usize| (positions[row] + 1 - first_of(positions[row])).div_ceil(span);
+        // A row's positions, its span count (at most `ATTN_SPANS_MAX`), and the span length.
+        let n_pos = |row: usize| positions[row] + 1 - first_of(positions[row]);
+        let span_len = |row: usize| {
+            let n = n_pos(row);
+            n.div_ceil(n.div_ceil(span).min(ATTN_SPANS_MAX))
+        };
+        // Counted from the length, so that no span is empty (9 positions in spans of 3: three).
+        let spans = |row: usize| n_pos(row).div_ceil(span_len(row));
         let mut row_task = Vec::with_capacity(n_tok + 1);
         let mut n_tasks = 0;
         for row in 0..n_tok {
@@ -815,8 +827,9 @@ impl Model {
             );
             let it = &items[row_item[row]];
             let pos = positions[row];
-            let first = first_of(pos) + c * span;
-            let n = (pos + 1 - first).min(span);
+            let len = span_len(row);
+            let first = first_of(pos) + c * len;
+            let n = (pos + 1 - first).min(len);
             let keys = it.kv.keys(il);
             let vals = it.kv.values(il);
             let h0 = g * group;
