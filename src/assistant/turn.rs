@@ -1269,15 +1269,18 @@ impl<'a> Turn<'a> {
         // the passage that names socks over the return window. Among several such passages, the
         // one the last reply cited (a follow-up stays on its topic), then the ranking. English
         // words only; the other languages keep to their own rule below.
-        let top = &results.hits[0];
-        let top_text = format!("{} {}", top.title, top.passage);
         let naming_more: Vec<(usize, &Hit)> = if self.lang == Lang::En {
+            let top = &results.hits[0];
+            let (asked, top) = (
+                en_stems(text),
+                en_stems(&format!("{} {}", top.title, top.passage)),
+            );
             in_language
                 .clone()
                 .take(3)
                 .filter(|(_, h)| {
                     h.similarity >= best - QUALIFIER_MARGIN
-                        && names_more_than(text, &format!("{} {}", h.title, h.passage), &top_text)
+                        && names_more_than(&asked, &format!("{} {}", h.title, h.passage), &top)
                 })
                 .collect()
         } else {
@@ -1657,6 +1660,10 @@ const CURATED_SIMILARITY: f32 = 0.92;
 /// Similarity a product passage needs to answer a question that doesn't name the product.
 const PRODUCT_SIMILARITY: f32 = 0.45;
 
+/// How much less close than the closest passage one that names more of the question may be, and
+/// still be taken instead.
+const QUALIFIER_MARGIN: f32 = 0.1;
+
 /// Two-character words too common to show two Chinese texts are about the same thing.
 const CJK_COMMON: &[&str] = &[
     "你们", "我们", "什么", "可以", "怎么", "如何", "是否", "一下", "请问", "我的", "吗？", "的吗",
@@ -1675,10 +1682,6 @@ fn is_question(text: &str) -> bool {
 /// by their first five (a crude stem: "devolver" and "devolución", "reembolso" and
 /// "reembolsamos"), leaving out the commonest longer words that say nothing of the topic. Other
 /// languages count none.
-/// How much less close than the closest passage one that names more of the question may be, and
-/// still be taken instead.
-const QUALIFIER_MARGIN: f32 = 0.1;
-
 fn words_shared(lang: Lang, question: &str, passage: &str) -> usize {
     let mut words: Vec<String> = match lang {
         Lang::Zh => {
@@ -1737,12 +1740,11 @@ fn stems(text: &str, common: &[&str]) -> Vec<String> {
         .collect()
 }
 
-/// Whether `passage` has a word of the question (a stem, in English) that `other` lacks.
-fn names_more_than(question: &str, passage: &str, other: &str) -> bool {
-    let (has, lacks) = (en_stems(passage), en_stems(other));
-    en_stems(question)
-        .iter()
-        .any(|w| has.contains(w) && !lacks.contains(w))
+/// Whether `passage` has a word of the question (`asked`, English stems) that the other passage
+/// (`lacks`, its stems) doesn't.
+fn names_more_than(asked: &[String], passage: &str, lacks: &[String]) -> bool {
+    let has = en_stems(passage);
+    asked.iter().any(|w| has.contains(w) && !lacks.contains(w))
 }
 
 /// Text with every run of digits (a decimal point included) written `#`, so "16 kg" and

@@ -235,9 +235,9 @@ pub struct Model {
 }
 
 /// A longer context is split into spans of about this many positions (longer ones past
-/// `ATTN_SPANS_MAX` spans), whose partial softmax sums are merged afterwards: one decoding sequence has only one task per key-value head otherwise (three
-/// for SmolLM2), which two threads share unevenly, and at a thousand positions attention is a third
-/// of its step. The split depends on a row's own position alone, never on the batch, so a
+/// `ATTN_SPANS_MAX` spans), whose partial softmax sums are merged afterwards: one decoding sequence
+/// has only one task per key-value head otherwise (three for SmolLM2), which two threads share
+/// unevenly, and at a thousand positions attention is a third of its step. The split depends on a row's own position alone, never on the batch, so a
 /// sequence's results are the same alone or batched.
 pub const ATTN_SPAN: usize = 256;
 
@@ -855,36 +855,37 @@ impl Model {
                     },
                 );
                 attend::scores(qg, keys, first, n, scale, sc, kr);
-                if n_spans == 1 {
-                    for h in 0..group {
-                        let sh = &mut sc[h * n..(h + 1) * n];
-                        let mx = sh.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
-                        sh.iter_mut().for_each(|v| *v = exp(*v - mx));
-                        let inv = 1.0 / sh.iter().sum::<f32>();
-                        sh.iter_mut().for_each(|v| *v *= inv);
+                // A row in one span gets its softmax and output here; a split row's spans keep
+                // their maxima, sums and unnormalised outputs for the merge below.
+                let mut part = (n_spans > 1).then(|| {
+                    // SAFETY: this task alone writes its `part_len` floats of the partial buffer,
+                    // which `split` sized for every task.
+                    unsafe {
+                        std::slice::from_raw_parts_mut(part_ptr.0.add(task * part_len), part_len)
                     }
-                    // SAFETY: task (row, g) alone writes o[row*qd + h*hd ..][..hd] for its heads
-                    // h, which are contiguous: h0*hd .. (h0+group)*hd.
-                    let out = unsafe {
-                        std::slice::from_raw_parts_mut(o_ptr.0.add(row * qd + h0 * hd), group * hd)
-                    };
-                    attend::weighted_values(sc, vals, first, n, out, kr);
-                    return;
-                }
-                // SAFETY: this task alone writes its `part_len` floats of the partial buffer,
-                // which `split` sized for every task.
-                let part = unsafe {
-                    std::slice::from_raw_parts_mut(part_ptr.0.add(task * part_len), part_len)
-                };
-                let (stats, sums) = part.split_at_mut(2 * group);
+                });
                 for h in 0..group {
                     let sh = &mut sc[h * n..(h + 1) * n];
                     let mx = sh.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
                     sh.iter_mut().for_each(|v| *v = exp(*v - mx));
-                    stats[h] = mx;
-                    stats[group + h] = sh.iter().sum::<f32>();
+                    let total = sh.iter().sum::<f32>();
+                    match part.as_deref_mut() {
+                        Some(stats) => (stats[h], stats[group + h]) = (mx, total),
+                        None => {
+                            let inv = 1.0 / total;
+                            sh.iter_mut().for_each(|v| *v *= inv);
+                        }
+                    }
                 }
-                attend::weighted_values(sc, vals, first, n, sums, kr);
+                let out = match part {
+                    Some(p) => &mut p[2 * group..],
+                    // SAFETY: task (row, g) alone writes o[row*qd + h*hd ..][..hd] for its heads
+                    // h, which are contiguous: h0*hd .. (h0+group)*hd.
+                    None => unsafe {
+                        std::slice::from_raw_parts_mut(o_ptr.0.add(row * qd + h0 * hd), group * hd)
+                    },
+                };
+                attend::weighted_values(sc, vals, first, n, out, kr);
             });
         });
         if !split {

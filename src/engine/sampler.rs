@@ -153,7 +153,6 @@ fn clock_seed() -> u64 {
     t ^ (&local as *const u8 as u64).rotate_left(32)
 }
 
-/// Indices of the `k` largest values, largest first (ties: lower id first).
 /// The first index of the greatest value (NaNs never win; 0 when nothing beats −∞). Eight running
 /// maxima, so the comparisons vectorise: a plain scan's compare-and-branch per element was 1% of an
 /// eight-sequence step, on the engine thread while the pool waited.
@@ -187,6 +186,7 @@ fn argmax(xs: &[f32]) -> usize {
     index
 }
 
+/// Indices of the `k` largest values, largest first (ties: lower id first).
 fn top_k_of(logits: &[f32], k: usize, out: &mut Vec<(u32, f32)>) {
     out.clear();
     out.extend(logits.iter().enumerate().map(|(i, &l)| (i as u32, l)));

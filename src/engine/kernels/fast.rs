@@ -147,14 +147,8 @@ fn quantize_rows(x: &[f32], cols: usize, groups: usize, fours: usize, offset: bo
         out.d.push(d);
         out.s.push(d * sum as f32);
     }
-    out.eights = interleave(&out, cols / QK, 8, 0, groups);
-    out.fours = interleave(&out, cols / QK, 4, groups * 8, fours);
-    if offset {
-        // Padding becomes 128 too, a value of 0, as a missing block's activations should be.
-        for il in [&mut out.eights, &mut out.fours] {
-            il.q.iter_mut().for_each(|v| *v ^= i8::MIN);
-        }
-    }
+    out.eights = interleave(&out, cols / QK, 8, (0, groups), offset);
+    out.fours = interleave(&out, cols / QK, 4, (groups * 8, fours), offset);
     out
 }
 
@@ -183,15 +177,24 @@ fn avx2_quantize_block(xb: &[f32], qb: &mut [i8]) -> (f32, i32) {
     portable_quantize_block(xb, qb)
 }
 
-/// `groups` groups of `per` rows (eight or four) from row `first` on, laid out as `Interleaved` says.
-fn interleave(xq: &Quantized, bpr: usize, per: usize, first: usize, groups: usize) -> Interleaved {
+/// `groups` groups of `per` rows (eight or four) from row `first` on, laid out as `Interleaved` says;
+/// with `offset`, each value plus 128 (its top bit flipped).
+fn interleave(
+    xq: &Quantized,
+    bpr: usize,
+    per: usize,
+    (first, groups): (usize, usize),
+    offset: bool,
+) -> Interleaved {
     let rows = xq.d.len() / bpr.max(1);
     let side = 8 / per;
     let slots = bpr.div_ceil(side);
+    let flip = if offset { i8::MIN } else { 0 };
     let mut il = Interleaved {
         first,
         groups,
-        q: vec![0; groups * slots * 8 * QK],
+        // Padding is a value of 0 either way, as a missing block's activations should be.
+        q: vec![flip; groups * slots * 8 * QK],
         d: vec![0.0; groups * slots * 8],
         s: vec![0.0; groups * slots * 8],
     };
@@ -200,13 +203,14 @@ fn interleave(xq: &Quantized, bpr: usize, per: usize, first: usize, groups: usiz
         for b in 0..bpr {
             let at = g * slots + b / side;
             let dst = &mut il.q[at * 8 * QK..(at + 1) * 8 * QK];
-            // A padding row stays zero.
+            // A padding row stays as filled.
             for j in 0..per.min(rows.saturating_sub(row0)) {
                 let lane = (b % side) * per + j;
                 let xi = (row0 + j) * bpr + b;
                 let src = &xq.q[xi * QK..(xi + 1) * QK];
                 for (k, four) in src.chunks_exact(4).enumerate() {
-                    dst[k * QK + lane * 4..k * QK + lane * 4 + 4].copy_from_slice(four);
+                    let to = &mut dst[k * QK + lane * 4..k * QK + lane * 4 + 4];
+                    to.iter_mut().zip(four).for_each(|(t, v)| *t = v ^ flip);
                 }
                 il.d[at * 8 + lane] = xq.d[xi];
                 il.s[at * 8 + lane] = xq.s[xi];
@@ -387,8 +391,8 @@ pub fn matmul_many(
     pool: &ThreadPool,
 ) {
     match ws[0].dtype {
-        GgmlDType::Q4_1 => matmul_blocks(ws, x, n, outs, pool, q4_1_tile, Q4_1_WIDE),
-        _ => matmul_blocks(ws, x, n, outs, pool, q8_0_tile, Q8_0_WIDE),
+        GgmlDType::Q4_1 => matmul_blocks(ws, x, n, outs, pool, q4_1_tile, q4_1_wide()),
+        _ => matmul_blocks(ws, x, n, outs, pool, q8_0_tile, q8_0_wide()),
     }
 }
 
@@ -396,52 +400,64 @@ pub fn matmul_many(
 /// in isolation a four-row group cost about what two rows' row tile did, and less than three rows'.
 const FOUR_FROM: usize = 3;
 
+/// The Q4_1 wide tiles this CPU runs, chosen once per product: VNNI's where `vnni()` says so.
 #[cfg(target_arch = "x86_64")]
-const Q4_1_WIDE: Option<Wide<BlockQ4_1>> = Some(Wide {
-    // SAFETY (both): the caller chose the fast path because `available()` said AVX2, FMA and
-    // F16C are there, and `vnni()` that the VNNI features are.
-    eight: |wr, _, e, group, bpr, res| unsafe {
-        if vnni() {
-            avx2::q4_1_eight_vnni(wr, e, group, bpr, res)
-        } else {
-            avx2::q4_1_eight(wr, e, group, bpr, res)
+fn q4_1_wide() -> Option<Wide<BlockQ4_1>> {
+    // SAFETY (all): the caller chose the fast path because `available()` said AVX2, FMA and F16C
+    // are there; the VNNI tiles are picked only where `vnni()` said its features are.
+    Some(if vnni() {
+        Wide {
+            eight: |wr, _, e, group, bpr, res| unsafe {
+                avx2::q4_1_eight_vnni(wr, e, group, bpr, res)
+            },
+            four: |wr, _, f, group, bpr, res| unsafe {
+                avx2::q4_1_four_vnni(wr, f, group, bpr, res)
+            },
+            offsets: |_| None,
         }
-    },
-    four: |wr, _, f, group, bpr, res| unsafe {
-        if vnni() {
-            avx2::q4_1_four_vnni(wr, f, group, bpr, res)
-        } else {
-            avx2::q4_1_four(wr, f, group, bpr, res)
+    } else {
+        Wide {
+            eight: |wr, _, e, group, bpr, res| unsafe { avx2::q4_1_eight(wr, e, group, bpr, res) },
+            four: |wr, _, f, group, bpr, res| unsafe { avx2::q4_1_four(wr, f, group, bpr, res) },
+            offsets: |_| None,
         }
-    },
-    offsets: |_| None,
-});
+    })
+}
+
+/// The Q8_0 wide tiles this CPU runs, as `q4_1_wide`; the VNNI ones with the matrix's offsets.
 #[cfg(target_arch = "x86_64")]
-const Q8_0_WIDE: Option<Wide<BlockQ8_0>> = Some(Wide {
-    // SAFETY (both): as for Q4_1; with VNNI, `offsets` gave the row's offsets and `quantize_rows`
-    // offset the activations, both because `vnni()` said so.
-    eight: |wr, offs, e, group, bpr, res| unsafe {
-        if vnni() {
-            avx2::q8_0_eight_vnni(wr, offs, e, group, bpr, res)
-        } else {
-            avx2::q8_0_eight(wr, offs, e, group, bpr, res)
+fn q8_0_wide() -> Option<Wide<BlockQ8_0>> {
+    // SAFETY (all): as for Q4_1; the VNNI tiles get the row's offsets, and `quantize_rows` offset
+    // activations, because their `offsets` gave them.
+    Some(if vnni() {
+        Wide {
+            eight: |wr, offs, e, group, bpr, res| unsafe {
+                avx2::q8_0_eight_vnni(wr, offs, e, group, bpr, res)
+            },
+            four: |wr, offs, f, group, bpr, res| unsafe {
+                avx2::q8_0_four_vnni(wr, offs, f, group, bpr, res)
+            },
+            offsets: |w| Some(q8_0_offsets(w)),
         }
-    },
-    four: |wr, offs, f, group, bpr, res| unsafe {
-        if vnni() {
-            avx2::q8_0_four_vnni(wr, offs, f, group, bpr, res)
-        } else {
-            avx2::q8_0_four(wr, offs, f, group, bpr, res)
+    } else {
+        Wide {
+            eight: |wr, offs, e, group, bpr, res| unsafe {
+                avx2::q8_0_eight(wr, offs, e, group, bpr, res)
+            },
+            four: |wr, offs, f, group, bpr, res| unsafe {
+                avx2::q8_0_four(wr, offs, f, group, bpr, res)
+            },
+            offsets: |_| None,
         }
-    },
-    offsets: |w| vnni().then(|| q8_0_offsets(w)),
-});
+    })
+}
 
 /// A Q8_0 matrix's `-128 · Σ q` per block, computed once. With VNNI the wide Q8_0 tiles multiply
 /// unsigned activations by signed weights directly (`vpdpbusd` takes one unsigned operand), so they
 /// take each activation plus 128 and subtract `128 · Σ q` again: exact integer sums, as before, for
 /// a third of the instructions the sign trick took (it moved each weight's sign onto its activation,
 /// two instructions per byte product).
+#[cfg(target_arch = "x86_64")]
 fn q8_0_offsets(w: &QMatrix) -> &[i32] {
     w.offsets.get_or_init(|| {
         blocks::<BlockQ8_0>(w)
@@ -450,10 +466,15 @@ fn q8_0_offsets(w: &QMatrix) -> &[i32] {
             .collect()
     })
 }
+
 #[cfg(not(target_arch = "x86_64"))]
-const Q4_1_WIDE: Option<Wide<BlockQ4_1>> = None;
+fn q4_1_wide() -> Option<Wide<BlockQ4_1>> {
+    None
+}
 #[cfg(not(target_arch = "x86_64"))]
-const Q8_0_WIDE: Option<Wide<BlockQ8_0>> = None;
+fn q8_0_wide() -> Option<Wide<BlockQ8_0>> {
+    None
+}
 
 /// Defines a block type's tile: the AVX-512 one where the CPU has it, else AVX2 (else, off x86,
 /// the scalar one).
@@ -911,6 +932,23 @@ mod avx2 {
         _mm256_set_m128(_mm_set1_ps(second), _mm_set1_ps(first))
     }
 
+    /// Group `group` of `il`, whose groups are `slots` slots long: where its values, its scales and
+    /// its `scale * sum`s start.
+    #[inline(always)]
+    unsafe fn group_at(
+        il: &Interleaved,
+        group: usize,
+        slots: usize,
+    ) -> (*const i8, *const f32, *const f32) {
+        debug_assert!(group < il.groups && il.d.len() >= il.groups * slots * 8);
+        let at = group * slots;
+        (
+            il.q.as_ptr().add(at * 8 * QK),
+            il.d.as_ptr().add(at * 8),
+            il.s.as_ptr().add(at * 8),
+        )
+    }
+
     /// Defines the Q4_1 wide tiles over the given byte products (`$interleaved`): plain AVX2 and
     /// VNNI give the same bits, since they differ only in how the exact integer sums are formed.
     macro_rules! q4_1_wide_tiles {
@@ -927,12 +965,8 @@ mod avx2 {
                 bpr: usize,
                 res: &mut [f32; 8],
             ) {
-                debug_assert!(
-                    wr.len() == bpr && group < e.groups && e.s.len() >= e.groups * bpr * 8
-                );
-                let at = group * bpr;
-                let q = e.q.as_ptr().add(at * 8 * QK);
-                let (d, s) = (e.d.as_ptr().add(at * 8), e.s.as_ptr().add(at * 8));
+                debug_assert_eq!(wr.len(), bpr);
+                let (q, d, s) = group_at(e, group, bpr);
                 let mut acc = [_mm256_setzero_ps(); 8];
                 by_class!(bpr, acc, [0, 1, 2, 3, 4, 5, 6, 7], |b, acc| {
                     let blk = wr.get_unchecked(b);
@@ -966,12 +1000,8 @@ mod avx2 {
                 res: &mut [f32; 4],
             ) {
                 let pairs = bpr.div_ceil(2);
-                debug_assert!(
-                    wr.len() == bpr && group < f.groups && f.s.len() >= f.groups * pairs * 8
-                );
-                let at = group * pairs;
-                let q = f.q.as_ptr().add(at * 8 * QK);
-                let (d, s) = (f.d.as_ptr().add(at * 8), f.s.as_ptr().add(at * 8));
+                debug_assert_eq!(wr.len(), bpr);
+                let (q, d, s) = group_at(f, group, pairs);
                 let mut acc = [_mm256_setzero_ps(); 4];
                 by_class!(pairs, acc, [0, 1, 2, 3], |p, acc| {
                     let b0 = wr.get_unchecked(2 * p);
@@ -1049,15 +1079,8 @@ mod avx2 {
                 bpr: usize,
                 res: &mut [f32; 8],
             ) {
-                debug_assert!(
-                    wr.len() == bpr
-                        && (!$offset || offs.len() == bpr)
-                        && group < e.groups
-                        && e.d.len() >= e.groups * bpr * 8
-                );
-                let at = group * bpr;
-                let q = e.q.as_ptr().add(at * 8 * QK);
-                let d = e.d.as_ptr().add(at * 8);
+                debug_assert!(wr.len() == bpr && (!$offset || offs.len() == bpr));
+                let (q, d, _) = group_at(e, group, bpr);
                 let mut acc = [_mm256_setzero_ps(); 8];
                 by_class!(bpr, acc, [0, 1, 2, 3, 4, 5, 6, 7], |b, acc| {
                     let blk = wr.get_unchecked(b);
@@ -1093,15 +1116,8 @@ mod avx2 {
                 res: &mut [f32; 4],
             ) {
                 let pairs = bpr.div_ceil(2);
-                debug_assert!(
-                    wr.len() == bpr
-                        && (!$offset || offs.len() == bpr)
-                        && group < f.groups
-                        && f.d.len() >= f.groups * pairs * 8
-                );
-                let at = group * pairs;
-                let q = f.q.as_ptr().add(at * 8 * QK);
-                let d = f.d.as_ptr().add(at * 8);
+                debug_assert!(wr.len() == bpr && (!$offset || offs.len() == bpr));
+                let (q, d, _) = group_at(f, group, pairs);
                 let mut acc = [_mm256_setzero_ps(); 4];
                 by_class!(pairs, acc, [0, 1, 2, 3], |p, acc| {
                     let b0 = wr.get_unchecked(2 * p);
