@@ -20,6 +20,7 @@
 
 pub mod eval;
 pub mod extract;
+pub mod glossary;
 pub mod intent;
 pub mod lang;
 pub mod prompts;

@@ -2,10 +2,11 @@
 //! built into the binary. A phrase names its blanks (`{order}`); the blanks are filled with
 //! values from the shop's data, never with text the model wrote.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use serde::Deserialize;
 
+use super::glossary::Glossary;
 use super::lang::Lang;
 use super::AssistantError;
 
@@ -36,7 +37,18 @@ const FILES: [(Lang, &str); 3] = [
 #[derive(Debug, Deserialize)]
 struct File {
     phrases: HashMap<String, String>,
-    words: Words,
+    words: WordsFile,
+}
+
+/// `words:` holds the word lists and the glossary's two maps.
+#[derive(Debug, Deserialize)]
+struct WordsFile {
+    #[serde(flatten)]
+    lists: Words,
+    #[serde(default)]
+    things: BTreeMap<String, String>,
+    #[serde(default)]
+    qualifiers: BTreeMap<String, String>,
 }
 
 /// Words that decide a flow without the classifier: yes and no to a confirmation, and so on.
@@ -51,12 +63,17 @@ pub struct Words {
     /// Words that make a question a request about the shopper's own order ("can you…",
     /// "my order"), which goes to the account flow rather than to the policy.
     pub requests: Vec<String>,
+    /// Words that make a question one about a product: whether the shop sells it, its price, its
+    /// stock. With a thing the glossary knows, such a question is looked up in the catalogue.
+    #[serde(default)]
+    pub product_asks: Vec<String>,
 }
 
 #[derive(Debug)]
 pub struct Prompts {
     phrases: HashMap<Lang, HashMap<String, String>>,
     words: HashMap<Lang, Words>,
+    glossaries: HashMap<Lang, Glossary>,
 }
 
 impl Prompts {
@@ -64,12 +81,15 @@ impl Prompts {
     pub fn builtin() -> Result<Self, AssistantError> {
         let mut phrases = HashMap::new();
         let mut words = HashMap::new();
+        let mut glossaries = HashMap::new();
         for (lang, text) in FILES {
             let file: File = serde_yaml::from_str(text).map_err(|e| {
                 AssistantError::Prompts(format!("prompts/{lang}/assistant.yaml: {e}"))
             })?;
+            let w = file.words;
+            glossaries.insert(lang, Glossary::new(lang, &w.things, &w.qualifiers));
             phrases.insert(lang, file.phrases);
-            words.insert(lang, file.words);
+            words.insert(lang, w.lists);
         }
         let en = &phrases[&Lang::En];
         for lang in Lang::ALL {
@@ -79,7 +99,11 @@ impl Prompts {
                 )));
             }
         }
-        Ok(Self { phrases, words })
+        Ok(Self {
+            phrases,
+            words,
+            glossaries,
+        })
     }
 
     /// The phrase `key` in `lang` with its blanks filled. A blank without a value stays as it
@@ -108,6 +132,11 @@ impl Prompts {
 
     pub fn words(&self, lang: Lang) -> &Words {
         &self.words[&lang]
+    }
+
+    /// The shopper's words for products in `lang`, with the catalogue's English ones.
+    pub fn glossary(&self, lang: Lang) -> &Glossary {
+        &self.glossaries[&lang]
     }
 }
 
@@ -138,6 +167,14 @@ mod tests {
             "No encuentro el pedido #W1 en tu cuenta."
         );
         assert!(!p.words(Lang::Zh).yes.is_empty());
+        // The glossaries load from the same files; English needs none.
+        assert!(p.glossary(Lang::En).is_empty());
+        assert_eq!(
+            p.glossary(Lang::Es).find("¿Venden sacos de dormir?").things,
+            ["sleeping", "bag"]
+        );
+        assert_eq!(p.glossary(Lang::Zh).find("头灯多少钱").things, ["headlamp"]);
+        assert!(!p.words(Lang::Es).product_asks.is_empty());
     }
 
     #[test]

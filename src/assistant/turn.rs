@@ -10,6 +10,7 @@ use crate::shop::{
 };
 
 use super::extract::{self, Details};
+use super::glossary::Found;
 use super::intent::Intent;
 use super::lang::{self, Lang};
 use super::prompts::Words;
@@ -380,6 +381,13 @@ impl<'a> Turn<'a> {
         {
             // An account request the words don't support is more likely a question about the
             // shop than a request to act on an order; a question is answered, or not, harmlessly.
+            classified.intent = Intent::Question;
+        } else if matches!(classified.intent, Intent::OutOfScope | Intent::SmallTalk)
+            && self.state.task.is_none()
+            && self.asked_product(text).is_some()
+        {
+            // "¿Tenéis tiendas de campaña?": the English-only classifier can't read it, but it
+            // names a thing shops sell and asks whether this one does.
             classified.intent = Intent::Question;
         } else if classified.intent == Intent::Question && cued(Intent::Recommendation) {
             // "Is there any camping gear you'd recommend?" asks for a recommendation.
@@ -1170,10 +1178,14 @@ impl<'a> Turn<'a> {
         }
         match self.best_hit(text)? {
             Some(hit) => {
-                let others = if hit.kind == Kind::Product && asks_if_sold(text) {
-                    self.also_sold(text, &hit)?
-                } else {
-                    Vec::new()
+                let others = match self.asked_product(text) {
+                    Some(f) if hit.kind == Kind::Product => {
+                        self.also_sold(&f.things.join(" "), &hit)?
+                    }
+                    _ if hit.kind == Kind::Product && asks_if_sold(text) => {
+                        self.also_sold(text, &hit)?
+                    }
+                    _ => Vec::new(),
                 };
                 self.answer_with(text, hit);
                 for other in others {
@@ -1187,6 +1199,7 @@ impl<'a> Turn<'a> {
 
     /// For "do you sell tents?" answered with one tent, the other products whose names say they
     /// are the same thing (a second tent), at most two more: the shopper asked about a kind.
+    /// `text` is the question, or the catalogue's words for what it asks about.
     fn also_sold(&self, text: &str, first: &Hit) -> R<Vec<Hit>> {
         let asked = without_frame(text);
         let mut q = Query::new(text);
@@ -1245,8 +1258,61 @@ impl<'a> Turn<'a> {
         }
     }
 
-    /// The passage that answers `text`, if the shop's data has one close enough.
+    /// The passage that answers `text`, if the shop's data has one close enough. A product that
+    /// the question doesn't name gives way to one the glossary finds by the shopper's words.
     fn best_hit(&self, text: &str) -> R<Option<Hit>> {
+        let found = self.closest_passage(text)?;
+        if found
+            .as_ref()
+            .is_some_and(|h| h.kind != Kind::Product || names_product(text, &h.title))
+        {
+            return Ok(found);
+        }
+        Ok(self.product_by_glossary(text)?.or(found))
+    }
+
+    /// What a question in a language the catalogue isn't written in asks about, in the
+    /// catalogue's words: `None` unless it names a thing the glossary knows and asks whether the
+    /// shop sells it, what it costs or whether it is in stock.
+    fn asked_product(&self, text: &str) -> Option<Found> {
+        let glossary = self.inner.prompts.glossary(self.lang);
+        if glossary.is_empty() {
+            return None;
+        }
+        let lower = text.to_lowercase();
+        let asks = asks_if_sold(text)
+            || self
+                .inner
+                .prompts
+                .words(self.lang)
+                .product_asks
+                .iter()
+                .any(|p| lower.contains(p.as_str()));
+        let found = glossary.find(text);
+        (asks && !found.things.is_empty()).then_some(found)
+    }
+
+    /// The product a question asks about, found by the glossary's English words: the closest
+    /// product whose name says it is that thing ("Wayfarer 28L Daypack" for "mochilas").
+    fn product_by_glossary(&self, text: &str) -> R<Option<Hit>> {
+        let Some(found) = self.asked_product(text) else {
+            return Ok(None);
+        };
+        let mut q = Query::new(&found.query());
+        q.kind = Some(Kind::Product);
+        q.limit = 3;
+        let things = found.things.join(" ");
+        Ok(self
+            .inner
+            .knowledge
+            .search(&q)?
+            .hits
+            .into_iter()
+            .find(|h| names_product(&things, &h.title)))
+    }
+
+    /// The passage closest to `text` by the ranking and the rules below, if one is close enough.
+    fn closest_passage(&self, text: &str) -> R<Option<Hit>> {
         let q = Query::new(text);
         let results = self.inner.knowledge.search(&q)?;
         let best = results.hits.first().map_or(0.0, |h| h.similarity);
@@ -1451,8 +1517,12 @@ impl<'a> Turn<'a> {
             "product_line",
             &[("name", &hit.title), ("price", &price), ("stock", &stock)],
         );
-        out.push(' ');
-        out.push_str(&clip_sentences(&hit.passage, 500));
+        // The catalogue's description only in the shopper's language: a reply in Spanish stays in
+        // Spanish, its facts (name, price, stock) from the data all the same.
+        if lang::detect(&hit.passage).is_none_or(|l| l == self.lang) {
+            out.push(' ');
+            out.push_str(&clip_sentences(&hit.passage, 500));
+        }
         out
     }
 
@@ -1488,12 +1558,22 @@ impl<'a> Turn<'a> {
 
     fn recommend(&mut self, text: &str) -> R<()> {
         let mut picks: Vec<(String, String)> = Vec::new();
+        // The catalogue is searched in its own words: "un saco de dormir para el invierno" asks
+        // for "sleeping bag winter".
+        let found = self.inner.prompts.glossary(self.lang).find(text);
+        let wanted = if found == Found::default() {
+            text.to_string()
+        } else {
+            found.query()
+        };
         if let Some(who) = self.state.who.clone() {
-            for r in
-                self.inner
-                    .shop
-                    .recommend(&self.ctx, &who, text, Some(&self.inner.knowledge), 3)?
-            {
+            for r in self.inner.shop.recommend(
+                &self.ctx,
+                &who,
+                &wanted,
+                Some(&self.inner.knowledge),
+                3,
+            )? {
                 self.cards.push(Card::Product {
                     name: r.name.clone(),
                     variant: None,
@@ -1507,7 +1587,7 @@ impl<'a> Turn<'a> {
             }
         }
         if picks.is_empty() {
-            let mut q = Query::new(text);
+            let mut q = Query::new(&wanted);
             q.kind = Some(Kind::Product);
             q.in_stock = true;
             q.limit = 3;

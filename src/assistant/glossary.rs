@@ -1,0 +1,220 @@
+//! The shopper's words for the things a shop sells, with the English words catalogues use for
+//! them (`things:` and `qualifiers:` in `prompts/<lang>/assistant.yaml`). The catalogue and the
+//! embedder are English, so "¿Venden mochilas?" or "头灯多少钱？" find no product by meaning or by
+//! word; read through the glossary they ask for "backpack daypack" and "headlamp".
+//!
+//! Words are matched whole, longest entry first, and a matched span is not matched again
+//! ("笔记本电脑" is a laptop, not a notebook; "linterna frontal" is one headlamp). Spanish entries
+//! match by words, each also plural (+s, +es) and with or without accents; Chinese ones, which
+//! have no spaces to go by, as substrings.
+
+use std::collections::BTreeMap;
+
+use super::lang::Lang;
+
+#[derive(Debug, Default)]
+pub struct Glossary {
+    /// (shopper's words, English words, whether it names a thing), longest first.
+    entries: Vec<(Vec<String>, String, bool)>,
+    by_words: bool,
+}
+
+/// What a text asks for, in the catalogue's words.
+#[derive(Debug, Default, PartialEq)]
+pub struct Found {
+    /// English words of the things named ("backpack daypack").
+    pub things: Vec<String>,
+    /// English words that narrow them ("family", "winter").
+    pub qualifiers: Vec<String>,
+}
+
+impl Found {
+    /// The English query for a product search: things first, then qualifiers.
+    pub fn query(&self) -> String {
+        self.things
+            .iter()
+            .chain(&self.qualifiers)
+            .map(String::as_str)
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+}
+
+impl Glossary {
+    pub fn new(
+        lang: Lang,
+        things: &BTreeMap<String, String>,
+        qualifiers: &BTreeMap<String, String>,
+    ) -> Self {
+        let by_words = lang != Lang::Zh;
+        let key = |k: &str| -> Vec<String> {
+            if by_words {
+                words(k)
+            } else {
+                vec![k.to_lowercase()]
+            }
+        };
+        let mut entries: Vec<(Vec<String>, String, bool)> = things
+            .iter()
+            .map(|(k, v)| (key(k), v.clone(), true))
+            .chain(qualifiers.iter().map(|(k, v)| (key(k), v.clone(), false)))
+            .filter(|(k, _, _)| !k.is_empty() && k.iter().all(|w| !w.is_empty()))
+            .collect();
+        // Longest first (by letters, then by words), things before qualifiers of the same length.
+        entries.sort_by_key(|(k, _, thing)| {
+            (
+                std::cmp::Reverse(k.iter().map(|w| w.chars().count()).sum::<usize>()),
+                std::cmp::Reverse(k.len()),
+                !*thing,
+            )
+        });
+        Self { entries, by_words }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// The catalogue's words for what `text` names, each English word once, in the order found.
+    pub fn find(&self, text: &str) -> Found {
+        // (where in the text, English words, a thing or not)
+        let mut hits: Vec<(usize, &str, bool)> = Vec::new();
+        if self.by_words {
+            let mut text: Vec<Option<String>> = words(text).into_iter().map(Some).collect();
+            for (key, english, thing) in &self.entries {
+                let n = key.len();
+                let mut i = 0;
+                while i + n <= text.len() {
+                    let hit = key.iter().zip(&text[i..i + n]).all(|(k, t)| {
+                        t.as_deref().is_some_and(|t| {
+                            t == k
+                                || t.strip_prefix(k.as_str())
+                                    .is_some_and(|rest| rest == "s" || rest == "es")
+                        })
+                    });
+                    if hit {
+                        hits.push((i, english, *thing));
+                        text[i..i + n].iter_mut().for_each(|t| *t = None);
+                        i += n;
+                    } else {
+                        i += 1;
+                    }
+                }
+            }
+        } else {
+            let mut text = text.to_lowercase();
+            for (key, english, thing) in &self.entries {
+                let key = &key[0];
+                while let Some(at) = text.find(key.as_str()) {
+                    hits.push((text[..at].chars().count(), english, *thing));
+                    // Blanked char for char, so positions (in chars) stay where they were and
+                    // the span is not matched again: no entry holds a NUL.
+                    let blank = "\0".repeat(key.chars().count());
+                    text.replace_range(at..at + key.len(), &blank);
+                }
+            }
+        }
+        hits.sort_by_key(|(at, _, _)| *at);
+        let mut found = Found::default();
+        for (_, english, thing) in hits {
+            let list = if thing {
+                &mut found.things
+            } else {
+                &mut found.qualifiers
+            };
+            for w in english.split_whitespace() {
+                if !list.iter().any(|x| x == w) {
+                    list.push(w.to_string());
+                }
+            }
+        }
+        found
+    }
+}
+
+/// Lowercased words with Spanish accents taken off ("Sábanas" → "sabanas"); ñ is a letter of its
+/// own and stays.
+fn words(text: &str) -> Vec<String> {
+    text.to_lowercase()
+        .split(|c: char| !c.is_alphanumeric())
+        .filter(|w| !w.is_empty())
+        .map(|w| {
+            w.chars()
+                .map(|c| match c {
+                    'á' => 'a',
+                    'é' => 'e',
+                    'í' => 'i',
+                    'ó' => 'o',
+                    'ú' | 'ü' => 'u',
+                    c => c,
+                })
+                .collect()
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn glossary(lang: Lang, things: &[(&str, &str)], qualifiers: &[(&str, &str)]) -> Glossary {
+        let map = |list: &[(&str, &str)]| {
+            list.iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        Glossary::new(lang, &map(things), &map(qualifiers))
+    }
+
+    #[test]
+    fn spanish_words_match_whole_in_plural_and_without_accents() {
+        let g = glossary(
+            Lang::Es,
+            &[
+                ("mochila", "backpack daypack"),
+                ("bota", "boots"),
+                ("saco de dormir", "sleeping bag"),
+                ("calcetín", "socks"),
+            ],
+            &[("invierno", "winter")],
+        );
+        let f = g.find("¿Venden Mochilas y SACOS DE DORMIR para el invierno?");
+        assert_eq!(f.things, ["backpack", "daypack", "sleeping", "bag"]);
+        assert_eq!(f.qualifiers, ["winter"]);
+        assert_eq!(f.query(), "backpack daypack sleeping bag winter");
+        // "botella" is not a boot, and a part of a word is no word.
+        assert_eq!(g.find("una botella"), Found::default());
+        assert_eq!(g.find("calcetines de lana").things, ["socks"]);
+        assert_eq!(g.find("¿tenéis calcetines?").things, ["socks"]);
+    }
+
+    #[test]
+    fn the_longest_entry_wins_and_its_words_are_not_matched_again() {
+        let es = glossary(
+            Lang::Es,
+            &[
+                ("linterna", "lantern"),
+                ("linterna frontal", "headlamp"),
+                ("portátil", "laptop"),
+                ("cargador portátil", "power bank"),
+            ],
+            &[],
+        );
+        assert_eq!(es.find("una linterna frontal").things, ["headlamp"]);
+        assert_eq!(es.find("un cargador portatil").things, ["power", "bank"]);
+        let zh = glossary(
+            Lang::Zh,
+            &[
+                ("笔记本", "notebook"),
+                ("笔记本电脑", "laptop"),
+                ("鞋", "shoes"),
+                ("跑鞋", "running shoes"),
+            ],
+            &[("家庭", "family")],
+        );
+        assert_eq!(zh.find("你们卖笔记本电脑吗？").things, ["laptop"]);
+        assert_eq!(zh.find("这款跑鞋多少钱").things, ["running", "shoes"]);
+        assert_eq!(zh.find("适合家庭的鞋").qualifiers, ["family"]);
+        assert!(zh.find("退款多久到账？").things.is_empty());
+    }
+}
