@@ -78,7 +78,6 @@ fn zip_code(text: &str) -> Option<String> {
 
 /// "my name is Ana Garcia … zip 12345" (also "I'm", "me llamo", "我叫").
 fn name_zip(text: &str) -> Option<(String, String, String)> {
-    let lower = text.to_lowercase();
     let zip = zip_code(text)?;
     for marker in [
         "my name is ",
@@ -90,8 +89,8 @@ fn name_zip(text: &str) -> Option<(String, String, String)> {
         "我叫",
         "我的名字是",
     ] {
-        if let Some(at) = lower.find(marker) {
-            let rest = &text[at + marker.len()..];
+        if let Some(end) = end_of(text, marker) {
+            let rest = &text[end..];
             let words: Vec<&str> = rest
                 .split(|c: char| c.is_whitespace() || c == ',' || c == '，')
                 .filter(|w| !w.is_empty())
@@ -103,6 +102,26 @@ fn name_zip(text: &str) -> Option<(String, String, String)> {
         }
     }
     None
+}
+
+/// Where the first case-insensitive occurrence of `marker` (lowercase) ends in `text`, as a byte
+/// offset of `text` itself: lowercasing may change a text's length ("İ" is two bytes, its
+/// lowercase three), so an offset into the lowercased text can fall inside one of its letters.
+fn end_of(text: &str, marker: &str) -> Option<usize> {
+    text.char_indices().find_map(|(start, _)| {
+        let mut want = marker.chars().peekable();
+        for (i, c) in text[start..].char_indices() {
+            for l in c.to_lowercase() {
+                if want.next() != Some(l) {
+                    return None;
+                }
+            }
+            if want.peek().is_none() {
+                return Some(start + i + c.len_utf8());
+            }
+        }
+        None
+    })
 }
 
 fn is_state_zip(part: &str) -> Option<(String, String)> {
@@ -306,6 +325,17 @@ mod tests {
             name_zip("Hi, my name is Ana Garcia and my zip code is 10001"),
             Some(("Ana".into(), "Garcia".into(), "10001".into()))
         );
+        // "İ" lowercases to three bytes from two: an offset found in the lowercased text fell
+        // inside "Ñ" of the original and panicked.
+        assert_eq!(
+            name_zip("İ my name is Ñandú Pérez, zip 10001"),
+            Some(("Ñandú".into(), "Pérez".into(), "10001".into()))
+        );
+        assert_eq!(
+            name_zip("MY NAME IS Ana Garcia, 10001"),
+            Some(("Ana".into(), "Garcia".into(), "10001".into()))
+        );
+        assert_eq!(end_of("İx", "i"), None);
         assert_eq!(
             payment("use my PayPal instead"),
             Some(PaymentSource::Paypal)

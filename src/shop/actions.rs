@@ -499,6 +499,18 @@ impl Shop {
         action: &OrderAction,
         token: &str,
     ) -> Result<Outcome> {
+        let checked = self.check_confirmation(who, action, token)?;
+        self.commit_confirmed(ctx, who, action, checked)
+    }
+
+    /// The plan `token` confirms, checked against the token and made anew from the order as it
+    /// is now; the token's hash goes with it.
+    fn check_confirmation(
+        &self,
+        who: &Identified,
+        action: &OrderAction,
+        token: &str,
+    ) -> Result<(Plan, String)> {
         let hash = token_hash(token.trim());
         let stored = self
             .store
@@ -533,6 +545,18 @@ impl Shop {
                 "the order or prices changed since the summary; please review the new one".into(),
             ));
         }
+        Ok((plan, hash))
+    }
+
+    /// Writes a checked plan in one transaction that also uses up its token. The plan's first
+    /// change fails it if the order moved on meanwhile ([`Change::OrderAsPlanned`]).
+    fn commit_confirmed(
+        &self,
+        ctx: &Ctx,
+        who: &Identified,
+        action: &OrderAction,
+        (plan, hash): (Plan, String),
+    ) -> Result<Outcome> {
         self.store.commit(Write {
             changes: plan.changes,
             audit: ctx.audit(
@@ -566,7 +590,7 @@ impl Shop {
             ));
         }
         self.policy.check_status(kind, order.status)?;
-        match action {
+        let mut plan = match action {
             OrderAction::Cancel { reason, .. } => self.plan_cancel(&customer, &order, reason),
             OrderAction::ModifyAddress { address, .. } => plan_address(&order, address),
             OrderAction::ModifyPayment {
@@ -587,7 +611,16 @@ impl Shop {
                 payment_method_id,
                 ..
             } => self.plan_return(&customer, &order, item_ids, payment_method_id),
-        }
+        }?;
+        plan.changes.insert(
+            0,
+            Change::OrderAsPlanned {
+                order: order.id.clone(),
+                status: order.status,
+                transactions: order.payments.len(),
+            },
+        );
+        Ok(plan)
     }
 
     fn plan_cancel(&self, customer: &Customer, order: &Order, reason: &str) -> Result<Plan> {
@@ -1098,4 +1131,75 @@ fn delivered_at(order: &Order) -> Option<i64> {
         .filter(|e| e.status.eq_ignore_ascii_case("delivered"))
         .map(|e| e.at)
         .max()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::shop::seed::demo_shop;
+    use crate::shop::{Channel, IdentifyBy, Policy};
+
+    /// Two confirmations of one payment change, planned at once: the first commits, the second
+    /// must find the order moved on, or the old method would be refunded twice.
+    #[test]
+    fn a_confirmation_planned_before_another_committed_is_refused() {
+        let dir =
+            std::env::temp_dir().join(format!("clerk-race-{}-{}", std::process::id(), unix_now()));
+        let shop = Shop::open(&dir, Policy::default()).unwrap();
+        let sys = Ctx::system(Channel::Import);
+        shop.import(&sys, &demo_shop(60, unix_now()).unwrap(), &["demo".into()])
+            .unwrap();
+        let ctx = Ctx::shopper(Channel::Assistant);
+        // A pending order and a card or PayPal account of its owner that doesn't pay it yet.
+        let (who, order, method) = shop
+            .store
+            .list_customers(&Page::first(1000))
+            .unwrap()
+            .into_iter()
+            .find_map(|c| {
+                let who = shop
+                    .identify(
+                        &ctx,
+                        &IdentifyBy::Email {
+                            email: c.email.clone()?,
+                        },
+                    )
+                    .ok()?;
+                let customer = shop.profile(&who).ok()?;
+                shop.orders_of(&who).ok()?.into_iter().find_map(|o| {
+                    let order = shop.own_order(&who, &o.id).ok()?;
+                    let paying = order.payments.last()?.payment_method_id.clone();
+                    let other = customer
+                        .payment_methods
+                        .iter()
+                        .find(|m| m.id != paying && m.source != PaymentSource::GiftCard)?;
+                    (order.status == OrderStatus::Pending)
+                        .then(|| (who.clone(), order, other.id.clone()))
+                })
+            })
+            .expect("the demo shop has a pending order its owner could pay otherwise");
+        let action = OrderAction::ModifyPayment {
+            order_id: order.id.clone(),
+            payment_method_id: method,
+        };
+        let first = shop.prepare(&ctx, &who, &action).unwrap();
+        let second = shop.prepare(&ctx, &who, &action).unwrap();
+        let late = shop
+            .check_confirmation(&who, &action, &second.token)
+            .unwrap();
+        shop.confirm(&ctx, &who, &action, &first.token).unwrap();
+        let err = shop.commit_confirmed(&ctx, &who, &action, late);
+        assert!(matches!(err, Err(ShopError::Conflict(_))), "{err:?}");
+        let after = shop.own_order(&who, &order.id).unwrap();
+        assert_eq!(after.payments.len(), order.payments.len() + 2);
+        // The refused write used nothing up: its token is still good for a new summary's check.
+        assert!(shop
+            .store
+            .token(&token_hash(&second.token))
+            .unwrap()
+            .unwrap()
+            .used_at
+            .is_none());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

@@ -734,6 +734,27 @@ fn expect_one(changed: usize, what: impl FnOnce() -> String) -> Result<()> {
 
 fn apply(tx: &SqlTx, s: &Sealer, change: &Change, inserted: &mut Vec<i64>) -> Result<()> {
     match change {
+        Change::OrderAsPlanned {
+            order,
+            status,
+            transactions,
+        } => {
+            let now: Option<(String, i64)> = tx
+                .query_row(
+                    "SELECT status, (SELECT COUNT(*) FROM transactions WHERE order_id = ?1) \
+                     FROM orders WHERE id = ?1",
+                    params![order.as_str()],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .optional()?;
+            if now.is_some_and(|(s, n)| s == status.as_str() && n == *transactions as i64) {
+                Ok(())
+            } else {
+                Err(ShopError::Conflict(format!(
+                    "order {order} changed since the summary; nothing was changed"
+                )))
+            }
+        }
         Change::OrderStatus { order, from, to } => {
             let n = tx.execute(
                 "UPDATE orders SET status = ?1 WHERE id = ?2 AND status = ?3",

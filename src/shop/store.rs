@@ -61,6 +61,14 @@ pub struct ShopCounts {
 /// conflict instead of overwriting it.
 #[derive(Debug, Clone)]
 pub enum Change {
+    /// Fails the write unless the order is still in `status` with `transactions` payments and
+    /// refunds: what the change was planned on. Without it two confirmations planned on the same
+    /// order at once could both commit (two payment changes refunding the old method twice).
+    OrderAsPlanned {
+        order: OrderId,
+        status: OrderStatus,
+        transactions: usize,
+    },
     OrderStatus {
         order: OrderId,
         from: OrderStatus,
