@@ -212,10 +212,18 @@ impl<'a> Turn<'a> {
         self.finish()
     }
 
-    /// A conversation that retention purged (or erasure emptied) starts over: the shopper who
-    /// proved who they were in it must prove it again.
+    /// A conversation that retention purged, or whose shopper was erased, starts over: whoever
+    /// writes next must prove who they are again, and nothing of the erased shopper (name,
+    /// orders, a change waiting for a yes) is kept for them.
     fn forget_if_purged(&mut self) -> R<()> {
-        if self.state.who.is_some() && self.inner.shop.store().conversation(self.id)?.is_none() {
+        let Some(who) = &self.state.who else {
+            return Ok(());
+        };
+        let store = self.inner.shop.store();
+        let erased = store
+            .customer(who.customer_id())?
+            .is_none_or(|c| c.erased_at.is_some());
+        if erased || store.conversation(self.id)?.is_none() {
             *self.state = State::default();
         }
         Ok(())
@@ -660,6 +668,20 @@ impl<'a> Turn<'a> {
                 "the shop's policy has staff decide {} requests (order {})",
                 kind.as_str(),
                 order.order.id
+            ));
+        }
+        if matches!(
+            kind,
+            ActionKind::Return | ActionKind::Exchange | ActionKind::ModifyItems
+        ) && order.order.original_payment().is_none()
+        {
+            // No payment on record to refund or charge (an imported order without its payment
+            // history): a person sorts that out, rather than a reply that says nothing.
+            self.state.task = None;
+            return self.handoff(&format!(
+                "order {} has no payment on record for a {} request",
+                order.order.id,
+                kind.as_str()
             ));
         }
         match self.build_action(&t, &order.order, d)? {

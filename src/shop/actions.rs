@@ -460,7 +460,7 @@ impl Shop {
         who: &Identified,
         action: &OrderAction,
     ) -> Result<Confirmation> {
-        let plan = self.plan(who, action)?;
+        let plan = self.plan(ctx, who, action)?;
         let token = random_token();
         let now = unix_now();
         let expires_at = now + self.policy.confirmation_ttl_secs as i64;
@@ -499,7 +499,7 @@ impl Shop {
         action: &OrderAction,
         token: &str,
     ) -> Result<Outcome> {
-        let checked = self.check_confirmation(who, action, token)?;
+        let checked = self.check_confirmation(ctx, who, action, token)?;
         self.commit_confirmed(ctx, who, action, checked)
     }
 
@@ -507,6 +507,7 @@ impl Shop {
     /// is now; the token's hash goes with it.
     fn check_confirmation(
         &self,
+        ctx: &Ctx,
         who: &Identified,
         action: &OrderAction,
         token: &str,
@@ -539,7 +540,7 @@ impl Shop {
                 "this confirmation has expired; ask for a new summary",
             ));
         }
-        let plan = self.plan(who, action)?;
+        let plan = self.plan(ctx, who, action)?;
         if stored.payload.get("summary") != Some(&serde_json::to_value(&plan.summary)?) {
             return Err(ShopError::Conflict(
                 "the order or prices changed since the summary; please review the new one".into(),
@@ -574,10 +575,24 @@ impl Shop {
         })
     }
 
-    fn plan(&self, who: &Identified, action: &OrderAction) -> Result<Plan> {
+    fn plan(&self, ctx: &Ctx, who: &Identified, action: &OrderAction) -> Result<Plan> {
         let order = self.own_order(who, action.order_id())?;
         let customer = self.profile(who)?;
         let kind = action.kind();
+        if ctx.actor == Actor::Shopper && self.policy.hands_to_staff(kind, order.total()) {
+            // Whichever way a shopper asks (the assistant, which hands these over itself, or the
+            // shop routes), what the merchant keeps for staff stays with staff.
+            return Err(ShopError::refused_as(
+                Refusal::Policy,
+                "staff_decide",
+                &[("order", order.id.to_string())],
+                format!(
+                    "Our staff decide this request on order {} themselves; ask for a person and \
+                     they will take it from here.",
+                    order.id
+                ),
+            ));
+        }
         if kind == ActionKind::ModifyItems && order.status == OrderStatus::PendingItemsModified {
             return Err(ShopError::refused_as(
                 Refusal::AlreadyModified,
@@ -1185,7 +1200,7 @@ mod tests {
         let first = shop.prepare(&ctx, &who, &action).unwrap();
         let second = shop.prepare(&ctx, &who, &action).unwrap();
         let late = shop
-            .check_confirmation(&who, &action, &second.token)
+            .check_confirmation(&ctx, &who, &action, &second.token)
             .unwrap();
         shop.confirm(&ctx, &who, &action, &first.token).unwrap();
         let err = shop.commit_confirmed(&ctx, &who, &action, late);

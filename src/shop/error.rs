@@ -41,6 +41,7 @@ pub const REFUSAL_PHRASES: &[&str] = &[
     "no_payment",
     "same_payment",
     "cancel_reason",
+    "staff_decide",
 ];
 
 /// A refusal's phrase key and the values of its blanks.

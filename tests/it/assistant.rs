@@ -351,3 +351,83 @@ fn the_policy_can_hand_an_action_to_staff() {
         .unwrap();
     assert!(r.handoff.is_none() && r.awaiting_confirmation, "{r:?}");
 }
+
+/// An order imported without its payment history can't be refunded by the assistant: the request
+/// goes to a person, with a reply that says so, not an empty one.
+#[test]
+fn a_return_on_an_order_without_payments_goes_to_a_person() {
+    use clerk::assistant::Assistant;
+
+    let shop = Shop::open(&scratch_dir("assistant-no-payment"), Policy::default()).unwrap();
+    let mut data = clerk::shop::seed::demo_shop(40, clerk::clock::unix_now()).unwrap();
+    let id = OrderId::parse("#W1000074").unwrap();
+    data.orders
+        .iter_mut()
+        .find(|o| o.id == id)
+        .expect("the demo order")
+        .payments
+        .clear();
+    shop.import(&Ctx::system(Channel::Import), &data, &["demo".to_string()])
+        .unwrap();
+    let a = Assistant::new(
+        shop.clone(),
+        demo_knowledge(),
+        intents(),
+        Arc::new(Prompts::builtin().unwrap()),
+        "Harbor & Pine",
+    );
+    let r = a
+        .turn(
+            Some(&Assistant::new_conversation_id()),
+            "I want to return the sandals from order #W1000074. elena.berg28@example.com",
+        )
+        .unwrap();
+    assert!(!r.text.trim().is_empty() && !r.silent, "{r:?}");
+    let handoff = r.handoff.expect("a handoff to staff");
+    let h = shop.store().handoff(handoff).unwrap().unwrap();
+    assert!(h.reason.contains("no payment"), "{h:?}");
+    let order = shop.store().order(&id).unwrap().unwrap();
+    assert_eq!(order.status, OrderStatus::Delivered);
+}
+
+/// Erasing a customer ends what the assistant remembers of them: the conversation they proved
+/// their identity in asks whoever writes next to prove it again, and shows none of their orders.
+#[test]
+fn an_erased_shopper_is_no_longer_verified_in_their_conversation() {
+    use clerk::assistant::Assistant;
+    use clerk::shop::{Email, IdentifyBy};
+
+    let shop = demo_shop("assistant-erased");
+    let a = Assistant::new(
+        shop.clone(),
+        demo_knowledge(),
+        intents(),
+        Arc::new(Prompts::builtin().unwrap()),
+        "Harbor & Pine",
+    );
+    let conversation = Assistant::new_conversation_id();
+    let asked = "What is the status of order #W1000074? elena.berg28@example.com";
+    let r = a.turn(Some(&conversation), asked).unwrap();
+    assert!(r.verified && r.text.contains("#W1000074"), "{r:?}");
+    let who = shop
+        .identify(
+            &Ctx::shopper(Channel::Assistant),
+            &IdentifyBy::Email {
+                email: Email::parse("elena.berg28@example.com").unwrap(),
+            },
+        )
+        .unwrap();
+    shop.erase_customer(&Ctx::staff("dana", Channel::Api), &who)
+        .unwrap();
+    let r = a
+        .turn(
+            Some(&conversation),
+            "What is the status of order #W1000074?",
+        )
+        .unwrap();
+    assert!(!r.verified, "{r:?}");
+    assert!(
+        !r.text.contains("Tidepool") && r.text.contains("email"),
+        "{r:?}"
+    );
+}

@@ -1386,6 +1386,48 @@ fn a_merchant_policy_changes_what_is_allowed() {
     );
 }
 
+/// What the merchant keeps for staff (`handoff_actions`, `handoff_order_total_cents`) is refused
+/// to a shopper on every path, the shop routes too, not only in the assistant; staff still act.
+#[test]
+fn what_the_policy_keeps_for_staff_no_shopper_can_do() {
+    let policy: Policy = serde_json::from_str(
+        r#"{"handoff_actions": ["return"], "handoff_order_total_cents": 100000}"#,
+    )
+    .unwrap();
+    let mut big = order(94, "alice_1", OrderStatus::Pending, "credit_card_1");
+    big.payments[0].amount = Money(200_000);
+    big.items[0].price = Money(200_000 - big.items[1..].iter().map(|i| i.price.0).sum::<i64>());
+    let orders = vec![
+        order(93, "alice_1", OrderStatus::Delivered, "credit_card_1"),
+        big,
+        order(95, "alice_1", OrderStatus::Pending, "credit_card_1"),
+    ];
+    let shop = fixture("shop-staff-decide", orders, policy);
+    let who = alice(&shop);
+    let shopper = Ctx::shopper(Channel::Api);
+    let id = |n: u64| OrderId::parse(&format!("#W{n}")).unwrap();
+    let staff_decide = |err: ShopError| {
+        matches!(err, ShopError::Refused { code: Refusal::Policy, ref phrase, .. }
+            if phrase.key == "staff_decide")
+    };
+    let ret = action(ActionKind::Return, &id(93));
+    let err = shop.prepare(&shopper, &who, &ret).unwrap_err();
+    assert!(staff_decide(err));
+    let cancel_big = action(ActionKind::Cancel, &id(94));
+    let err = shop.prepare(&shopper, &who, &cancel_big).unwrap_err();
+    assert!(staff_decide(err));
+    // A smaller order's cancel is the shopper's to do.
+    let cancel = action(ActionKind::Cancel, &id(95));
+    shop.prepare(&shopper, &who, &cancel).unwrap();
+    // A token staff prepared can't be confirmed by the shopper either.
+    let staff = Ctx::staff("sam", Channel::Api);
+    let c = shop.prepare(&staff, &who, &ret).unwrap();
+    let err = shop.confirm(&shopper, &who, &ret, &c.token).unwrap_err();
+    assert!(staff_decide(err));
+    let done = shop.confirm(&staff, &who, &ret, &c.token).unwrap();
+    assert_eq!(done.order.status, OrderStatus::ReturnRequested);
+}
+
 #[test]
 fn demo_shop_recommendations_come_from_the_catalogue_and_history() {
     let dir = scratch_dir("shop-demo-recommend");
