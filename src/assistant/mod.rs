@@ -237,6 +237,13 @@ impl Assistant {
         })
     }
 
+    /// Whether `id` names a conversation the shop has stored, that is one this server started.
+    /// The HTTP routes take no other: an id of the right shape that a client made up ("conv-"
+    /// and 48 zeros) could otherwise be shared by whoever else guesses it.
+    pub fn knows(&self, id: &str) -> Result<bool, AssistantError> {
+        Ok(self.inner.shop.store().conversation(id.trim())?.is_some())
+    }
+
     /// One turn. Blocking (embedding, SQLite): call it off the async runtime.
     pub fn turn(&self, conversation: Option<&str>, text: &str) -> Result<Reply, AssistantError> {
         let id = match conversation {

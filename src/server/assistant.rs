@@ -21,7 +21,7 @@ use super::shop::{blocking, ctx, message_after, page, paged, params, shop, Param
 use super::AppState;
 use crate::assistant::Assistant;
 use crate::shop::service::RatingStatus;
-use crate::shop::{Channel, Ctx};
+use crate::shop::{Channel, Ctx, ShopError};
 
 pub fn routes() -> Router<AppState> {
     Router::new()
@@ -76,7 +76,13 @@ async fn human(
 ) -> Result<Response, ApiError> {
     let assistant = state.assistant()?.clone();
     let id = conversation_id(&id)?;
-    let reply = run(assistant, move |a| a.request_human(&id)).await?;
+    let reply = run(assistant, move |a| {
+        if !a.knows(&id)? {
+            return Err(ShopError::not_found("conversation", &id).into());
+        }
+        a.request_human(&id)
+    })
+    .await?;
     Ok(axum::Json(json!({
         "conversation_id": reply.conversation_id,
         "text": reply.text,

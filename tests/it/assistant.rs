@@ -200,6 +200,13 @@ async fn the_clerk_model_keeps_identity_and_confirmations_on_the_server() {
     let (status, _, body) = chat(&base, key, None, made_up).await;
     assert_eq!(status, 400, "{body}");
     assert_eq!(body["error"]["param"], "X-Clerk-Conversation");
+    // Nor one of the right shape that the server never started ("conv-" and 48 zeros), which
+    // anyone could guess and share.
+    let mut well_formed = user("hello");
+    well_formed["metadata"] = json!({ "conversation_id": format!("conv-{}", "0".repeat(48)) });
+    let (status, _, body) = chat(&base, key, None, well_formed).await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error"]["param"], "X-Clerk-Conversation");
 
     // Another customer, by `metadata.conversation_id`: Ana's order does not exist for them.
     let (_, _, first) = chat(&base, key, None, user("hello")).await;

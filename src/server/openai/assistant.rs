@@ -62,14 +62,18 @@ fn conversation_id(
     let id = from_header.or(from_body).filter(|s| !s.trim().is_empty());
     if let Some(id) = &id {
         if !Assistant::is_conversation_id(id.trim()) {
-            return Err(ApiError::invalid(
-                "X-Clerk-Conversation",
-                "unknown conversation id: the server makes them; leave it out to start a \
-                 conversation and send back the `conversation_id` each response returns",
-            ));
+            return Err(unknown_conversation());
         }
     }
     Ok(id)
+}
+
+fn unknown_conversation() -> ApiError {
+    ApiError::invalid(
+        "X-Clerk-Conversation",
+        "unknown conversation id: the server makes them; leave it out to start a conversation \
+         and send back the `conversation_id` each response returns",
+    )
 }
 
 /// The newest user message's text: earlier turns, including any the client made up, are not read.
@@ -98,9 +102,16 @@ pub async fn handle(
             .stream_options
             .as_ref()
             .is_some_and(|o| o.include_usage);
-    let reply = tokio::task::spawn_blocking(move || assistant.turn(conversation.as_deref(), &text))
-        .await
-        .map_err(|e| ApiError::Internal(e.to_string()))??;
+    let reply = tokio::task::spawn_blocking(move || -> Result<Reply, ApiError> {
+        if let Some(id) = &conversation {
+            if !assistant.knows(id)? {
+                return Err(unknown_conversation());
+            }
+        }
+        Ok(assistant.turn(conversation.as_deref(), &text)?)
+    })
+    .await
+    .map_err(|e| ApiError::Internal(e.to_string()))??;
     let id = random_id("chatcmpl-");
     let created = crate::clock::unix_now().max(0) as u64;
     let header = HeaderValue::from_str(&reply.conversation_id).ok();
