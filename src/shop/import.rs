@@ -289,6 +289,43 @@ fn parse_customers_csv(file: &str, rows: &[CsvRow]) -> Result<Vec<Customer>> {
         .collect()
 }
 
+/// Refuses data with a negative price, payment or balance, naming the record: an order with a
+/// negative item would total less than it charged, and refunds would follow the wrong sum.
+fn no_negative_amounts(data: &ShopData) -> Result<()> {
+    let negative = |what: String, m: Money| {
+        (m.cents() < 0).then(|| ShopError::Invalid {
+            field: "amount",
+            message: format!("{what} is negative ({m})"),
+        })
+    };
+    let found = data
+        .products
+        .iter()
+        .flat_map(|p| &p.variants)
+        .find_map(|v| negative(format!("the price of {}", v.sku), v.price))
+        .or_else(|| {
+            data.customers.iter().find_map(|c| {
+                c.payment_methods.iter().find_map(|m| {
+                    m.balance
+                        .and_then(|b| negative(format!("the balance of {}", m.id), b))
+                })
+            })
+        })
+        .or_else(|| {
+            data.orders.iter().find_map(|o| {
+                o.items
+                    .iter()
+                    .find_map(|i| negative(format!("item {} of order {}", i.sku, o.id), i.price))
+                    .or_else(|| {
+                        o.payments.iter().find_map(|t| {
+                            negative(format!("a {} of order {}", t.kind.as_str(), o.id), t.amount)
+                        })
+                    })
+            })
+        });
+    found.map_or(Ok(()), Err)
+}
+
 /// Orders CSV, one row per item: `order_id, customer_id, status, product_id, item_id, name,
 /// price, payment_method_id`, and the shipping address columns. The payment is the items' sum.
 fn parse_orders_csv(file: &str, rows: &[CsvRow]) -> Result<Vec<Order>> {
@@ -322,7 +359,27 @@ fn parse_orders_csv(file: &str, rows: &[CsvRow]) -> Result<Vec<Order>> {
             PaymentMethodId::parse(col(file, *line, row, "payment_method_id")?),
         )?;
         match index.get(&id) {
-            Some(&i) => orders[i].items.push(item),
+            Some(&i) => {
+                // One row per item: what belongs to the order must agree with its first row, or
+                // the import would take one row's word and drop the other's.
+                let o = &orders[i];
+                let differs = [
+                    ("customer_id", o.customer_id.as_str(), col(file, *line, row, "customer_id")?),
+                    ("status", o.status.as_str(), col(file, *line, row, "status")?),
+                    ("payment_method_id", methods[&id].as_str(), method.as_str()),
+                ]
+                .into_iter()
+                .find(|(_, first, here)| first != here);
+                if let Some((field, first, here)) = differs {
+                    return Err(bad(
+                        file,
+                        format!(
+                            "{rec}: order {id} has `{field}` {here}, but {first} on an earlier line"
+                        ),
+                    ));
+                }
+                orders[i].items.push(item)
+            }
             None => {
                 index.insert(id.clone(), orders.len());
                 methods.insert(id.clone(), method);
@@ -441,6 +498,7 @@ impl Shop {
 
     /// Imports parsed shop data in one transaction, with one audit entry.
     pub fn import(&self, ctx: &Ctx, data: &ShopData, sources: &[String]) -> Result<ShopCounts> {
+        no_negative_amounts(data)?;
         self.store.import(
             data,
             ctx.audit(

@@ -1300,6 +1300,37 @@ fn csv_exports_import_and_a_bad_row_refuses_the_whole_batch() {
         "{err}"
     );
     assert_eq!(shop.counts().unwrap(), ShopCounts::default());
+    // Rows of one order that disagree on whose it is, or a negative price: refused, naming the
+    // line or the record, where the first row's customer used to win and the sum went negative.
+    for (body, said) in [
+        (
+            "W701,dev_2,pending,mug,mug-white,Mug,10.00,card_7\n\
+             W701,carla_1,delivered,mug,mug-black,Mug,10.00,card_9\n",
+            ["line 3", "customer_id"],
+        ),
+        (
+            "W702,dev_2,pending,mug,mug-white,Mug,10.00,card_7\n\
+             W702,dev_2,pending,mug,mug-black,Mug,10.00,card_9\n",
+            ["line 3", "payment_method_id"],
+        ),
+        (
+            "W703,dev_2,pending,mug,mug-white,Mug,10.00,card_7\n\
+             W703,dev_2,pending,lamp,lamp-red,Lamp,-20.00,card_7\n",
+            ["lamp-red", "negative"],
+        ),
+    ] {
+        std::fs::write(
+            &bad,
+            format!("order_id,customer_id,status,product_id,item_id,name,price,payment_method_id\n{body}"),
+        )
+        .unwrap();
+        let err = shop
+            .import_paths(&ctx, &[files.as_path(), bad.as_path()])
+            .unwrap_err()
+            .to_string();
+        assert!(said.iter().all(|s| err.contains(s)), "{err}");
+        assert_eq!(shop.counts().unwrap(), ShopCounts::default());
+    }
 
     let counts = shop.import_paths(&ctx, &[files.as_path()]).unwrap();
     assert_eq!(
