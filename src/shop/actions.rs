@@ -11,6 +11,7 @@ use sha2::{Digest, Sha256};
 use super::domain::*;
 use super::error::{Refusal, Result, ShopError};
 use super::policy::ActionKind;
+use super::policy::Policy;
 use super::records::*;
 use super::store::{Change, OrderFilter, Page, StoredToken, TokenKind, Write};
 use super::Shop;
@@ -250,11 +251,15 @@ fn method_name(customer: &Customer, id: &PaymentMethodId) -> String {
         .map_or_else(|| id.to_string(), PaymentMethod::describe)
 }
 
-fn refund_timing(method: &PaymentMethod) -> &'static str {
-    if method.source == PaymentSource::GiftCard {
-        "immediately"
-    } else {
-        "within 5 to 7 business days"
+/// When a refund to `method` arrives: at once on a gift card, otherwise as the merchant's policy
+/// says (`card_refund_business_days`). An unknown method counts as a card.
+fn refund_timing(policy: &Policy, method: Option<&PaymentMethod>) -> String {
+    if method.is_some_and(|m| m.source == PaymentSource::GiftCard) {
+        return "immediately".into();
+    }
+    match policy.card_refund_business_days {
+        [a, b] if a == b => format!("within {a} business days"),
+        [a, b] => format!("within {a} to {b} business days"),
     }
 }
 
@@ -610,7 +615,7 @@ impl Shop {
             OrderAction::ModifyAddress { address, .. } => plan_address(&order, address),
             OrderAction::ModifyPayment {
                 payment_method_id, ..
-            } => plan_payment(&customer, &order, payment_method_id),
+            } => plan_payment(&self.policy, &customer, &order, payment_method_id),
             OrderAction::ModifyItems {
                 items,
                 payment_method_id,
@@ -694,10 +699,9 @@ impl Shop {
                         method: m.clone(),
                         delta: net,
                     });
-                    "immediately"
+                    "immediately".to_string()
                 }
-                Some(pm) => refund_timing(pm),
-                None => "within 5 to 7 business days",
+                pm => refund_timing(&self.policy, pm),
             };
             effects.push(format!(
                 "{net} will be refunded to {} {timing}.",
@@ -817,7 +821,7 @@ impl Shop {
             -1 => effects.push(format!(
                 "The difference of {} is refunded to {pm_name} {}.",
                 Money(-diff.0),
-                refund_timing(pm)
+                refund_timing(&self.policy, Some(pm))
             )),
             _ => effects.push("The price does not change.".into()),
         }
@@ -1029,7 +1033,12 @@ fn plan_address(order: &Order, address: &Address) -> Result<Plan> {
     })
 }
 
-fn plan_payment(customer: &Customer, order: &Order, method: &PaymentMethodId) -> Result<Plan> {
+fn plan_payment(
+    policy: &Policy,
+    customer: &Customer,
+    order: &Order,
+    method: &PaymentMethodId,
+) -> Result<Plan> {
     let new = customer.payment_method(method).ok_or_else(|| {
         ShopError::refused_as(
             Refusal::PaymentMethod,
@@ -1113,7 +1122,7 @@ fn plan_payment(customer: &Customer, order: &Order, method: &PaymentMethodId) ->
             delta: total,
         });
     }
-    let timing = old.map_or("within 5 to 7 business days", refund_timing);
+    let timing = refund_timing(policy, old);
     Ok(Plan {
         summary: Summary {
             action: ActionKind::ModifyPayment,

@@ -364,8 +364,16 @@ fn parse_orders_csv(file: &str, rows: &[CsvRow]) -> Result<Vec<Order>> {
                 // the import would take one row's word and drop the other's.
                 let o = &orders[i];
                 let differs = [
-                    ("customer_id", o.customer_id.as_str(), col(file, *line, row, "customer_id")?),
-                    ("status", o.status.as_str(), col(file, *line, row, "status")?),
+                    (
+                        "customer_id",
+                        o.customer_id.as_str(),
+                        col(file, *line, row, "customer_id")?,
+                    ),
+                    (
+                        "status",
+                        o.status.as_str(),
+                        col(file, *line, row, "status")?,
+                    ),
                     ("payment_method_id", methods[&id].as_str(), method.as_str()),
                 ]
                 .into_iter()

@@ -91,6 +91,9 @@ pub struct Policy {
     /// Any change to an order worth at least this many cents goes to staff the same way; `null`
     /// for no limit.
     pub handoff_order_total_cents: Option<i64>,
+    /// How many business days a refund to a card or PayPal takes to arrive, as the shop tells
+    /// shoppers in a change's summary: `[5, 7]` reads "within 5 to 7 business days".
+    pub card_refund_business_days: [u32; 2],
 }
 
 impl Default for Policy {
@@ -127,6 +130,7 @@ impl Default for Policy {
             queues,
             handoff_actions: Vec::new(),
             handoff_order_total_cents: None,
+            card_refund_business_days: [5, 7],
         }
     }
 }
@@ -147,10 +151,21 @@ impl Policy {
             file: path.display().to_string(),
             message: e.to_string(),
         })?;
-        serde_json::from_str(&text).map_err(|e| ShopError::Import {
+        let policy: Self = serde_json::from_str(&text).map_err(|e| ShopError::Import {
             file: path.display().to_string(),
             message: e.to_string(),
-        })
+        })?;
+        let [a, b] = policy.card_refund_business_days;
+        if a > b {
+            return Err(ShopError::Import {
+                file: path.display().to_string(),
+                message: format!(
+                    "`card_refund_business_days` [{a}, {b}]: the first is the fewest days, the \
+                     second the most"
+                ),
+            });
+        }
+        Ok(policy)
     }
 
     /// Refuses `action` on an order in `status`, saying which statuses would allow it.

@@ -1360,7 +1360,8 @@ fn csv_exports_import_and_a_bad_row_refuses_the_whole_batch() {
 fn a_merchant_policy_changes_what_is_allowed() {
     let policy: Policy = serde_json::from_str(
         r#"{"allowed": {"cancel": ["pending", "processed"], "return": ["delivered"]},
-            "cancel_reasons": ["changed my mind"], "refund_to_any_gift_card": false}"#,
+            "cancel_reasons": ["changed my mind"], "refund_to_any_gift_card": false,
+            "card_refund_business_days": [10, 10]}"#,
     )
     .unwrap();
     let orders = vec![
@@ -1377,6 +1378,17 @@ fn a_merchant_policy_changes_what_is_allowed() {
         reason: "Changed my mind".into(),
     };
     let c = shop.prepare(&ctx, &who, &cancel).unwrap();
+    // The refund's timing is the merchant's, not a fixed sentence.
+    let said = c.summary.effects.join(" ");
+    assert!(
+        said.contains("refunded to") && said.contains("within 10 business days"),
+        "{said}"
+    );
+    assert!(!said.contains("5 to 7"), "{said}");
+    let backwards = scratch_dir("shop-policy-backwards").join("policy.json");
+    std::fs::write(&backwards, r#"{"card_refund_business_days": [7, 5]}"#).unwrap();
+    let err = Policy::load(&backwards).unwrap_err().to_string();
+    assert!(err.contains("card_refund_business_days"), "{err}");
     assert_eq!(
         shop.confirm(&ctx, &who, &cancel, &c.token)
             .unwrap()
