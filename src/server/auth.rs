@@ -142,7 +142,12 @@ pub async fn require_key(State(state): State<AppState>, mut req: Request, next: 
     };
     let store_has_keys = stored.as_ref().is_some_and(|(any, _)| *any);
     if keys.is_empty() && !store_has_keys {
-        // No keys: a loopback-only development server (see `serve`), open to its own machine.
+        // No keys: a loopback-only development server (see `serve`), open to its own machine,
+        // but not to a web page the machine's browser shows, which could post to it or, through
+        // a DNS name rebound to 127.0.0.1, read from it.
+        if let Some(why) = foreign_browser_request(&req, &state.config.cors_origins) {
+            return ApiError::Forbidden(why).into_response();
+        }
         req.extensions_mut().insert(Caller {
             scope: Scope::Admin,
         });
@@ -206,5 +211,87 @@ mod tests {
         }
         .require(Scope::Staff)
         .is_ok());
+    }
+}
+
+/// Why a request to a keyless server comes from somewhere other than its own machine's programs
+/// or its own pages, if it does: a `Host` that is a DNS name other than localhost (a rebound
+/// name), or an `Origin` (sent by browsers with every cross-origin POST) that is neither this
+/// server nor one allowed by `--cors-origin`.
+fn foreign_browser_request(req: &Request, allowed: &[axum::http::HeaderValue]) -> Option<String> {
+    // Browsers always say which host they address; a request without one is a program's.
+    let host = req
+        .headers()
+        .get(axum::http::header::HOST)
+        .map(|h| h.to_str().unwrap_or("?"))
+        .or_else(|| req.uri().authority().map(|a| a.as_str()))
+        .unwrap_or("localhost");
+    if !is_local_host(host) {
+        return Some(format!(
+            "this server has no API key, so it answers only requests addressed to localhost or \
+             an IP address, not to `{host}`; create a key to serve other names"
+        ));
+    }
+    let origin = req.headers().get(axum::http::header::ORIGIN)?;
+    if allowed.contains(origin) {
+        return None;
+    }
+    let same = origin.to_str().ok().is_some_and(|o| {
+        o.strip_prefix("http://")
+            .or_else(|| o.strip_prefix("https://"))
+            .is_some_and(|rest| rest.eq_ignore_ascii_case(host))
+    });
+    (!same).then(|| {
+        "this server has no API key, so it refuses requests from other sites' pages; allow \
+         one with --cors-origin or create a key"
+            .to_string()
+    })
+}
+
+/// Whether `host` (a `Host` header: name or address, maybe a port) names this machine without
+/// DNS: an IP address, `localhost` or a name under `.localhost`.
+fn is_local_host(host: &str) -> bool {
+    let name = if let Some(v6) = host.strip_prefix('[') {
+        return v6.split_once(']').is_some_and(|(a, port)| {
+            a.parse::<std::net::Ipv6Addr>().is_ok()
+                && (port.is_empty()
+                    || port
+                        .strip_prefix(':')
+                        .is_some_and(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit())))
+        });
+    } else {
+        host.rsplit_once(':')
+            .filter(|(_, port)| port.bytes().all(|b| b.is_ascii_digit()))
+            .map_or(host, |(name, _)| name)
+    };
+    let name = name.trim_end_matches('.').to_ascii_lowercase();
+    name == "localhost" || name.ends_with(".localhost") || name.parse::<std::net::IpAddr>().is_ok()
+}
+
+#[cfg(test)]
+mod host_tests {
+    use super::is_local_host;
+
+    #[test]
+    fn only_addresses_and_localhost_name_this_machine() {
+        for ok in [
+            "127.0.0.1:8080",
+            "localhost",
+            "LOCALHOST:3000",
+            "[::1]:8080",
+            "app.localhost",
+            "10.0.0.5",
+        ] {
+            assert!(is_local_host(ok), "{ok}");
+        }
+        for no in [
+            "evil.example:8080",
+            "127.0.0.1.nip.io",
+            "",
+            "localhost.evil.example",
+            "[::1",
+        ] {
+            assert!(!is_local_host(no), "{no}");
+        }
     }
 }

@@ -280,7 +280,14 @@ pub fn app(state: AppState) -> Router {
             CorsLayer::new()
                 .allow_origin(state.config.cors_origins.clone())
                 .allow_methods([Method::GET, Method::POST, Method::DELETE, Method::OPTIONS])
-                .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE]),
+                // Whatever headers the page asks to send: the OpenAI SDKs add their own
+                // (`x-stainless-*`) and clerk's pages send `X-Clerk-*`; the allowed origin and
+                // the key decide what a request may do, not its header names.
+                .allow_headers(tower_http::cors::AllowHeaders::mirror_request())
+                .expose_headers([
+                    header::HeaderName::from_static("x-clerk-conversation"),
+                    header::RETRY_AFTER,
+                ]),
         );
     }
     router.with_state(state)

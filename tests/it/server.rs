@@ -735,6 +735,75 @@ async fn cors_is_closed_unless_an_origin_is_allowed() {
         res.headers()["access-control-allow-origin"],
         "https://shop.example"
     );
+    // The headers the OpenAI SDKs and clerk's own pages send pass the preflight, and a page can
+    // read the conversation id clerk answers with.
+    let asked = "authorization,content-type,x-stainless-os,x-clerk-session";
+    let res = reqwest::Client::new()
+        .request(
+            reqwest::Method::OPTIONS,
+            format!("{}/v1/chat/completions", open.base),
+        )
+        .header("origin", "https://shop.example")
+        .header("access-control-request-method", "POST")
+        .header("access-control-request-headers", asked)
+        .send()
+        .await
+        .unwrap();
+    let allowed = res.headers()["access-control-allow-headers"]
+        .to_str()
+        .unwrap()
+        .to_ascii_lowercase();
+    for h in asked.split(',') {
+        assert!(allowed.contains(h), "{allowed}");
+    }
+    let res = reqwest::Client::new()
+        .get(format!("{}/v1/models", open.base))
+        .header("origin", "https://shop.example")
+        .send()
+        .await
+        .unwrap();
+    let exposed = res.headers()["access-control-expose-headers"]
+        .to_str()
+        .unwrap()
+        .to_ascii_lowercase();
+    assert!(exposed.contains("x-clerk-conversation"), "{exposed}");
+
+    // A keyless server (loopback only) is its machine's, not the pages its browser shows: a post
+    // from another site (a "simple" request that needs no preflight) and a DNS name rebound to
+    // 127.0.0.1 are refused before any handler runs; its own pages and allowed origins are not.
+    let post = |base: String, headers: Vec<(&'static str, String)>| async move {
+        let mut req = reqwest::Client::new()
+            .post(format!("{base}/v1/embeddings"))
+            .header("content-type", "text/plain")
+            .body(r#"{"model":"x","input":"hi"}"#);
+        for (k, v) in headers {
+            req = req.header(k, v);
+        }
+        let res = req.send().await.unwrap();
+        let status = res.status().as_u16();
+        (status, res.json::<Value>().await.unwrap_or(Value::Null))
+    };
+    let (status, body) = post(
+        closed.base.clone(),
+        vec![("origin", "https://evil.example".into())],
+    )
+    .await;
+    assert_error(status, &body, 403, "permission_denied");
+    let (status, body) = post(
+        closed.base.clone(),
+        vec![("host", "rebound.evil.example".into())],
+    )
+    .await;
+    assert_error(status, &body, 403, "permission_denied");
+    let own = closed.base.clone();
+    let (status, body) = post(closed.base.clone(), vec![("origin", own)]).await;
+    assert_ne!(status, 403, "{body}");
+    let (status, body) = post(
+        open.base.clone(),
+        vec![("origin", "https://shop.example".into())],
+    )
+    .await;
+    assert_ne!(status, 403, "{body}");
 }
 
 /// The official Python client, as most users run it, against the same server.
