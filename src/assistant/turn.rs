@@ -1320,7 +1320,7 @@ impl<'a> Turn<'a> {
         let Some(found) = self.asked_product(text) else {
             return Ok(None);
         };
-        let mut q = Query::new(&found.query());
+        let mut q = Query::new(found.query());
         q.kind = Some(Kind::Product);
         q.limit = 3;
         let things = found.things.join(" ");
