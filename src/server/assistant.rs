@@ -6,7 +6,7 @@
 //! holding the conversation: the shopper routes take it from the path or the
 //! `X-Clerk-Conversation` header and accept any key scope. The review routes need staff.
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
@@ -16,7 +16,7 @@ use serde_json::json;
 
 use super::auth::{Caller, Scope};
 use super::error::ApiError;
-use super::extract::Json;
+use super::extract::{Json, Path};
 use super::shop::{blocking, ctx, message_after, page, paged, params, shop, Params};
 use super::AppState;
 use crate::assistant::Assistant;

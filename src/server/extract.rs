@@ -78,3 +78,51 @@ pub fn parse_optional<T: DeserializeOwned + Default>(bytes: &[u8]) -> Result<T, 
 /// The configured body limit, put in request extensions so rejections can say what it is.
 #[derive(Debug, Clone, Copy)]
 pub struct BodyLimit(pub usize);
+
+/// Like `axum::extract::Path`, but a segment that doesn't parse ("abc" for a numeric id, bytes
+/// that aren't UTF-8) is an [`ApiError`] in OpenAI's shape, not axum's plain-text 400.
+pub struct Path<T>(pub T);
+
+impl<S, T> axum::extract::FromRequestParts<S> for Path<T>
+where
+    S: Send + Sync,
+    T: DeserializeOwned + Send,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, ApiError> {
+        match axum::extract::Path::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Path(v)) => Ok(Path(v)),
+            Err(rejection) => {
+                use axum::extract::path::ErrorKind;
+                let param = match &rejection {
+                    axum::extract::rejection::PathRejection::FailedToDeserializePathParams(e) => {
+                        match e.kind() {
+                            ErrorKind::ParseErrorAtKey { key, .. }
+                            | ErrorKind::InvalidUtf8InPathParam { key } => Some(key.clone()),
+                            // A tuple of segments names its failure by place: say the name.
+                            ErrorKind::ParseErrorAtIndex { index, .. } => {
+                                axum::extract::RawPathParams::from_request_parts(parts, state)
+                                    .await
+                                    .ok()
+                                    .and_then(|raw| {
+                                        raw.iter().nth(*index).map(|(k, _)| k.to_string())
+                                    })
+                            }
+                            _ => None,
+                        }
+                    }
+                    _ => None,
+                };
+                Err(ApiError::InvalidRequest {
+                    message: format!("Invalid path: {}", rejection.body_text()),
+                    param,
+                    code: None,
+                })
+            }
+        }
+    }
+}

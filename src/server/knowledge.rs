@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 
 use axum::extract::rejection::QueryRejection;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Query, State};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::json;
@@ -13,7 +13,7 @@ use serde_json::json;
 use crate::retrieval::{self, Format, Input, Kind, Knowledge, Mode, RetrievalError};
 use crate::server::auth::{Caller, Scope};
 use crate::server::error::ApiError;
-use crate::server::extract::Json;
+use crate::server::extract::{Json, Path};
 use crate::server::AppState;
 
 /// Documents per request at most; a whole catalogue is one document.

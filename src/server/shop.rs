@@ -10,7 +10,7 @@
 use std::collections::HashMap;
 
 use axum::extract::rejection::QueryRejection;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Query, State};
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -20,7 +20,7 @@ use serde_json::{json, Value};
 
 use super::auth::{Caller, Scope};
 use super::error::ApiError;
-use super::extract::Json;
+use super::extract::{Json, Path};
 use super::AppState;
 use crate::shop::care::About;
 use crate::shop::service::HandoffStatus;

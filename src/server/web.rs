@@ -7,7 +7,7 @@
 //! sits in the merchant's page source) and reaches only the assistant and the shopper's own
 //! conversation. The console asks staff for their key and keeps it in the tab's session storage.
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{header, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -16,6 +16,7 @@ use serde_json::json;
 
 use super::auth::Scope;
 use super::error::ApiError;
+use super::extract::Path;
 use super::AppState;
 
 /// `(name, content type, body)` of every file under `web/`.

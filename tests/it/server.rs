@@ -374,6 +374,11 @@ async fn errors_have_openai_shape_and_status() {
         "{b}"
     );
     assert_eq!(b["error"]["type"], "invalid_request_error");
+    // A path segment that doesn't parse gets the same shape, naming the segment.
+    let (s, b) = server.post("/v1/shop/handoffs/abc/claim", "").await;
+    assert_eq!(s, 400, "{b}");
+    assert_eq!(b["error"]["type"], "invalid_request_error", "{b}");
+    assert_eq!(b["error"]["param"], "id", "{b}");
 
     let (s, b) = server
         .post(

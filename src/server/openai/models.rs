@@ -1,10 +1,11 @@
 //! `GET /v1/models` and `GET /v1/models/{id}`.
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::Json;
 use serde_json::{json, Value};
 
 use crate::server::error::ApiError;
+use crate::server::extract::Path;
 use crate::server::AppState;
 
 fn model_object(state: &AppState, id: &str) -> Value {
