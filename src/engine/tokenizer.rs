@@ -89,6 +89,8 @@ pub struct Tokenizer {
     add_bos: bool,
     eos: Vec<u32>,
     special: Vec<bool>,
+    /// Every token's bytes ([`Self::token_bytes`]), made the first time one is asked for.
+    bytes: std::sync::OnceLock<Option<Vec<Vec<u8>>>>,
 }
 
 impl Tokenizer {
@@ -268,6 +270,7 @@ impl Tokenizer {
             add_bos,
             eos,
             special,
+            bytes: std::sync::OnceLock::new(),
         })
     }
 
@@ -303,6 +306,7 @@ impl Tokenizer {
             add_bos: false,
             eos,
             special,
+            bytes: std::sync::OnceLock::new(),
         })
     }
 
@@ -350,6 +354,18 @@ impl Tokenizer {
             .map_err(|_| err("constrained decoding does not understand this tokenizer"))?
             .map_err(|e| err(format!("constrained decoding: {e}")))?;
         Ok(words)
+    }
+
+    /// The bytes token `id` stands for. A byte-level or byte-fallback token may hold part of a
+    /// UTF-8 character, which [`Self::decode`] alone turns into "�"; these are its real bytes, so
+    /// a client can join them into the character (OpenAI's logprob `bytes`). A special token, or
+    /// a vocabulary the table can't be made for, gives its decoded text.
+    pub fn bytes_of(&self, id: u32) -> Vec<u8> {
+        let table = self.bytes.get_or_init(|| self.token_bytes().ok());
+        match table.as_ref().and_then(|t| t.get(id as usize)) {
+            Some(b) if !b.is_empty() && !self.is_special(id) => b.clone(),
+            _ => self.decode(&[id], false).unwrap_or_default().into_bytes(),
+        }
     }
 
     pub fn decode_stream(&self, skip_special: bool) -> DecodeStream<'_> {

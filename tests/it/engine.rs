@@ -512,3 +512,25 @@ fn bench_reports_its_figures_and_the_threads_it_ran_on() {
         assert!(r["peak_rss_mb"].as_f64().is_some_and(|m| m < 300.0), "{r}");
     }
 }
+
+/// A byte-level token can hold part of a character: decoded alone it is "�", but its bytes are
+/// the character's own, and a text's tokens' bytes join into the text (OpenAI's logprob `bytes`).
+#[test]
+fn each_tokens_bytes_join_into_the_text_even_inside_a_character() {
+    let engine = smollm(|_| {});
+    let tok = engine.tokenizer();
+    for text in ["🙂 ok", "水和茶", "naïve café"] {
+        let ids = tok.encode(text, false).unwrap();
+        let joined: Vec<u8> = ids.iter().flat_map(|&id| tok.bytes_of(id)).collect();
+        assert_eq!(joined, text.as_bytes(), "{text}");
+    }
+    // The emoji takes more than one token, and one of them is not a character by itself.
+    let ids = tok.encode("🙂", false).unwrap();
+    assert!(ids.len() > 1, "{ids:?}");
+    assert!(ids
+        .iter()
+        .any(|&id| tok.decode(&[id], false).unwrap().contains('\u{FFFD}')));
+    // A special token gives its text.
+    let end = tok.token_to_id("<|im_end|>").unwrap();
+    assert_eq!(tok.bytes_of(end), b"<|im_end|>");
+}

@@ -224,6 +224,13 @@ async fn n_choices_logprobs_and_stop() {
             assert!(t.logprob <= 0.0);
             assert_eq!(t.top_logprobs.len(), 3);
         }
+        // The tokens' bytes join into the text, whatever characters it has.
+        let joined: Vec<u8> = lp
+            .iter()
+            .flat_map(|t| t.bytes.clone().unwrap_or_default())
+            .collect();
+        let content = c.message.content.clone().unwrap_or_default();
+        assert_eq!(String::from_utf8_lossy(&joined), content);
     }
     let usage = res.usage.unwrap();
     assert_eq!(usage.prompt_tokens, prompt_tokens("Name a colour."));

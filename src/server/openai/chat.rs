@@ -131,7 +131,8 @@ fn tool_delta(index: usize, call: Value) -> Value {
 
 fn token_entry(engine: &Engine, id: u32, logprob: f32) -> Value {
     let text = engine.tokenizer().decode(&[id], false).unwrap_or_default();
-    json!({ "token": text, "logprob": logprob, "bytes": text.as_bytes() })
+    let bytes = engine.tokenizer().bytes_of(id);
+    json!({ "token": text, "logprob": logprob, "bytes": bytes })
 }
 
 impl Shape for Chat {
