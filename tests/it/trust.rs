@@ -1140,8 +1140,8 @@ fn exits_within(child: &mut Child, secs: u64) -> bool {
 }
 
 /// SIGTERM stops a running server gracefully: a stream in flight finishes normally when it can
-/// within the grace period, and is ended with an error event and `[DONE]` when it can't; either
-/// way the process then exits cleanly.
+/// within the grace period, and is ended with an error event and `[DONE]` when it can't (a whole
+/// response with a 503); either way the process then exits cleanly.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_finishes_or_cleanly_ends_streams_in_flight() {
     use futures_util::StreamExt;
@@ -1212,6 +1212,34 @@ async fn sigterm_finishes_or_cleanly_ends_streams_in_flight() {
             "clerk serve exited with a failure"
         );
     }
+    // A whole (non-streamed) response gets the same grace: it is ended with a 503, and the
+    // process exits, rather than both waiting for 5000 tokens.
+    let data = scratch_dir("trust-shutdown-whole");
+    let mut child = start_server(&data, &["--shutdown-grace-secs", "1"]);
+    wait_healthy(&child.base).await;
+    let mut whole = stream_body(5000);
+    whole["stream"] = json!(false);
+    let pending = tokio::spawn(
+        client
+            .post(format!("{}/v1/chat/completions", child.base))
+            .bearer_auth(KILL_KEY)
+            .json(&whole)
+            .send(),
+    );
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    sigterm(child.process.id());
+    let res = tokio::time::timeout(std::time::Duration::from_secs(15), pending)
+        .await
+        .expect("the whole response did not end within the grace")
+        .unwrap()
+        .unwrap();
+    assert_eq!(res.status(), 503);
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "shutting_down", "{body}");
+    assert!(
+        exits_within(&mut child, 30),
+        "clerk serve exited with a failure"
+    );
 }
 
 /// Personal fields are sealed at rest: after importing the tau2 shop and a conversation, no

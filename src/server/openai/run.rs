@@ -256,9 +256,15 @@ async fn respond<S: Shape>(
     let timeout = state.config.request_timeout;
     let per_prompt = choices.per_prompt;
     let all = futures_util::future::try_join_all(choices.gens.into_iter().map(collect));
-    let results = tokio::time::timeout(timeout, all)
-        .await
-        .map_err(|_| ApiError::Timeout(timeout.as_secs()))??;
+    // A shutdown's grace holds for whole responses as for streams: past it, the generations are
+    // dropped (which cancels them) and the client told why, so the process can exit.
+    let mut shutdown = state.shutdown.clone();
+    let results = tokio::select! {
+        r = tokio::time::timeout(timeout, all) => {
+            r.map_err(|_| ApiError::Timeout(timeout.as_secs()))??
+        }
+        _ = shutdown.wait_for(|stop| *stop) => return Err(ApiError::ShuttingDown),
+    };
     let mut usage = Usage::default();
     let mut out = Vec::with_capacity(results.len());
     for (i, c) in results.into_iter().enumerate() {
