@@ -192,7 +192,39 @@ async fn the_clerk_model_keeps_identity_and_confirmations_on_the_server() {
         "{text}"
     );
     assert_eq!(chunks.last().unwrap()["choices"], json!([]));
+    // With include_usage every chunk has `usage`, null until the last, as OpenAI sends it.
+    let (last, before) = chunks.split_last().unwrap();
+    assert!(last["usage"].is_object(), "{last}");
+    assert!(
+        before.iter().all(|c| c.get("usage") == Some(&Value::Null)),
+        "{raw}"
+    );
     assert_eq!(status_of("#W1000001"), OrderStatus::Cancelled);
+
+    // Fields are checked as for any model, and what a turn can't give is refused, not dropped.
+    for (field, value) in [
+        ("temperature", json!(9)),
+        ("max_tokens", json!(-5)),
+        ("n", json!(2)),
+        ("logprobs", json!(true)),
+        (
+            "tools",
+            json!([{"type": "function", "function": {"name": "f"}}]),
+        ),
+        ("response_format", json!({"type": "json_object"})),
+    ] {
+        let mut asked = user("hello");
+        asked[field] = value;
+        let (status, _, body) = chat(&base, key, None, asked).await;
+        assert_eq!(status, 400, "{field}: {body}");
+        assert_eq!(body["error"]["param"], field, "{body}");
+    }
+    // What only shapes sampled tokens has nothing to act on, and is fine.
+    let mut plain = user("hello");
+    plain["temperature"] = json!(0.2);
+    plain["response_format"] = json!({"type": "text"});
+    let (status, _, body) = chat(&base, key, None, plain).await;
+    assert_eq!(status, 200, "{body}");
 
     // Conversation ids are the server's: one a client makes up is refused, not adopted.
     let mut made_up = user("hello");

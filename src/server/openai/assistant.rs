@@ -68,6 +68,45 @@ fn conversation_id(
     Ok(id)
 }
 
+/// The request's fields are checked as for any model (a `temperature` of 9 is as wrong here), and
+/// what a turn can't give is refused, not dropped: the assistant writes one reply from the shop's
+/// data, not sampled tokens, so it has no second choice, no logprobs and no tool calls. Sampling
+/// settings that merely shape tokens (temperature, stop, max_tokens) have nothing to act on.
+fn refuse_what_a_turn_cannot_honour(
+    state: &AppState,
+    req: &ChatCompletionRequest,
+) -> Result<(), ApiError> {
+    let plan = req.sampling.plan(req.logprobs()?, state.config.max_n)?;
+    // No vocabulary to check token ids against: the ranges are what can be wrong.
+    plan.sampling.validate(usize::MAX)?;
+    let unsupported = |param: &str, what: &str| {
+        Err(ApiError::invalid(
+            param,
+            format!("the model `{MODEL}` {what}"),
+        ))
+    };
+    if plan.n != 1 {
+        return unsupported("n", "gives one reply per turn; `n` must be 1");
+    }
+    if req.logprobs == Some(true) {
+        return unsupported(
+            "logprobs",
+            "writes its replies from the shop's data, not sampled tokens, so it has no logprobs",
+        );
+    }
+    if req.tools.as_ref().is_some_and(|t| !t.is_empty()) {
+        return unsupported("tools", "acts on the shop itself and calls no client tools");
+    }
+    let format = match &req.response_format {
+        Some(f) => f.schema()?,
+        None => None,
+    };
+    if format.is_some() {
+        return unsupported("response_format", "answers in text only");
+    }
+    Ok(())
+}
+
 fn unknown_conversation() -> ApiError {
     ApiError::invalid(
         "X-Clerk-Conversation",
@@ -93,6 +132,7 @@ pub async fn handle(
     req: ChatCompletionRequest,
 ) -> Result<Response, ApiError> {
     let assistant = state.assistant()?.clone();
+    refuse_what_a_turn_cannot_honour(&state, &req)?;
     let conversation = conversation_id(&headers, &req)?;
     let text = last_user_text(&req)?;
     let stream = req.sampling.stream.unwrap_or(false);
@@ -190,6 +230,10 @@ fn stream_reply(id: &str, created: u64, reply: &Reply, include_usage: bool) -> R
             "choices": choices,
             "conversation_id": reply.conversation_id,
         });
+        if include_usage {
+            // As OpenAI does: every chunk has the field, null until the last.
+            v["usage"] = Value::Null;
+        }
         if let Some((k, x)) = extra {
             v[k] = x;
         }
