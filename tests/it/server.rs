@@ -306,6 +306,44 @@ async fn legacy_completions_whole_and_streamed() {
     }
     assert_eq!(streamed, text);
     assert!(finish.is_some());
+
+    // OpenAI's defaults and names for this endpoint: 16 tokens when `max_tokens` is left out (the
+    // end-of-sequence tokens banned, so it can't stop sooner), errors about `prompt`, and a
+    // scoring request (`echo` with `logprobs`) refused rather than given half its logprobs.
+    let (s, b) = server
+        .post(
+            "/v1/completions",
+            json!({"model": MODEL, "prompt": "Once upon a time", "temperature": 0,
+                   "logit_bias": {"0": -100, "2": -100}})
+            .to_string(),
+        )
+        .await;
+    assert_eq!(s, 200, "{b}");
+    assert_eq!(b["usage"]["completion_tokens"], 16, "{b}");
+    let (s, b) = server
+        .post(
+            "/v1/completions",
+            json!({"model": MODEL, "prompt": "word ".repeat(9000), "max_tokens": 4}).to_string(),
+        )
+        .await;
+    assert_error(s, &b, 400, "context_length_exceeded");
+    assert_eq!(b["error"]["param"], "prompt", "{b}");
+    assert!(
+        b["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("in the prompt"),
+        "{b}"
+    );
+    let (s, b) = server
+        .post(
+            "/v1/completions",
+            json!({"model": MODEL, "prompt": "Once", "echo": true, "logprobs": 1, "max_tokens": 1})
+                .to_string(),
+        )
+        .await;
+    assert_eq!(s, 400, "{b}");
+    assert_eq!(b["error"]["param"], "echo", "{b}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

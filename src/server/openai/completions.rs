@@ -41,8 +41,23 @@ pub async fn handler(
             "`suffix` (insertion) is not supported",
         ));
     }
-    let plan = req.sampling.plan(logprobs, state.config.max_n)?;
-    let prompts = tokenize(&engine, req.prompt).await?;
+    if req.echo && logprobs.is_some() {
+        // Scoring a prompt this way needs every prompt token's logprob, which the engine does
+        // not compute: refused rather than answered with the completion's logprobs alone.
+        return Err(ApiError::invalid(
+            "echo",
+            "`echo` with `logprobs` would need the prompt tokens' logprobs, which clerk does not \
+             compute; ask for one or the other",
+        ));
+    }
+    let mut plan = req.sampling.plan(logprobs, state.config.max_n)?;
+    if req.sampling.max_tokens.is_none() && req.sampling.max_completion_tokens.is_none() {
+        // OpenAI's default for this endpoint (chat's is the rest of the context).
+        plan.max_tokens = Some(16);
+    }
+    let prompts = tokenize(&engine, req.prompt)
+        .await
+        .map_err(about_the_prompt)?;
     if prompts.is_empty() || prompts.len() > MAX_PROMPTS {
         return Err(ApiError::invalid(
             "prompt",
@@ -62,7 +77,39 @@ pub async fn handler(
         .echo
         .then(|| prompts.iter().map(|(text, _)| text.clone()).collect());
     let ids = prompts.into_iter().map(|(_, ids)| ids).collect();
-    run::answer(&state, &engine, Legacy, "cmpl-", ids, &plan, echo).await
+    run::answer(&state, &engine, Legacy, "cmpl-", ids, &plan, echo)
+        .await
+        .map_err(about_the_prompt)
+}
+
+/// The shared errors name `messages`, chat's field; here the text is `prompt`.
+fn about_the_prompt(e: ApiError) -> ApiError {
+    match e {
+        ApiError::ContextOverflow {
+            context_length,
+            prompt_tokens,
+            max_tokens,
+            total,
+        } => ApiError::InvalidRequest {
+            message: format!(
+                "This model's maximum context length is {context_length} tokens. However, you \
+                 requested {total} tokens ({prompt_tokens} in the prompt, {max_tokens} in the \
+                 completion). Please reduce the length of the prompt or completion."
+            ),
+            param: Some("prompt".into()),
+            code: Some("context_length_exceeded"),
+        },
+        ApiError::InvalidRequest {
+            message,
+            param: Some(p),
+            code,
+        } if p == "messages" => ApiError::InvalidRequest {
+            message,
+            param: Some("prompt".into()),
+            code,
+        },
+        other => other,
+    }
 }
 
 /// Each prompt as (its text, its token ids).
