@@ -670,13 +670,30 @@
       });
     };
     try {
-      const headers = authHeaders({ "Content-Type": "application/json", Accept: "text/event-stream" });
-      if (state.conversation) headers["X-Clerk-Conversation"] = state.conversation;
-      const res = await fetch("/v1/chat/completions", {
-        method: "POST",
-        headers,
-        body: JSON.stringify({ model: "clerk", stream: true, messages: [{ role: "user", content }] }),
-      });
+      const send = () => {
+        const headers = authHeaders({ "Content-Type": "application/json", Accept: "text/event-stream" });
+        if (state.conversation) headers["X-Clerk-Conversation"] = state.conversation;
+        return fetch("/v1/chat/completions", {
+          method: "POST",
+          headers,
+          body: JSON.stringify({ model: "clerk", stream: true, messages: [{ role: "user", content }] }),
+        });
+      };
+      let res = await send();
+      if (res.status === 400 && state.conversation) {
+        const body = await res.clone().json().catch(() => null);
+        if (body && body.error && body.error.param === "X-Clerk-Conversation") {
+          // The server no longer knows this conversation (retention purged it, or its data was
+          // reset): start a new one rather than fail every message until a reload.
+          state.conversation = null;
+          try {
+            localStorage.removeItem(STORE_KEY);
+          } catch (_) {
+            /* ignore */
+          }
+          res = await send();
+        }
+      }
       if (!res.ok) throw new Error(await errorMessage(res));
       setConversation(res.headers.get("x-clerk-conversation"));
 

@@ -334,8 +334,9 @@ fn run_one(
                     .and_then(Lang::parse)
                     .or(default_lang);
                 if let (Some(want), false) = (want_lang, reply.silent) {
-                    // The reply's own words, without the quoted passages' language mixing in.
-                    let detected = lang::detect(text);
+                    // The reply's own words, without the quoted passages' language mixing in: a
+                    // passage only the shop's English documents hold is quoted («…», “…”).
+                    let detected = lang::detect(&unquoted(text));
                     if reply.language != want
                         || detected.is_some_and(|d| d != want && want != Lang::En)
                     {
@@ -484,4 +485,20 @@ pub fn documents_text(inputs: &[crate::retrieval::Input]) -> String {
         .map(|i| String::from_utf8_lossy(&i.content).to_string())
         .collect::<Vec<_>>()
         .join("\n")
+}
+
+/// `text` without what it quotes between «» or “”.
+fn unquoted(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut close = None;
+    for c in text.chars() {
+        match (close, c) {
+            (None, '«') => close = Some('»'),
+            (None, '“') => close = Some('”'),
+            (Some(end), c) if c == end => close = None,
+            (Some(_), _) => {}
+            (None, c) => out.push(c),
+        }
+    }
+    out
 }

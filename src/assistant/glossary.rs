@@ -1,7 +1,9 @@
-//! The shopper's words for the things a shop sells, with the English words catalogues use for
-//! them (`things:` and `qualifiers:` in `prompts/<lang>/assistant.yaml`). The catalogue and the
-//! embedder are English, so "¿Venden mochilas?" or "头灯多少钱？" find no product by meaning or by
-//! word; read through the glossary they ask for "backpack daypack" and "headlamp".
+//! The shopper's words for the things a shop sells and the topics of its policies, with the
+//! English words catalogues and documents use for them (`things:`, `qualifiers:` and `topics:` in
+//! `prompts/<lang>/assistant.yaml`). The catalogue and the embedder are English, so "¿Venden
+//! mochilas?" or "头灯多少钱？" find no product by meaning or by word; read through the glossary
+//! they ask for "backpack daypack" and "headlamp". Topics tell whether a passage is about what was
+//! asked ("产品有保修吗？" is about the warranty, not the exchange policy the embedder found).
 //!
 //! Words are matched whole, longest entry first, and a matched span is not matched again
 //! ("笔记本电脑" is a laptop, not a notebook; "linterna frontal" is one headlamp). Spanish entries
@@ -12,10 +14,18 @@ use std::collections::BTreeMap;
 
 use super::lang::Lang;
 
+/// What an entry of the glossary names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Sort {
+    Thing,
+    Topic,
+    Qualifier,
+}
+
 #[derive(Debug, Default)]
 pub struct Glossary {
-    /// (shopper's words, English words, whether it names a thing), longest first.
-    entries: Vec<(Vec<String>, String, bool)>,
+    /// (shopper's words, English words, what it names), longest first.
+    entries: Vec<(Vec<String>, String, Sort)>,
     by_words: bool,
 }
 
@@ -26,18 +36,33 @@ pub struct Found {
     pub things: Vec<String>,
     /// English words that narrow them ("family", "winter").
     pub qualifiers: Vec<String>,
+    /// English words of the policy topics named ("warranty", "international").
+    pub topics: Vec<String>,
 }
 
 impl Found {
     /// The English query for a product search: things first, then qualifiers.
     pub fn query(&self) -> String {
-        self.things
-            .iter()
-            .chain(&self.qualifiers)
-            .map(String::as_str)
-            .collect::<Vec<_>>()
-            .join(" ")
+        join(&[&self.things, &self.qualifiers])
     }
+
+    /// The English query for a passage on the topics named: topics, then qualifiers.
+    pub fn topic_query(&self) -> String {
+        join(&[&self.topics, &self.qualifiers])
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.things.is_empty() && self.qualifiers.is_empty() && self.topics.is_empty()
+    }
+}
+
+fn join(lists: &[&Vec<String>]) -> String {
+    lists
+        .iter()
+        .flat_map(|l| l.iter())
+        .map(String::as_str)
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 impl Glossary {
@@ -45,6 +70,7 @@ impl Glossary {
         lang: Lang,
         things: &BTreeMap<String, String>,
         qualifiers: &BTreeMap<String, String>,
+        topics: &BTreeMap<String, String>,
     ) -> Self {
         let by_words = lang != Lang::Zh;
         let key = |k: &str| -> Vec<String> {
@@ -54,18 +80,21 @@ impl Glossary {
                 vec![k.to_lowercase()]
             }
         };
-        let mut entries: Vec<(Vec<String>, String, bool)> = things
-            .iter()
-            .map(|(k, v)| (key(k), v.clone(), true))
-            .chain(qualifiers.iter().map(|(k, v)| (key(k), v.clone(), false)))
-            .filter(|(k, _, _)| !k.is_empty() && k.iter().all(|w| !w.is_empty()))
-            .collect();
-        // Longest first (by letters, then by words), things before qualifiers of the same length.
-        entries.sort_by_key(|(k, _, thing)| {
+        let mut entries: Vec<(Vec<String>, String, Sort)> = [
+            (things, Sort::Thing),
+            (topics, Sort::Topic),
+            (qualifiers, Sort::Qualifier),
+        ]
+        .into_iter()
+        .flat_map(|(map, sort)| map.iter().map(move |(k, v)| (key(k), v.clone(), sort)))
+        .filter(|(k, _, _)| !k.is_empty() && k.iter().all(|w| !w.is_empty()))
+        .collect();
+        // Longest first (by letters, then by words); of the same length, things, then topics.
+        entries.sort_by_key(|(k, _, sort)| {
             (
                 std::cmp::Reverse(k.iter().map(|w| w.chars().count()).sum::<usize>()),
                 std::cmp::Reverse(k.len()),
-                !*thing,
+                *sort,
             )
         });
         Self { entries, by_words }
@@ -77,23 +106,20 @@ impl Glossary {
 
     /// The catalogue's words for what `text` names, each English word once, in the order found.
     pub fn find(&self, text: &str) -> Found {
-        // (where in the text, English words, a thing or not)
-        let mut hits: Vec<(usize, &str, bool)> = Vec::new();
+        // (where in the text, English words, what it names)
+        let mut hits: Vec<(usize, &str, Sort)> = Vec::new();
         if self.by_words {
             let mut text: Vec<Option<String>> = words(text).into_iter().map(Some).collect();
-            for (key, english, thing) in &self.entries {
+            for (key, english, sort) in &self.entries {
                 let n = key.len();
                 let mut i = 0;
                 while i + n <= text.len() {
-                    let hit = key.iter().zip(&text[i..i + n]).all(|(k, t)| {
-                        t.as_deref().is_some_and(|t| {
-                            t == k
-                                || t.strip_prefix(k.as_str())
-                                    .is_some_and(|rest| rest == "s" || rest == "es")
-                        })
-                    });
+                    let hit = key
+                        .iter()
+                        .zip(&text[i..i + n])
+                        .all(|(k, t)| t.as_deref().is_some_and(|t| plural_of(t, k)));
                     if hit {
-                        hits.push((i, english, *thing));
+                        hits.push((i, english, *sort));
                         text[i..i + n].iter_mut().for_each(|t| *t = None);
                         i += n;
                     } else {
@@ -103,10 +129,10 @@ impl Glossary {
             }
         } else {
             let mut text = text.to_lowercase();
-            for (key, english, thing) in &self.entries {
+            for (key, english, sort) in &self.entries {
                 let key = &key[0];
                 while let Some(at) = text.find(key.as_str()) {
-                    hits.push((text[..at].chars().count(), english, *thing));
+                    hits.push((text[..at].chars().count(), english, *sort));
                     // Blanked char for char, so positions (in chars) stay where they were and
                     // the span is not matched again: no entry holds a NUL.
                     let blank = "\0".repeat(key.chars().count());
@@ -116,11 +142,11 @@ impl Glossary {
         }
         hits.sort_by_key(|(at, _, _)| *at);
         let mut found = Found::default();
-        for (_, english, thing) in hits {
-            let list = if thing {
-                &mut found.things
-            } else {
-                &mut found.qualifiers
+        for (_, english, sort) in hits {
+            let list = match sort {
+                Sort::Thing => &mut found.things,
+                Sort::Topic => &mut found.topics,
+                Sort::Qualifier => &mut found.qualifiers,
             };
             for w in english.split_whitespace() {
                 if !list.iter().any(|x| x == w) {
@@ -130,6 +156,31 @@ impl Glossary {
         }
         found
     }
+}
+
+impl Glossary {
+    /// Whether `text` says one of `phrases`: whole words (accents aside) where words have
+    /// spaces, so "hay" is not found in "haya"; as a substring in Chinese.
+    pub fn mentions(&self, text: &str, phrases: &[String]) -> bool {
+        if !self.by_words {
+            let text = text.to_lowercase();
+            return phrases.iter().any(|p| text.contains(&p.to_lowercase()));
+        }
+        let text = words(text);
+        phrases.iter().any(|p| {
+            let p = words(p);
+            !p.is_empty() && text.windows(p.len()).any(|w| w == p.as_slice())
+        })
+    }
+}
+
+/// Whether the word `t` is `k` or its plural: +s, +es, and z → ces ("altavoz", "altavoces").
+fn plural_of(t: &str, k: &str) -> bool {
+    t == k
+        || t.strip_prefix(k)
+            .is_some_and(|rest| rest == "s" || rest == "es")
+        || k.strip_suffix('z')
+            .is_some_and(|stem| t.strip_prefix(stem) == Some("ces"))
 }
 
 /// Lowercased words with Spanish accents taken off ("Sábanas" → "sabanas"); ñ is a letter of its
@@ -163,7 +214,7 @@ mod tests {
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect()
         };
-        Glossary::new(lang, &map(things), &map(qualifiers))
+        Glossary::new(lang, &map(things), &map(qualifiers), &BTreeMap::new())
     }
 
     #[test]
@@ -186,6 +237,10 @@ mod tests {
         assert_eq!(g.find("una botella"), Found::default());
         assert_eq!(g.find("calcetines de lana").things, ["socks"]);
         assert_eq!(g.find("¿tenéis calcetines?").things, ["socks"]);
+        assert!(plural_of("altavoces", "altavoz") && !plural_of("altavozes", "altavoz"));
+        let asks = ["hay".to_string(), "tenéis".to_string()];
+        assert!(g.mentions("¿Hay mochilas?", &asks) && g.mentions("¿Teneis mochilas?", &asks));
+        assert!(!g.mentions("Cuando haya stock", &asks));
     }
 
     #[test]

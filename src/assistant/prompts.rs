@@ -49,6 +49,8 @@ struct WordsFile {
     things: BTreeMap<String, String>,
     #[serde(default)]
     qualifiers: BTreeMap<String, String>,
+    #[serde(default)]
+    topics: BTreeMap<String, String>,
 }
 
 /// Words that decide a flow without the classifier: yes and no to a confirmation, and so on.
@@ -87,7 +89,10 @@ impl Prompts {
                 AssistantError::Prompts(format!("prompts/{lang}/assistant.yaml: {e}"))
             })?;
             let w = file.words;
-            glossaries.insert(lang, Glossary::new(lang, &w.things, &w.qualifiers));
+            glossaries.insert(
+                lang,
+                Glossary::new(lang, &w.things, &w.qualifiers, &w.topics),
+            );
             phrases.insert(lang, file.phrases);
             words.insert(lang, w.lists);
         }

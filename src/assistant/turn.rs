@@ -392,10 +392,19 @@ impl<'a> Turn<'a> {
             classified.intent = Intent::Question;
         } else if matches!(classified.intent, Intent::OutOfScope | Intent::SmallTalk)
             && self.state.task.is_none()
-            && self.asked_product(text).is_some()
+            && (self.asked_product(text).is_some()
+                || (is_question(text)
+                    && !self
+                        .inner
+                        .prompts
+                        .glossary(self.lang)
+                        .find(text)
+                        .topics
+                        .is_empty()))
         {
-            // "¿Tenéis tiendas de campaña?": the English-only classifier can't read it, but it
-            // names a thing shops sell and asks whether this one does.
+            // "¿Tenéis tiendas de campaña?", "¿Qué métodos de pago aceptan?": the English-only
+            // classifier can't read them, but they name a thing shops sell or a topic of the
+            // shop's policies, and ask.
             classified.intent = Intent::Question;
         } else if classified.intent == Intent::Question && cued(Intent::Recommendation) {
             // "Is there any camping gear you'd recommend?" asks for a recommendation.
@@ -1275,22 +1284,81 @@ impl<'a> Turn<'a> {
                 Some(asked) => lead_with_naming(&asked, &hit.passage),
                 None => hit.passage.clone(),
             };
-            self.out
-                .push(format!("{} [{n}]", clip_sentences(&passage, 700)));
+            let passage = clip_sentences(&passage, 700);
+            // A passage only the shop's English documents hold is quoted as such.
+            let passage = if self.lang != Lang::En
+                && lang::detect(&hit.passage).is_some_and(|l| l != self.lang)
+            {
+                self.inner
+                    .prompts
+                    .say(self.lang, "quoted_other_language", &[("passage", &passage)])
+            } else {
+                passage
+            };
+            self.out.push(format!("{passage} [{n}]"));
         }
     }
 
     /// The passage that answers `text`, if the shop's data has one close enough. A product that
     /// the question doesn't name gives way to one the glossary finds by the shopper's words.
+    ///
+    /// In a language with a glossary, a passage must be on a topic the question names, if it
+    /// names one ("你们发货到国外吗？" is about shipping abroad, not the exchange policy the
+    /// embedder found closest); failing that, the shop's English passage on that topic is quoted,
+    /// and failing that, nothing is.
     fn best_hit(&self, text: &str) -> R<Option<Hit>> {
         let found = self.closest_passage(text)?;
         if found
             .as_ref()
-            .is_some_and(|h| h.kind != Kind::Product || names_product(text, &h.title))
+            .is_some_and(|h| h.kind == Kind::Product && names_product(text, &h.title))
         {
             return Ok(found);
         }
-        Ok(self.product_by_glossary(text)?.or(found))
+        let glossary = self.inner.prompts.glossary(self.lang);
+        let asked = glossary.find(text);
+        let on_topic = |h: &Hit| {
+            asked.topics.is_empty()
+                || glossary
+                    .find(&format!("{} {}", h.title, h.passage))
+                    .topics
+                    .iter()
+                    .any(|t| asked.topics.contains(t))
+        };
+        if let Some(h) = found.as_ref().filter(|h| h.kind != Kind::Product) {
+            if on_topic(h) {
+                return Ok(found);
+            }
+        }
+        if let Some(product) = self.product_by_glossary(text)? {
+            return Ok(Some(product));
+        }
+        if self.asked_product(text).is_some() {
+            // A thing the shop doesn't carry ("¿Venden bicicletas?"): no product that merely
+            // ranks close ("a family tent" once got a linen sheet set).
+            return Ok(None);
+        }
+        if asked.topics.is_empty() {
+            return Ok(found);
+        }
+        Ok(self
+            .passage_in_english(&asked)?
+            .or(found.filter(|h| h.kind == Kind::Product)))
+    }
+
+    /// The closest of the shop's passages in another language (its English documents) that names
+    /// a topic the question asked about, by the glossary's English words.
+    fn passage_in_english(&self, asked: &Found) -> R<Option<Hit>> {
+        let mut q = Query::new(asked.topic_query());
+        q.limit = 5;
+        let results = self.inner.knowledge.search(&q)?;
+        let threshold = results.threshold;
+        Ok(results.hits.into_iter().find(|h| {
+            let passage = format!("{} {}", h.title, h.passage).to_lowercase();
+            h.kind != Kind::Product
+                && h.similarity >= threshold
+                && lang::detect(&h.passage) != Some(self.lang)
+                && asked.topics.iter().any(|t| passage.contains(t.as_str()))
+        }))
     }
 
     /// What a question in a language the catalogue isn't written in asks about, in the
@@ -1301,15 +1369,8 @@ impl<'a> Turn<'a> {
         if glossary.is_empty() {
             return None;
         }
-        let lower = text.to_lowercase();
         let asks = asks_if_sold(text)
-            || self
-                .inner
-                .prompts
-                .words(self.lang)
-                .product_asks
-                .iter()
-                .any(|p| lower.contains(p.as_str()));
+            || glossary.mentions(text, &self.inner.prompts.words(self.lang).product_asks);
         let found = glossary.find(text);
         (asks && !found.things.is_empty()).then_some(found)
     }
@@ -1541,7 +1602,7 @@ impl<'a> Turn<'a> {
         );
         // The catalogue's description only in the shopper's language: a reply in Spanish stays in
         // Spanish, its facts (name, price, stock) from the data all the same.
-        if lang::detect(&hit.passage).is_none_or(|l| l == self.lang) {
+        if self.lang == Lang::En || lang::detect(&hit.passage).is_none_or(|l| l == self.lang) {
             out.push(' ');
             out.push_str(&clip_sentences(&hit.passage, 500));
         }
@@ -1583,7 +1644,7 @@ impl<'a> Turn<'a> {
         // The catalogue is searched in its own words: "un saco de dormir para el invierno" asks
         // for "sleeping bag winter".
         let found = self.inner.prompts.glossary(self.lang).find(text);
-        let wanted = if found == Found::default() {
+        let wanted = if found.things.is_empty() && found.qualifiers.is_empty() {
             text.to_string()
         } else {
             found.query()

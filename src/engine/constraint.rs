@@ -102,7 +102,7 @@ impl Guidance {
     /// `vocab_size` is the model's logit row length, which may exceed the tokenizer's vocabulary
     /// (padding rows); those ids get no bytes and are never allowed.
     pub fn new(tokenizer: Arc<Tokenizer>, vocab_size: usize) -> Result<Self> {
-        let mut words = tokenizer.token_bytes()?;
+        let mut words = tokenizer.token_bytes()?.to_vec();
         if words.len() > vocab_size {
             return Err(EngineError::Tokenizer(format!(
                 "the tokenizer has {} tokens but the model only {vocab_size}",

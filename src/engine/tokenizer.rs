@@ -89,8 +89,9 @@ pub struct Tokenizer {
     add_bos: bool,
     eos: Vec<u32>,
     special: Vec<bool>,
-    /// Every token's bytes ([`Self::token_bytes`]), made the first time one is asked for.
-    bytes: std::sync::OnceLock<Option<Vec<Vec<u8>>>>,
+    /// Every token's bytes ([`Self::token_bytes`]), made the first time they are asked for; the
+    /// grammar engine and the logprobs share them.
+    bytes: std::sync::OnceLock<std::result::Result<Vec<Vec<u8>>, String>>,
 }
 
 impl Tokenizer {
@@ -346,7 +347,19 @@ impl Tokenizer {
 
     /// Every token's bytes, by id, for the grammar engine: special tokens are marked (a leading
     /// 0xFF) so no grammar literal can match them; ids the vocabulary skips get no bytes.
-    pub fn token_bytes(&self) -> Result<Vec<Vec<u8>>> {
+    pub fn token_bytes(&self) -> Result<&[Vec<u8>]> {
+        self.bytes
+            .get_or_init(|| {
+                self.make_token_bytes().map_err(|e| match e {
+                    EngineError::Tokenizer(m) => m,
+                    other => other.to_string(),
+                })
+            })
+            .as_deref()
+            .map_err(|e| EngineError::Tokenizer(e.clone()))
+    }
+
+    fn make_token_bytes(&self) -> Result<Vec<Vec<u8>>> {
         let json = serde_json::to_value(&self.inner).map_err(err)?;
         // llguidance asserts on vocabularies it does not understand; a panic here is a tokenizer
         // it can't constrain, not a reason to take the engine down.
@@ -361,8 +374,7 @@ impl Tokenizer {
     /// a client can join them into the character (OpenAI's logprob `bytes`). A special token, or
     /// a vocabulary the table can't be made for, gives its decoded text.
     pub fn bytes_of(&self, id: u32) -> Vec<u8> {
-        let table = self.bytes.get_or_init(|| self.token_bytes().ok());
-        match table.as_ref().and_then(|t| t.get(id as usize)) {
+        match self.token_bytes().ok().and_then(|t| t.get(id as usize)) {
             Some(b) if !b.is_empty() && !self.is_special(id) => b.clone(),
             _ => self.decode(&[id], false).unwrap_or_default().into_bytes(),
         }

@@ -584,6 +584,18 @@ impl Shop {
         let order = self.own_order(who, action.order_id())?;
         let customer = self.profile(who)?;
         let kind = action.kind();
+        if kind == ActionKind::ModifyItems && order.status == OrderStatus::PendingItemsModified {
+            return Err(ShopError::refused_as(
+                Refusal::AlreadyModified,
+                "already_modified",
+                &[("order", order.id.to_string())],
+                format!(
+                    "The items of order {} were already changed once, which is all the policy allows.",
+                    order.id
+                ),
+            ));
+        }
+        self.policy.check_status(kind, order.status)?;
         if ctx.actor == Actor::Shopper && self.policy.hands_to_staff(kind, order.total()) {
             // Whichever way a shopper asks (the assistant, which hands these over itself, or the
             // shop routes), what the merchant keeps for staff stays with staff.
@@ -598,18 +610,6 @@ impl Shop {
                 ),
             ));
         }
-        if kind == ActionKind::ModifyItems && order.status == OrderStatus::PendingItemsModified {
-            return Err(ShopError::refused_as(
-                Refusal::AlreadyModified,
-                "already_modified",
-                &[("order", order.id.to_string())],
-                format!(
-                    "The items of order {} were already changed once, which is all the policy allows.",
-                    order.id
-                ),
-            ));
-        }
-        self.policy.check_status(kind, order.status)?;
         let mut plan = match action {
             OrderAction::Cancel { reason, .. } => self.plan_cancel(&customer, &order, reason),
             OrderAction::ModifyAddress { address, .. } => plan_address(&order, address),

@@ -363,17 +363,20 @@ fn parse_orders_csv(file: &str, rows: &[CsvRow]) -> Result<Vec<Order>> {
                 // One row per item: what belongs to the order must agree with its first row, or
                 // the import would take one row's word and drop the other's.
                 let o = &orders[i];
+                // Compared as parsed, so "Pending" and "pending" agree.
+                let customer = at(
+                    file,
+                    &rec,
+                    CustomerId::parse(col(file, *line, row, "customer_id")?),
+                )?;
+                let status = at(
+                    file,
+                    &rec,
+                    OrderStatus::parse(col(file, *line, row, "status")?),
+                )?;
                 let differs = [
-                    (
-                        "customer_id",
-                        o.customer_id.as_str(),
-                        col(file, *line, row, "customer_id")?,
-                    ),
-                    (
-                        "status",
-                        o.status.as_str(),
-                        col(file, *line, row, "status")?,
-                    ),
+                    ("customer_id", o.customer_id.as_str(), customer.as_str()),
+                    ("status", o.status.as_str(), status.as_str()),
                     ("payment_method_id", methods[&id].as_str(), method.as_str()),
                 ]
                 .into_iter()

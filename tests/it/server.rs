@@ -845,15 +845,34 @@ async fn cors_is_closed_unless_an_origin_is_allowed() {
     )
     .await;
     assert_error(status, &body, 403, "permission_denied");
-    let own = closed.base.clone();
-    let (status, body) = post(closed.base.clone(), vec![("origin", own)]).await;
-    assert_ne!(status, 403, "{body}");
-    let (status, body) = post(
-        open.base.clone(),
-        vec![("origin", "https://shop.example".into())],
-    )
-    .await;
-    assert_ne!(status, 403, "{body}");
+    let models = |base: String, origin: String| async move {
+        let res = reqwest::Client::new()
+            .get(format!("{base}/v1/models"))
+            .header("origin", origin)
+            .send()
+            .await
+            .unwrap();
+        let status = res.status().as_u16();
+        (status, res.json::<Value>().await.unwrap_or(Value::Null))
+    };
+    // Its own pages (the origin is the server itself) and an allowed origin are answered.
+    let (status, body) = models(closed.base.clone(), closed.base.clone()).await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = models(open.base.clone(), "https://shop.example".into()).await;
+    assert_eq!(status, 200, "{body}");
+    // Another port of the same machine is another site; so is a page opened from a file.
+    let port = closed
+        .base
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .parse::<u16>()
+        .unwrap();
+    let other = format!("http://127.0.0.1:{}", port.wrapping_add(1));
+    for origin in [other, "http://localhost:3000".into(), "null".into()] {
+        let (status, body) = models(closed.base.clone(), origin.clone()).await;
+        assert_error(status, &body, 403, "permission_denied");
+    }
 }
 
 /// The official Python client, as most users run it, against the same server.

@@ -1275,7 +1275,7 @@ fn csv_exports_import_and_a_bad_row_refuses_the_whole_batch() {
         files.join("orders.csv"),
         "order_id,customer_id,status,product_id,item_id,name,price,payment_method_id,address1,city,country,zip\n\
          W501,carla_1,delivered,mug,mug-white,Mug,10.50,card_9,Calle Mayor 1,Madrid,Spain,28013\n\
-         W501,carla_1,delivered,lamp,lamp-red,Desk Lamp,40.25,card_9,Calle Mayor 1,Madrid,Spain,28013\n\
+         W501,carla_1,Delivered,lamp,lamp-red,Desk Lamp,40.25,card_9,Calle Mayor 1,Madrid,Spain,28013\n\
          W502,dev_2,pending,mug,mug-black,Mug,10.00,card_7,5 Lake Rd,Austin,USA,78701\n",
     )
     .unwrap();
