@@ -32,7 +32,8 @@ pub struct Glossary {
 /// What a text asks for, in the catalogue's words.
 #[derive(Debug, Default, PartialEq)]
 pub struct Found {
-    /// English words of the things named ("backpack daypack").
+    /// The things named, each as the English names a product may have ("backpack", "daypack",
+    /// "sleeping bag"): a thing's entry lists them separated by commas.
     pub things: Vec<String>,
     /// English words that narrow them ("family", "winter").
     pub qualifiers: Vec<String>,
@@ -54,6 +55,31 @@ impl Found {
     pub fn is_empty(&self) -> bool {
         self.things.is_empty() && self.qualifiers.is_empty() && self.topics.is_empty()
     }
+
+    /// Whether a product called `title` is one of the things named: it has every word of one of
+    /// their English names ("Emberline 20°F Down Sleeping Bag" is a sleeping bag; "Loft Insulated
+    /// Sleeping Pad" is not, nor are "Cairn Merino Hiking Socks" hiking boots).
+    pub fn names_thing(&self, title: &str) -> bool {
+        let title = english_words(title);
+        self.things.iter().any(|name| {
+            let name = english_words(name);
+            !name.is_empty() && name.iter().all(|w| title.contains(w))
+        })
+    }
+}
+
+/// Lowercased English words, a plural's "s" taken off.
+fn english_words(text: &str) -> Vec<String> {
+    text.to_lowercase()
+        .split(|c: char| !c.is_alphanumeric())
+        .filter(|w| !w.is_empty())
+        .map(|w| {
+            w.strip_suffix('s')
+                .filter(|s| s.len() > 1)
+                .unwrap_or(w)
+                .to_string()
+        })
+        .collect()
 }
 
 fn join(lists: &[&Vec<String>]) -> String {
@@ -148,7 +174,13 @@ impl Glossary {
                 Sort::Topic => &mut found.topics,
                 Sort::Qualifier => &mut found.qualifiers,
             };
-            for w in english.split_whitespace() {
+            // A thing's names may have several words ("sleeping bag"); the rest is words.
+            let parts: Vec<&str> = if sort == Sort::Thing {
+                english.split(',').map(str::trim).collect()
+            } else {
+                english.split_whitespace().collect()
+            };
+            for w in parts.into_iter().filter(|w| !w.is_empty()) {
                 if !list.iter().any(|x| x == w) {
                     list.push(w.to_string());
                 }
@@ -222,7 +254,7 @@ mod tests {
         let g = glossary(
             Lang::Es,
             &[
-                ("mochila", "backpack daypack"),
+                ("mochila", "backpack, daypack"),
                 ("bota", "boots"),
                 ("saco de dormir", "sleeping bag"),
                 ("calcetín", "socks"),
@@ -230,14 +262,18 @@ mod tests {
             &[("invierno", "winter")],
         );
         let f = g.find("¿Venden Mochilas y SACOS DE DORMIR para el invierno?");
-        assert_eq!(f.things, ["backpack", "daypack", "sleeping", "bag"]);
+        assert_eq!(f.things, ["backpack", "daypack", "sleeping bag"]);
+        assert!(f.names_thing("Emberline 20°F Down Sleeping Bag"));
+        assert!(f.names_thing("Wayfarer 28L Daypack") && f.names_thing("Backpacks"));
+        assert!(!f.names_thing("Loft Insulated Sleeping Pad"));
         assert_eq!(f.qualifiers, ["winter"]);
         assert_eq!(f.query(), "backpack daypack sleeping bag winter");
         // "botella" is not a boot, and a part of a word is no word.
         assert_eq!(g.find("una botella"), Found::default());
         assert_eq!(g.find("calcetines de lana").things, ["socks"]);
         assert_eq!(g.find("¿tenéis calcetines?").things, ["socks"]);
-        assert!(plural_of("altavoces", "altavoz") && !plural_of("altavozes", "altavoz"));
+        assert!(plural_of("altavoces", "altavoz") && plural_of("luces", "luz"));
+        assert!(!plural_of("altavo", "altavoz"));
         let asks = ["hay".to_string(), "tenéis".to_string()];
         assert!(g.mentions("¿Hay mochilas?", &asks) && g.mentions("¿Teneis mochilas?", &asks));
         assert!(!g.mentions("Cuando haya stock", &asks));
@@ -256,7 +292,7 @@ mod tests {
             &[],
         );
         assert_eq!(es.find("una linterna frontal").things, ["headlamp"]);
-        assert_eq!(es.find("un cargador portatil").things, ["power", "bank"]);
+        assert_eq!(es.find("un cargador portatil").things, ["power bank"]);
         let zh = glossary(
             Lang::Zh,
             &[
@@ -268,7 +304,7 @@ mod tests {
             &[("家庭", "family")],
         );
         assert_eq!(zh.find("你们卖笔记本电脑吗？").things, ["laptop"]);
-        assert_eq!(zh.find("这款跑鞋多少钱").things, ["running", "shoes"]);
+        assert_eq!(zh.find("这款跑鞋多少钱").things, ["running shoes"]);
         assert_eq!(zh.find("适合家庭的鞋").qualifiers, ["family"]);
         assert!(zh.find("退款多久到账？").things.is_empty());
     }

@@ -176,7 +176,7 @@ mod tests {
         assert!(p.glossary(Lang::En).is_empty());
         assert_eq!(
             p.glossary(Lang::Es).find("¿Venden sacos de dormir?").things,
-            ["sleeping", "bag"]
+            ["sleeping bag"]
         );
         assert_eq!(p.glossary(Lang::Zh).find("头灯多少钱").things, ["headlamp"]);
         assert!(!p.words(Lang::Es).product_asks.is_empty());

@@ -1210,9 +1210,7 @@ impl<'a> Turn<'a> {
         match self.best_hit(text)? {
             Some(hit) => {
                 let others = match self.asked_product(text) {
-                    Some(f) if hit.kind == Kind::Product => {
-                        self.also_sold(&f.things.join(" "), &hit)?
-                    }
+                    Some(f) if hit.kind == Kind::Product => self.also_sold_as(&f, &hit)?,
                     _ if hit.kind == Kind::Product && asks_if_sold(text) => {
                         self.also_sold(text, &hit)?
                     }
@@ -1230,7 +1228,6 @@ impl<'a> Turn<'a> {
 
     /// For "do you sell tents?" answered with one tent, the other products whose names say they
     /// are the same thing (a second tent), at most two more: the shopper asked about a kind.
-    /// `text` is the question, or the catalogue's words for what it asks about.
     fn also_sold(&self, text: &str, first: &Hit) -> R<Vec<Hit>> {
         let asked = without_frame(text);
         let mut q = Query::new(text);
@@ -1244,6 +1241,23 @@ impl<'a> Turn<'a> {
             .into_iter()
             // One catalogue file is one document: each product is a chunk of it.
             .filter(|h| h.chunk_id != first.chunk_id && names_product(&asked, &h.title))
+            .take(2)
+            .collect())
+    }
+
+    /// The other products whose names say they are a thing the glossary found (the second tent
+    /// for "¿Tenéis tiendas de campaña?"), at most two more.
+    fn also_sold_as(&self, found: &Found, first: &Hit) -> R<Vec<Hit>> {
+        let mut q = Query::new(found.things.join(" "));
+        q.kind = Some(Kind::Product);
+        q.limit = 6;
+        Ok(self
+            .inner
+            .knowledge
+            .search(&q)?
+            .hits
+            .into_iter()
+            .filter(|h| h.chunk_id != first.chunk_id && found.names_thing(&h.title))
             .take(2)
             .collect())
     }
@@ -1383,15 +1397,14 @@ impl<'a> Turn<'a> {
         };
         let mut q = Query::new(found.query());
         q.kind = Some(Kind::Product);
-        q.limit = 3;
-        let things = found.things.join(" ");
+        q.limit = 5;
         Ok(self
             .inner
             .knowledge
             .search(&q)?
             .hits
             .into_iter()
-            .find(|h| names_product(&things, &h.title)))
+            .find(|h| found.names_thing(&h.title)))
     }
 
     /// The passage closest to `text` by the ranking and the rules below, if one is close enough.
