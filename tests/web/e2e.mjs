@@ -328,6 +328,31 @@ async function main() {
       console.log(`     in ${OUT}`);
     });
 
+    await step("j2. a conversation the server no longer knows: the next message starts a new one", async () => {
+      // As after a retention purge: the page's id is sent once as one the server never started.
+      const known = await shopper.evaluate(() => localStorage.getItem("clerk.conversation"));
+      let rewritten = 0;
+      const forget = async (route) => {
+        const headers = { ...route.request().headers() };
+        if (headers["x-clerk-conversation"] && rewritten === 0) {
+          rewritten += 1;
+          headers["x-clerk-conversation"] = `conv-${"0".repeat(48)}`;
+        }
+        await route.continue({ headers });
+      };
+      await shopper.route("**/v1/chat/completions", forget);
+      const errorsBefore = await shopper.locator(".notice.error").count();
+      const before = await assistantCount(shopper);
+      await say(shopper, "What is your return window?");
+      await newAssistantWith(shopper, before, /return/i);
+      await shopper.unroute("**/v1/chat/completions", forget);
+      if (rewritten !== 1) fail(`the unknown id was sent ${rewritten} times`);
+      const now = await shopper.evaluate(() => localStorage.getItem("clerk.conversation"));
+      if (!now || now === known) fail("the page kept the conversation the server no longer knows");
+      const errors = await shopper.locator(".notice.error").count();
+      if (errors > errorsBefore) fail("the page showed an error instead of starting a new conversation");
+    });
+
     await step("k. the one-tag widget opens the chat in an iframe", async () => {
       const page = (pages.widget = await staffCtx.newPage());
       watch(page, "widget");
