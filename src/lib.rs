@@ -35,7 +35,8 @@
 //!   conversation state (identity, the change waiting for a yes), language detection, the offline
 //!   intent classifier and exact extraction, the flows over the shop's actions, answers quoted from
 //!   the knowledge base with their sources, handoffs, and the scripted-conversation evaluation.
-//!   Phrases come from `prompts/<lang>/`. Handle: [`assistant::Assistant`].
+//!   Phrases and the per-language glossaries (a shopper's product and policy words, in the English
+//!   catalogue's terms) come from `prompts/<lang>/`. Handle: [`assistant::Assistant`].
 
 pub mod assistant;
 pub mod backup;
