@@ -278,6 +278,16 @@ impl Ctx<'_> {
                     let db: Tau2Db = self.typed(text)?;
                     return self.tau2(db);
                 }
+                if map.contains_key("products")
+                    && (map.contains_key("faq") || map.contains_key("questions"))
+                {
+                    // One would be read and the other dropped without a word.
+                    return Err(self.err(
+                        None,
+                        Some("products"),
+                        "a file holds either `products` or `faq`, not both; split it in two",
+                    ));
+                }
                 if let Some(Value::Array(items)) = map.get("faq").or_else(|| map.get("questions")) {
                     if looks_faq(items) {
                         let wrapped: FaqFile = self.typed(text)?;
@@ -624,6 +634,17 @@ impl Ctx<'_> {
                     stock,
                     available,
                 });
+            } else if entry.0 != line {
+                // A second row for the product, naming no variant: which row's price and name
+                // hold would be a guess, so neither does.
+                return Err(field_err(
+                    "id",
+                    format!(
+                        "product `{id}` is also on line {}; rows sharing an id must each name a \
+                         variant (sku or options)",
+                        entry.0
+                    ),
+                ));
             } else {
                 entry.1.price = price.map(Price);
                 entry.1.stock = stock;
@@ -815,7 +836,19 @@ fn product_chunk(
             prices.iter().copied().fold(0.0, f64::max),
         )
     };
-    let variant_stock: Option<u64> = p.variants.iter().map(|v| v.stock).sum();
+    // Unknown if any variant's is; an error, not a wrapped or panicking sum, if it overflows.
+    let mut variant_stock = Some(0u64);
+    for v in &p.variants {
+        variant_stock = match (variant_stock, v.stock) {
+            (Some(sum), Some(s)) => Some(sum.checked_add(s).ok_or_else(|| ParseError {
+                file: source.file.clone(),
+                line: source.line,
+                field: Some("stock".into()),
+                message: format!("the variants' stock of `{}` adds up past any count", p.name),
+            })?),
+            _ => None,
+        };
+    }
     let stock = p.stock.or(variant_stock);
     let any_available = p
         .variants
@@ -1202,6 +1235,26 @@ mod tests {
             (Some(3), Some("price")),
             "{e}"
         );
+    }
+
+    /// What used to vanish without a word is refused, naming where: a second row for one product
+    /// that names no variant (its price overwrote the first's), a file with both `products` and
+    /// `faq` (the products were dropped), and variants' stock adding up past u64 (a panic in
+    /// debug builds, "out of stock" in release ones).
+    #[test]
+    fn ambiguous_or_overflowing_catalogues_are_refused() {
+        let e = parse(&input("p.csv", "id,name,price\np1,Mug,12\np1,Bowl,8\n")).unwrap_err();
+        assert_eq!((e.line, e.field.as_deref()), (Some(3), Some("id")), "{e}");
+        assert!(e.message.contains("line 2"), "{e}");
+        let both = r#"{"products": [{"name": "Mug", "price": 5}], "faq": [{"question": "Q?", "answer": "A."}]}"#;
+        let e = parse(&input("both.json", both)).unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("products"), "{e}");
+        let huge = format!(
+            "id,name,price,stock,sku\np1,Mug,5,{},M1\np1,Mug,5,1,M2\n",
+            u64::MAX
+        );
+        let e = parse(&input("s.csv", &huge)).unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("stock"), "{e}");
     }
 
     #[test]

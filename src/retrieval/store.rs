@@ -147,6 +147,11 @@ pub fn write(dir: &Path, meta: &Meta, chunks: &[Chunk], vectors: &[Vec<f32>]) ->
     write_json(&tmp.join("meta.json"), meta)?;
     sync_dir(&tmp)?;
     let live = dir.join(&name);
+    if live.exists() {
+        // Left by a writer that stopped before switching CURRENT to it: CURRENT doesn't name it
+        // and the caller holds the lock, so nobody reads it, and it would block this rename.
+        fs::remove_dir_all(&live).map_err(io(&live))?;
+    }
     fs::rename(&tmp, &live).map_err(io(&live))?;
     let current_tmp = dir.join("CURRENT.tmp");
     {

@@ -192,8 +192,21 @@ pub fn html_to_text(html: &str) -> String {
             i = lower[i..].find("-->").map_or(html.len(), |e| i + e + 3);
             continue;
         }
-        if html.as_bytes()[i] == b'<' {
+        // Like a browser, a `<` starts a tag only before a letter, `/`, `!` or `?`; otherwise
+        // ("under 5 kg < 2 days", "waist <30in") it is text, and so is a tag that never closes.
+        let opens_tag = html.as_bytes()[i] == b'<'
+            && html
+                .as_bytes()
+                .get(i + 1)
+                .is_some_and(|b| b.is_ascii_alphabetic() || matches!(b, b'/' | b'!' | b'?'));
+        if html.as_bytes()[i] == b'<' && !opens_tag {
+            out.push('<');
+            i += 1;
+            continue;
+        }
+        if opens_tag {
             let Some(end) = html[i..].find('>').map(|e| i + e) else {
+                decode_entities(&html[i..], &mut out);
                 break;
             };
             let tag = lower[i + 1..end].trim_start_matches('/');
@@ -329,6 +342,20 @@ mod tests {
             text,
             "# Returns\n\nWithin 30 days & free.\n\n## Refunds\n\n- Card\n- Gift's card"
         );
+    }
+
+    #[test]
+    fn a_less_than_sign_that_opens_no_tag_is_text() {
+        assert_eq!(
+            html_to_text("<p>Parcels under 5 kg < 2 days.</p><p>Returns 30 days.</p>"),
+            "Parcels under 5 kg < 2 days.\n\nReturns 30 days."
+        );
+        assert_eq!(
+            html_to_text("<h1>Sizes</h1>Waist <30in: S. Waist 30-34in: M."),
+            "# Sizes\n\nWaist <30in: S. Waist 30-34in: M."
+        );
+        // A tag that never closes keeps what follows as text.
+        assert_eq!(html_to_text("Fits <b all sizes"), "Fits <b all sizes");
     }
 
     #[test]

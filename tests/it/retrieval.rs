@@ -252,6 +252,26 @@ fn a_killed_ingest_leaves_the_previous_index_queryable() {
     k.ingest(retrieval::collect_files(&[dir.join("note.md")], None).unwrap())
         .unwrap();
     assert!(!knowledge.join("gen-9.tmp").exists());
+    // A generation finished but never made current (a writer stopped between its rename and
+    // CURRENT's) doesn't block the next writer, which takes its number; it used to fail every
+    // ingest from then on.
+    let current = std::fs::read_to_string(knowledge.join("CURRENT")).unwrap();
+    let n: u64 = current
+        .trim()
+        .strip_prefix("gen-")
+        .unwrap()
+        .parse()
+        .unwrap();
+    let next = knowledge.join(format!("gen-{}", n + 1));
+    std::fs::create_dir_all(&next).unwrap();
+    std::fs::write(next.join("junk"), "x").unwrap();
+    std::fs::write(dir.join("hours.md"), "# Hours\nOpen on Mondays too.\n").unwrap();
+    k.ingest(retrieval::collect_files(&[dir.join("hours.md")], None).unwrap())
+        .unwrap();
+    let now = std::fs::read_to_string(knowledge.join("CURRENT")).unwrap();
+    assert_eq!(now.trim(), format!("gen-{}", n + 1));
+    assert!(!next.join("junk").exists());
+    assert!(search(&k, Query::new("open on mondays")).answerable);
 }
 
 #[test]
