@@ -55,6 +55,18 @@ pub enum RetrievalError {
     NotFound(String),
     #[error("another process is ingesting into {0}; try again when it finishes")]
     Busy(PathBuf),
+    /// Another process made the live generation with another embedder: its vectors can't be
+    /// compared with this process's queries.
+    #[error(
+        "the knowledge base's generation {generation} was embedded with `{found}`, but this \
+         process embeds with `{serving}`; kept the previous generation (restart with the same \
+         embedder, or ingest here to re-embed)"
+    )]
+    OtherEmbedder {
+        generation: u64,
+        found: String,
+        serving: String,
+    },
 }
 
 pub type Result<T> = std::result::Result<T, RetrievalError>;

@@ -257,10 +257,13 @@ impl Knowledge {
         // Serialised with this process's own writes, so a refresh that read `CURRENT` before a
         // write here can't put the older generation back after it.
         let _guard = self.inner.write.lock().unwrap_or_else(|p| p.into_inner());
-        self.refresh_locked()
+        self.refresh_locked(true)
     }
 
-    fn refresh_locked(&self) -> Result<bool> {
+    /// Switches to the generation `CURRENT` names. For searching (`serving`), not to one embedded
+    /// with another model: its vectors would be compared with this model's queries, silently
+    /// ranking nonsense. A writer takes it anyway, since it re-embeds what it writes.
+    fn refresh_locked(&self, serving: bool) -> Result<bool> {
         let Some(g) = store::current_generation(&self.inner.dir)? else {
             return Ok(false);
         };
@@ -268,6 +271,18 @@ impl Knowledge {
             return Ok(false);
         }
         let snapshot = store::open(&self.inner.dir, g)?;
+        let embedder = &self.inner.embedder;
+        if serving
+            && !snapshot.chunks.is_empty()
+            && (snapshot.meta.embedder != embedder.name()
+                || snapshot.meta.dim != embedder.dimension())
+        {
+            return Err(RetrievalError::OtherEmbedder {
+                generation: g,
+                found: snapshot.meta.embedder.clone(),
+                serving: embedder.name().to_string(),
+            });
+        }
         *self.inner.live.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(snapshot);
         Ok(true)
     }
@@ -495,7 +510,7 @@ impl Knowledge {
             source: e,
         })?;
         let _lock = DirLock::acquire(&self.inner.dir)?;
-        self.refresh_locked()?;
+        self.refresh_locked(false)?;
         let snap = self.snapshot();
         let mut meta = snap.meta.clone();
         let mut chunks = snap.chunks.clone();

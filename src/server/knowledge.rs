@@ -37,6 +37,7 @@ impl From<RetrievalError> for ApiError {
             RetrievalError::Embedder(e) => e.into(),
             e @ (RetrievalError::Io { .. }
             | RetrievalError::Corrupt { .. }
+            | RetrievalError::OtherEmbedder { .. }
             | RetrievalError::Index(_)) => ApiError::Internal(e.to_string()),
         }
     }

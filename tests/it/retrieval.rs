@@ -519,3 +519,60 @@ fn a_single_text_is_encoded_once_while_it_is_recent() {
     );
     assert_eq!(e.passes(), 11);
 }
+
+/// A generation another process embedded with another model (say `clerk documents --embedder X`
+/// beside the server) is not searched with this process's queries: the refresh keeps the previous
+/// generation and says why. Before, the vectors of two models were compared without a word.
+#[test]
+fn a_generation_from_another_embedder_is_not_searched_with_this_ones_queries() {
+    let dir = scratch_dir("retrieval-other-embedder");
+    let k = demo(&dir);
+    let knowledge = dir.join("knowledge");
+    let current = std::fs::read_to_string(knowledge.join("CURRENT")).unwrap();
+    let n: u64 = current
+        .trim()
+        .strip_prefix("gen-")
+        .unwrap()
+        .parse()
+        .unwrap();
+    // A copy of the live generation, relabelled as another model's.
+    let (from, to) = (
+        knowledge.join(format!("gen-{n}")),
+        knowledge.join(format!("gen-{}", n + 1)),
+    );
+    std::fs::create_dir_all(&to).unwrap();
+    for entry in walk(&from) {
+        let rel = entry.strip_prefix(&from).unwrap();
+        std::fs::create_dir_all(to.join(rel).parent().unwrap()).unwrap();
+        std::fs::copy(&entry, to.join(rel)).unwrap();
+    }
+    let mut meta: Value =
+        serde_json::from_str(&std::fs::read_to_string(to.join("meta.json")).unwrap()).unwrap();
+    meta["generation"] = json!(n + 1);
+    meta["embedder"] = json!("some-other-model");
+    std::fs::write(to.join("meta.json"), meta.to_string()).unwrap();
+    std::fs::write(knowledge.join("CURRENT"), format!("gen-{}", n + 1)).unwrap();
+
+    let err = k.refresh().unwrap_err().to_string();
+    assert!(err.contains("some-other-model"), "{err}");
+    assert!(search(&k, Query::new("return window")).answerable);
+    // Writing here re-embeds it with this process's model, which then serves it.
+    std::fs::write(dir.join("hours.md"), "# Hours\nOpen on Mondays too.\n").unwrap();
+    k.ingest(retrieval::collect_files(&[dir.join("hours.md")], None).unwrap())
+        .unwrap();
+    assert!(!k.refresh().unwrap());
+    assert!(search(&k, Query::new("open on mondays")).answerable);
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
