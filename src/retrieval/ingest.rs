@@ -720,6 +720,9 @@ impl Ctx<'_> {
             .find(|s| s.level == 1)
             .map(|s| s.heading.clone())
             .unwrap_or_else(|| self.title_from_name());
+        // A heading a page repeats ("Cost" under "Europe" and again under "USA") gets its line in
+        // its locator, so each passage can be cited and looked up on its own.
+        let repeated = |heading: &str| sections.iter().filter(|s| s.heading == heading).count() > 1;
         let mut chunks = Vec::new();
         for s in &sections {
             let body = s.body.trim();
@@ -735,6 +738,8 @@ impl Ctx<'_> {
                 file: self.input.name.clone(),
                 locator: if s.level == 0 {
                     "introduction".into()
+                } else if repeated(&s.heading) {
+                    format!("heading: {} (line {})", s.heading, s.line)
                 } else {
                     format!("heading: {}", s.heading)
                 },
@@ -1293,6 +1298,23 @@ mod tests {
             .iter()
             .all(|c| c.kind == Kind::Policy && c.context == "Returns policy"));
         assert_eq!(chunks[1].source.line, Some(3));
+    }
+
+    #[test]
+    fn a_repeated_heading_gets_a_locator_of_its_own() {
+        let md = "# Shipping\n\n## Europe\n\n### Cost\n\nFree over 50.\n\n## USA\n\n### Cost\n\nFree over 75.\n\n## Times\n\nTwo days.\n";
+        let chunks = parse(&input("shipping.md", md)).unwrap();
+        let locators: Vec<&str> = chunks.iter().map(|c| c.source.locator.as_str()).collect();
+        assert_eq!(
+            locators,
+            [
+                "heading: Cost (line 5)",
+                "heading: Cost (line 11)",
+                "heading: Times"
+            ],
+            "{chunks:?}"
+        );
+        assert!(chunks[1].text.contains("75"));
     }
 
     #[test]
