@@ -52,10 +52,6 @@ impl Found {
         join(&[&self.topics, &self.qualifiers])
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.things.is_empty() && self.qualifiers.is_empty() && self.topics.is_empty()
-    }
-
     /// Whether a product called `title` is one of the things named: it has every word of one of
     /// their English names ("Emberline 20°F Down Sleeping Bag" is a sleeping bag; "Loft Insulated
     /// Sleeping Pad" is not, nor are "Cairn Merino Hiking Socks" hiking boots).

@@ -1210,9 +1210,12 @@ impl<'a> Turn<'a> {
         match self.best_hit(text)? {
             Some(hit) => {
                 let others = match self.asked_product(text) {
-                    Some(f) if hit.kind == Kind::Product => self.also_sold_as(&f, &hit)?,
+                    Some(f) if hit.kind == Kind::Product => {
+                        self.also_sold(&f.things.join(" "), &hit, |t| f.names_thing(t))?
+                    }
                     _ if hit.kind == Kind::Product && asks_if_sold(text) => {
-                        self.also_sold(text, &hit)?
+                        let asked = without_frame(text);
+                        self.also_sold(text, &hit, |t| names_product(&asked, t))?
                     }
                     _ => Vec::new(),
                 };
@@ -1228,9 +1231,9 @@ impl<'a> Turn<'a> {
 
     /// For "do you sell tents?" answered with one tent, the other products whose names say they
     /// are the same thing (a second tent), at most two more: the shopper asked about a kind.
-    fn also_sold(&self, text: &str, first: &Hit) -> R<Vec<Hit>> {
-        let asked = without_frame(text);
-        let mut q = Query::new(text);
+    /// `query` searches for them and `names` tells whether a product's title is that thing.
+    fn also_sold(&self, query: &str, first: &Hit, names: impl Fn(&str) -> bool) -> R<Vec<Hit>> {
+        let mut q = Query::new(query);
         q.kind = Some(Kind::Product);
         q.limit = 6;
         Ok(self
@@ -1240,24 +1243,7 @@ impl<'a> Turn<'a> {
             .hits
             .into_iter()
             // One catalogue file is one document: each product is a chunk of it.
-            .filter(|h| h.chunk_id != first.chunk_id && names_product(&asked, &h.title))
-            .take(2)
-            .collect())
-    }
-
-    /// The other products whose names say they are a thing the glossary found (the second tent
-    /// for "¿Tenéis tiendas de campaña?"), at most two more.
-    fn also_sold_as(&self, found: &Found, first: &Hit) -> R<Vec<Hit>> {
-        let mut q = Query::new(found.things.join(" "));
-        q.kind = Some(Kind::Product);
-        q.limit = 6;
-        Ok(self
-            .inner
-            .knowledge
-            .search(&q)?
-            .hits
-            .into_iter()
-            .filter(|h| h.chunk_id != first.chunk_id && found.names_thing(&h.title))
+            .filter(|h| h.chunk_id != first.chunk_id && names(&h.title))
             .take(2)
             .collect())
     }
@@ -1343,13 +1329,10 @@ impl<'a> Turn<'a> {
                 return Ok(found);
             }
         }
-        if let Some(product) = self.product_by_glossary(text)? {
-            return Ok(Some(product));
-        }
-        if self.asked_product(text).is_some() {
-            // A thing the shop doesn't carry ("¿Venden bicicletas?"): no product that merely
-            // ranks close ("a family tent" once got a linen sheet set).
-            return Ok(None);
+        if let Some(product_ask) = self.asked_product(text) {
+            // None for a thing the shop doesn't carry ("¿Venden bicicletas?"): no product that
+            // merely ranks close ("a family tent" once got a linen sheet set).
+            return self.product_by_glossary(&product_ask);
         }
         if asked.topics.is_empty() {
             return Ok(found);
@@ -1391,10 +1374,7 @@ impl<'a> Turn<'a> {
 
     /// The product a question asks about, found by the glossary's English words: the closest
     /// product whose name says it is that thing ("Wayfarer 28L Daypack" for "mochilas").
-    fn product_by_glossary(&self, text: &str) -> R<Option<Hit>> {
-        let Some(found) = self.asked_product(text) else {
-            return Ok(None);
-        };
+    fn product_by_glossary(&self, found: &Found) -> R<Option<Hit>> {
         let mut q = Query::new(found.query());
         q.kind = Some(Kind::Product);
         q.limit = 5;

@@ -37,6 +37,17 @@ pub(crate) fn demo_shop(name: &str) -> Shop {
     shop
 }
 
+/// The assistant over `shop`, with the demo knowledge base and the built-in prompts.
+fn assistant_over(shop: Shop) -> clerk::assistant::Assistant {
+    clerk::assistant::Assistant::new(
+        shop,
+        demo_knowledge(),
+        intents(),
+        Arc::new(Prompts::builtin().unwrap()),
+        "Harbor & Pine",
+    )
+}
+
 #[test]
 fn the_scripted_conversations_pass_and_state_no_fact_outside_the_data() {
     let scripts =
@@ -294,13 +305,7 @@ fn with_tool_calls_the_model_chooses_and_the_code_still_rules() {
     cfg.threads = 2;
     let engine = Engine::load(cfg).unwrap();
     let shop = demo_shop("assistant-tool-calls");
-    let a = Assistant::new(
-        shop.clone(),
-        demo_knowledge(),
-        intents(),
-        Arc::new(Prompts::builtin().unwrap()),
-        "Harbor & Pine",
-    );
+    let a = assistant_over(shop.clone());
     a.understand_with(ToolUnderstanding::new(engine.clone()).unwrap());
     let generated = || engine.stats().generated_tokens.load(Ordering::Relaxed);
     let conversation = Assistant::new_conversation_id();
@@ -347,13 +352,7 @@ fn the_policy_can_hand_an_action_to_staff() {
     let data = clerk::shop::seed::demo_shop(40, clerk::clock::unix_now()).unwrap();
     shop.import(&Ctx::system(Channel::Import), &data, &["demo".to_string()])
         .unwrap();
-    let a = Assistant::new(
-        shop.clone(),
-        demo_knowledge(),
-        intents(),
-        Arc::new(Prompts::builtin().unwrap()),
-        "Harbor & Pine",
-    );
+    let a = assistant_over(shop.clone());
     let conversation = Assistant::new_conversation_id();
     let r = a
         .turn(
@@ -375,13 +374,7 @@ fn the_policy_can_hand_an_action_to_staff() {
     assert!(order.returns.is_empty());
     // The same request under the default policy is prepared for the shopper's yes instead.
     let plain = demo_shop("assistant-policy-default");
-    let b = Assistant::new(
-        plain,
-        demo_knowledge(),
-        intents(),
-        Arc::new(Prompts::builtin().unwrap()),
-        "Harbor & Pine",
-    );
+    let b = assistant_over(plain);
     let r = b
         .turn(
             Some(&Assistant::new_conversation_id()),
@@ -408,13 +401,7 @@ fn a_return_on_an_order_without_payments_goes_to_a_person() {
         .clear();
     shop.import(&Ctx::system(Channel::Import), &data, &["demo".to_string()])
         .unwrap();
-    let a = Assistant::new(
-        shop.clone(),
-        demo_knowledge(),
-        intents(),
-        Arc::new(Prompts::builtin().unwrap()),
-        "Harbor & Pine",
-    );
+    let a = assistant_over(shop.clone());
     let r = a
         .turn(
             Some(&Assistant::new_conversation_id()),
@@ -437,13 +424,7 @@ fn an_erased_shopper_is_no_longer_verified_in_their_conversation() {
     use clerk::shop::{Email, IdentifyBy};
 
     let shop = demo_shop("assistant-erased");
-    let a = Assistant::new(
-        shop.clone(),
-        demo_knowledge(),
-        intents(),
-        Arc::new(Prompts::builtin().unwrap()),
-        "Harbor & Pine",
-    );
+    let a = assistant_over(shop.clone());
     let conversation = Assistant::new_conversation_id();
     let asked = "What is the status of order #W1000074? elena.berg28@example.com";
     let r = a.turn(Some(&conversation), asked).unwrap();

@@ -255,13 +255,7 @@ fn a_killed_ingest_leaves_the_previous_index_queryable() {
     // A generation finished but never made current (a writer stopped between its rename and
     // CURRENT's) doesn't block the next writer, which takes its number; it used to fail every
     // ingest from then on.
-    let current = std::fs::read_to_string(knowledge.join("CURRENT")).unwrap();
-    let n: u64 = current
-        .trim()
-        .strip_prefix("gen-")
-        .unwrap()
-        .parse()
-        .unwrap();
+    let n = live_generation(&knowledge);
     let next = knowledge.join(format!("gen-{}", n + 1));
     std::fs::create_dir_all(&next).unwrap();
     std::fs::write(next.join("junk"), "x").unwrap();
@@ -528,13 +522,7 @@ fn a_generation_from_another_embedder_is_not_searched_with_this_ones_queries() {
     let dir = scratch_dir("retrieval-other-embedder");
     let k = demo(&dir);
     let knowledge = dir.join("knowledge");
-    let current = std::fs::read_to_string(knowledge.join("CURRENT")).unwrap();
-    let n: u64 = current
-        .trim()
-        .strip_prefix("gen-")
-        .unwrap()
-        .parse()
-        .unwrap();
+    let n = live_generation(&knowledge);
     // A copy of the live generation, relabelled as another model's.
     let (from, to) = (
         knowledge.join(format!("gen-{n}")),
@@ -562,6 +550,17 @@ fn a_generation_from_another_embedder_is_not_searched_with_this_ones_queries() {
         .unwrap();
     assert!(!k.refresh().unwrap());
     assert!(search(&k, Query::new("open on mondays")).answerable);
+}
+
+/// The generation `CURRENT` names in a knowledge folder.
+fn live_generation(knowledge: &Path) -> u64 {
+    let current = std::fs::read_to_string(knowledge.join("CURRENT")).unwrap();
+    current
+        .trim()
+        .strip_prefix("gen-")
+        .unwrap()
+        .parse()
+        .unwrap()
 }
 
 fn walk(dir: &Path) -> Vec<PathBuf> {
